@@ -1,0 +1,249 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::{PURPOSES, ROLES};
+use crate::crypto::{ct_eq, random_bytes, random_id, Keys};
+use crate::store::{now_ms, Store, StoreError, TokenRow};
+
+/// Prefix of every bearer secret, so leaked secrets are easy to recognise and scan for.
+const SECRET_PREFIX: &str = "pvt_";
+/// Longest lifetime a token may be given.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub role: String,
+    pub purposes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the bearer token is not valid")]
+    Invalid,
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token has been revoked")]
+    Revoked,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an administrator asks for when issuing a token.
+#[derive(Debug)]
+pub struct IssueRequest {
+    pub role: String,
+    pub purposes: Vec<String>,
+    pub ttl: Duration,
+    pub description: String,
+    /// Who issued it: a token id, or `cli` for the operator command line.
+    pub created_by: String,
+}
+
+/// A token's details, never its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: String,
+    pub purposes: Vec<String>,
+    pub description: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub revoked_at: Option<String>,
+    pub status: &'static str,
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl TokenInfo {
+    fn from_row(row: TokenRow, now: i64) -> Self {
+        let status = if row.revoked_at.is_some() {
+            "revoked"
+        } else if row.expires_at <= now {
+            "expired"
+        } else {
+            "active"
+        };
+        Self {
+            purposes: serde_json::from_str(&row.purposes).unwrap_or_default(),
+            id: row.id,
+            role: row.role,
+            description: row.description,
+            created_by: row.created_by,
+            created_at: rfc3339(row.created_at),
+            expires_at: rfc3339(row.expires_at),
+            revoked_at: row.revoked_at.map(rfc3339),
+            status,
+        }
+    }
+}
+
+/// Issues and checks bearer tokens. Secrets are 256-bit random, shown once, stored
+/// only as a keyed HMAC-SHA256 hash.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    store: Store,
+    keys: Arc<Keys>,
+}
+
+impl Tokens {
+    pub fn new(store: Store, keys: Arc<Keys>) -> Self {
+        Self { store, keys }
+    }
+
+    pub async fn issue(
+        &self,
+        req: IssueRequest,
+    ) -> Result<(TokenInfo, Zeroizing<String>), TokenError> {
+        if !ROLES.contains(&req.role.as_str()) {
+            return Err(TokenError::BadRequest(format!(
+                "unknown role (known: {})",
+                ROLES.join(", ")
+            )));
+        }
+        if req.purposes.is_empty() {
+            return Err(TokenError::BadRequest(
+                "at least one purpose is required".into(),
+            ));
+        }
+        if let Some(p) = req
+            .purposes
+            .iter()
+            .find(|p| !PURPOSES.contains(&p.as_str()))
+        {
+            return Err(TokenError::BadRequest(format!(
+                "unknown purpose {p:?} (known: {})",
+                PURPOSES.join(", ")
+            )));
+        }
+        if req.ttl.is_zero() || req.ttl > MAX_TTL {
+            return Err(TokenError::BadRequest(
+                "the lifetime must be between 1 second and 365 days".into(),
+            ));
+        }
+        if req.description.chars().count() > 200 || req.description.chars().any(char::is_control) {
+            return Err(TokenError::BadRequest(
+                "the description must be at most 200 characters, without control characters".into(),
+            ));
+        }
+        let mut purposes = req.purposes.clone();
+        purposes.sort();
+        purposes.dedup();
+        let secret = Zeroizing::new(format!(
+            "{SECRET_PREFIX}{}",
+            B64URL.encode(Zeroizing::new(random_bytes::<32>()).as_slice())
+        ));
+        let now = now_ms();
+        let row = TokenRow {
+            id: random_id("tok"),
+            role: req.role,
+            purposes: serde_json::to_string(&purposes).unwrap_or_else(|_| "[]".into()),
+            description: req.description,
+            created_by: req.created_by,
+            created_at: now,
+            expires_at: now.saturating_add(req.ttl.as_millis() as i64),
+            revoked_at: None,
+        };
+        self.store
+            .insert_token(&row, &self.keys.token_hash(&secret))
+            .await?;
+        Ok((TokenInfo::from_row(row, now), secret))
+    }
+
+    /// Checks a presented secret: known, unrevoked and unexpired.
+    pub async fn authenticate(&self, secret: &str) -> Result<Caller, TokenError> {
+        let body = secret
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(TokenError::Invalid)?;
+        if body.len() != 43 || B64URL.decode(body).is_err() {
+            return Err(TokenError::Invalid);
+        }
+        let hash = self.keys.token_hash(secret);
+        let (row, stored) = self
+            .store
+            .token_by_hash(&hash)
+            .await?
+            .ok_or(TokenError::Invalid)?;
+        if !ct_eq(&stored, &hash) {
+            return Err(TokenError::Invalid);
+        }
+        if row.revoked_at.is_some() {
+            return Err(TokenError::Revoked);
+        }
+        if row.expires_at <= now_ms() {
+            return Err(TokenError::Expired);
+        }
+        Ok(Caller {
+            purposes: serde_json::from_str(&row.purposes).unwrap_or_default(),
+            token_id: row.id,
+            role: row.role,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
+        let now = now_ms();
+        Ok(self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .map(|r| TokenInfo::from_row(r, now))
+            .collect())
+    }
+
+    /// Revokes a token; false if there is no unrevoked token with that id.
+    pub async fn revoke(&self, id: &str) -> Result<bool, TokenError> {
+        Ok(self.store.revoke_token(id).await?)
+    }
+}
+
+/// Parses a lifetime such as `90s`, `15m`, `1h`, `30d`.
+pub fn parse_ttl(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.len().checked_sub(1)?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl() {
+        assert_eq!(parse_ttl("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("2d"), Some(Duration::from_secs(172800)));
+        assert_eq!(parse_ttl("2w"), None);
+        assert_eq!(parse_ttl("h"), None);
+        assert_eq!(parse_ttl(""), None);
+    }
+}

@@ -1,0 +1,54 @@
+//! The command line: one file per subcommand. Every subcommand works directly on the
+//! store for an operator who holds the master key.
+
+mod serve;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{GlobalArgs, Settings};
+
+/// piivault: a secure customer-data vault (field-level encryption, scoped tokens,
+/// PIPL-ready). One binary: the server and the operator command line.
+#[derive(Debug, Parser)]
+#[command(name = "piivault", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the vault over HTTPS (initialises data directory, store, master key and TLS on first start).
+    Serve(serve::ServeArgs),
+    /// Issue, list and revoke bearer tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Runs a parsed command line; the exit code says whether it worked.
+pub async fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::resolve(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(&settings, args).await,
+        Command::Token(cmd) => token::run(&settings, cmd).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

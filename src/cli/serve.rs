@@ -1,0 +1,94 @@
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::authz::{parse_ttl, IssueRequest};
+use crate::config::{Settings, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES};
+use crate::ServeOptions;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PIIVAULT_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Serve plain HTTP instead of HTTPS (refused unless the address is loopback).
+    #[arg(long, env = "PIIVAULT_PLAIN_HTTP")]
+    plain_http: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "PIIVAULT_MAX_BODY_BYTES", value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Lifetime of the bootstrap admin token printed on first start (s, m, h, d).
+    #[arg(long, default_value = "24h", value_name = "TTL")]
+    bootstrap_token_ttl: String,
+}
+
+pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = &settings.file;
+    let default_listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
+    let opts = ServeOptions {
+        listen: args.listen.or(file.listen).unwrap_or(default_listen),
+        plain_http: args.plain_http || file.plain_http.unwrap_or(false),
+        max_body_bytes: args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+    };
+    let bootstrap_ttl = parse_ttl(&args.bootstrap_token_ttl)
+        .context("--bootstrap-token-ttl takes a number and s, m, h or d (e.g. 24h)")?;
+    let app = crate::open(settings).await?;
+    let server = crate::start(&app, settings, &opts).await?;
+    if app.initialised_now {
+        let (info, secret) = app
+            .tokens
+            .issue(IssueRequest {
+                role: "admin".into(),
+                purposes: vec!["admin".into()],
+                ttl: bootstrap_ttl,
+                description: "bootstrap admin token".into(),
+                created_by: "bootstrap".into(),
+            })
+            .await
+            .context("issuing the bootstrap admin token")?;
+        println!(
+            "First start: vault initialised in {}.\n\
+             Bootstrap admin token ({}, expires {}; shown only this once):\n{}",
+            settings.data_dir.display(),
+            info.id,
+            info.expires_at,
+            secret.as_str()
+        );
+    }
+    eprintln!(
+        "piivault listening on {}://{} (clients trust {})",
+        server.scheme,
+        server.addr,
+        crate::http::tls::TlsPaths::in_dir(&settings.data_dir)
+            .ca
+            .display()
+    );
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    server.wait().await?;
+    app.store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Configuration: command-line flags > environment (`PIIVAULT_*`) > TOML file > defaults.
+//! Secrets (master key, passphrase) come only from the environment or from files,
+//! never from flags, so they stay out of `ps` output and shell history.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::MasterKeySource;
+
+pub const DEFAULT_DATA_DIR: &str = "./piivault-data";
+pub const DEFAULT_POLICY_DIR: &str = "policies";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8200";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GlobalArgs {
+    /// Data directory: SQLite database, master key file, TLS material.
+    #[arg(long, global = true, env = "PIIVAULT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store URL: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data directory).
+    #[arg(long, global = true, env = "PIIVAULT_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Optional TOML configuration file (lowest precedence after defaults).
+    #[arg(long, global = true, env = "PIIVAULT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory with classification.toml (default ./policies, else the built-in copy).
+    #[arg(long, global = true, env = "PIIVAULT_POLICY_DIR", value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Master key file (default DATA_DIR/master.key). Alternatives: the environment
+    /// variables PIIVAULT_MASTER_KEY (key text) or PIIVAULT_MASTER_PASSPHRASE[_FILE].
+    #[arg(
+        long,
+        global = true,
+        env = "PIIVAULT_MASTER_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub master_key_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The optional TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub policy_dir: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
+    pub master_passphrase_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub listen: Option<SocketAddr>,
+    pub plain_http: Option<bool>,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Resolved settings shared by every subcommand.
+#[derive(Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// None: use the classification compiled into the binary.
+    pub policy_dir: Option<PathBuf>,
+    pub master: MasterKeySource,
+    pub log_format: LogFormat,
+    /// The TOML file, for subcommand-specific settings.
+    pub file: FileConfig,
+}
+
+fn env_secret(name: &str) -> Option<Zeroizing<String>> {
+    std::env::var(name)
+        .ok()
+        .map(Zeroizing::new)
+        .filter(|s| !s.trim().is_empty())
+}
+
+fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| Zeroizing::new(s.trim_end_matches(['\r', '\n']).to_owned()))
+        .map_err(|e| ConfigError::Invalid(format!("cannot read {}: {e}", path.display())))
+}
+
+impl Settings {
+    pub fn resolve(args: &GlobalArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = args
+            .database_url
+            .clone()
+            .or_else(|| file.database_url.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    data_dir.join("piivault.db").display()
+                )
+            });
+        let policy_dir = match args.policy_dir.clone().or_else(|| file.policy_dir.clone()) {
+            Some(dir) => Some(dir),
+            None => Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir()),
+        };
+        let master = if let Some(text) = env_secret("PIIVAULT_MASTER_KEY") {
+            MasterKeySource::Inline(text)
+        } else if let Some(pass) = env_secret("PIIVAULT_MASTER_PASSPHRASE") {
+            MasterKeySource::Passphrase(pass)
+        } else if let Some(path) = std::env::var_os("PIIVAULT_MASTER_PASSPHRASE_FILE") {
+            MasterKeySource::Passphrase(read_secret_file(Path::new(&path))?)
+        } else if let Some(path) = args
+            .master_key_file
+            .clone()
+            .or_else(|| file.master_key_file.clone())
+        {
+            MasterKeySource::File { path, create: true }
+        } else if let Some(path) = &file.master_passphrase_file {
+            MasterKeySource::Passphrase(read_secret_file(path)?)
+        } else {
+            MasterKeySource::File {
+                path: data_dir.join("master.key"),
+                create: true,
+            }
+        };
+        Ok(Self {
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            data_dir,
+            database_url,
+            policy_dir,
+            master,
+            file,
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! The master key (KEK): loaded from a key file, an environment variable or a
+//! passphrase; several versions may be loaded at once so that rotation can re-wrap.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::cipher::DataKey;
+use super::{random_bytes, Aad, CryptoError, MacKey, Sealed};
+
+/// First line of a key file written by piivault.
+pub const KEY_FILE_HEADER: &str =
+    "# piivault master key file: keep it secret (mode 0600) and back it up apart from the database.";
+
+/// Where the master key comes from. Secrets are held in zeroizing strings.
+pub enum MasterKeySource {
+    /// A key file (`vN:BASE64` lines). Created on first start when `create` is set.
+    File { path: PathBuf, create: bool },
+    /// Key text given directly (environment variable), same syntax as the file.
+    Inline(Zeroizing<String>),
+    /// A passphrase stretched with argon2id and the database's salt.
+    Passphrase(Zeroizing<String>),
+}
+
+impl std::fmt::Debug for MasterKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File { path, create } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("create", create)
+                .finish(),
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Self::Passphrase(_) => f.write_str("Passphrase(<redacted>)"),
+        }
+    }
+}
+
+/// The keys derived from one master key version.
+struct KekVersion {
+    wrap: DataKey,
+    check: MacKey,
+}
+
+/// All loaded master key versions; the highest is current and wraps new keys.
+pub struct MasterKeyRing {
+    versions: BTreeMap<i64, KekVersion>,
+}
+
+impl std::fmt::Debug for MasterKeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeyRing")
+            .field("versions", &self.versions.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn derive(raw: &[u8], info: &str) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(b"piivault/kek/v1"), raw);
+    let mut out = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
+    if hk.expand(info.as_bytes(), out.as_mut_slice()).is_err() {
+        unreachable!("HKDF expand of 32 bytes cannot fail");
+    }
+    out
+}
+
+impl MasterKeyRing {
+    fn from_raw(raw: BTreeMap<i64, Zeroizing<Vec<u8>>>) -> Result<Self, CryptoError> {
+        if raw.is_empty() {
+            return Err(CryptoError::MasterKey("no key found".into()));
+        }
+        let mut versions = BTreeMap::new();
+        for (version, bytes) in raw {
+            if bytes.len() != 32 {
+                return Err(CryptoError::MasterKey(format!(
+                    "version {version} is not 32 bytes of base64"
+                )));
+            }
+            let wrap = DataKey::from_bytes(derive(&bytes, "wrap").as_slice())?;
+            let check = MacKey::from_bytes(derive(&bytes, "check").as_slice())?;
+            versions.insert(version, KekVersion { wrap, check });
+        }
+        Ok(Self { versions })
+    }
+
+    /// Parses key text: lines (or comma-separated entries) `vN:BASE64`; a single bare
+    /// `BASE64` entry is version 1. `#` starts a comment line.
+    pub fn parse(text: &str) -> Result<Self, CryptoError> {
+        let mut raw = BTreeMap::new();
+        let entries: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        let single = entries.len() == 1;
+        for entry in entries {
+            let (version, b64) = match entry.split_once(':') {
+                Some((v, b64)) => {
+                    let version = v
+                        .strip_prefix('v')
+                        .and_then(|n| n.parse::<i64>().ok())
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| {
+                            CryptoError::MasterKey(
+                                "entries must look like v1:BASE64 (version 1 or more)".into(),
+                            )
+                        })?;
+                    (version, b64)
+                }
+                None if single => (1, entry),
+                None => {
+                    return Err(CryptoError::MasterKey(
+                        "with several keys, each entry must be vN:BASE64".into(),
+                    ))
+                }
+            };
+            let bytes = Zeroizing::new(B64.decode(b64.trim()).map_err(|_| {
+                CryptoError::MasterKey(format!("version {version} is not valid base64"))
+            })?);
+            if raw.insert(version, bytes).is_some() {
+                return Err(CryptoError::MasterKey(format!(
+                    "version {version} appears twice"
+                )));
+            }
+        }
+        Self::from_raw(raw)
+    }
+
+    /// Stretches a passphrase with argon2id (default parameters) and `salt` into version 1.
+    pub fn from_passphrase(passphrase: &str, salt: &[u8]) -> Result<Self, CryptoError> {
+        if passphrase.chars().count() < 12 {
+            return Err(CryptoError::MasterKey(
+                "the passphrase must be at least 12 characters".into(),
+            ));
+        }
+        let mut out = Zeroizing::new(vec![0u8; 32]);
+        argon2::Argon2::default()
+            .hash_password_into(passphrase.as_bytes(), salt, out.as_mut_slice())
+            .map_err(|e| CryptoError::MasterKey(format!("argon2id: {e}")))?;
+        Self::from_raw(BTreeMap::from([(1, out)]))
+    }
+
+    /// Text of a new key file holding one fresh random version-1 key.
+    pub fn generate_key_file_text() -> Zeroizing<String> {
+        let key = Zeroizing::new(random_bytes::<32>());
+        let b64 = Zeroizing::new(B64.encode(key.as_slice()));
+        Zeroizing::new(format!("{KEY_FILE_HEADER}\nv1:{}\n", b64.as_str()))
+    }
+
+    pub fn current_version(&self) -> i64 {
+        self.versions.keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn versions(&self) -> Vec<i64> {
+        self.versions.keys().copied().collect()
+    }
+
+    fn version(&self, v: i64) -> Result<&KekVersion, CryptoError> {
+        self.versions
+            .get(&v)
+            .ok_or(CryptoError::UnknownKekVersion(v))
+    }
+
+    fn current(&self) -> Result<(i64, &KekVersion), CryptoError> {
+        let v = self.current_version();
+        Ok((v, self.version(v)?))
+    }
+
+    /// Key check value stored in the database, to detect a wrong master key at start.
+    pub fn check_value(&self, version: i64) -> Result<Vec<u8>, CryptoError> {
+        Ok(self
+            .version(version)?
+            .check
+            .mac(&[b"piivault/kek-check/v1"])
+            .to_vec())
+    }
+
+    pub fn verify_check_value(&self, version: i64, stored: &[u8]) -> Result<(), CryptoError> {
+        if super::ct_eq(&self.check_value(version)?, stored) {
+            Ok(())
+        } else {
+            Err(CryptoError::WrongMasterKey(version))
+        }
+    }
+
+    /// Wraps a subject's DEK under the current KEK; returns the KEK version used.
+    pub fn wrap_subject_key(
+        &self,
+        subject: &str,
+        dek_version: i64,
+        dek: &DataKey,
+    ) -> Result<(i64, Sealed), CryptoError> {
+        let (kek_version, kek) = self.current()?;
+        let aad = Aad::subject_key(subject, dek_version, kek_version);
+        Ok((kek_version, kek.wrap.seal(&aad, dek.bytes())))
+    }
+
+    pub fn unwrap_subject_key(
+        &self,
+        subject: &str,
+        dek_version: i64,
+        kek_version: i64,
+        wrapped: &[u8],
+    ) -> Result<DataKey, CryptoError> {
+        let aad = Aad::subject_key(subject, dek_version, kek_version);
+        let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
+        DataKey::from_bytes(&bytes)
+    }
+
+    /// Generates and wraps a new system MAC key (blind index, token hash).
+    pub fn new_system_key(&self, name: &str, version: i64) -> Result<(i64, Sealed), CryptoError> {
+        let (kek_version, kek) = self.current()?;
+        let key = Zeroizing::new(random_bytes::<32>());
+        let aad = Aad::system_key(name, version, kek_version);
+        Ok((kek_version, kek.wrap.seal(&aad, key.as_slice())))
+    }
+
+    pub fn unwrap_system_key(
+        &self,
+        name: &str,
+        version: i64,
+        kek_version: i64,
+        wrapped: &[u8],
+    ) -> Result<MacKey, CryptoError> {
+        let aad = Aad::system_key(name, version, kek_version);
+        let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
+        MacKey::from_bytes(&bytes)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_file_parses_and_wraps() {
+        let ring = MasterKeyRing::parse(&MasterKeyRing::generate_key_file_text()).unwrap();
+        assert_eq!(ring.current_version(), 1);
+        let dek = DataKey::generate();
+        let (kv, wrapped) = ring.wrap_subject_key("sub_a", 1, &dek).unwrap();
+        let back = ring.unwrap_subject_key("sub_a", 1, kv, &wrapped).unwrap();
+        assert_eq!(back.bytes(), dek.bytes());
+        assert!(ring.unwrap_subject_key("sub_b", 1, kv, &wrapped).is_err());
+        assert!(ring.unwrap_subject_key("sub_a", 2, kv, &wrapped).is_err());
+    }
+
+    #[test]
+    fn check_value_detects_other_key() {
+        let a = MasterKeyRing::parse(&MasterKeyRing::generate_key_file_text()).unwrap();
+        let b = MasterKeyRing::parse(&MasterKeyRing::generate_key_file_text()).unwrap();
+        let cv = a.check_value(1).unwrap();
+        assert!(a.verify_check_value(1, &cv).is_ok());
+        assert!(matches!(
+            b.verify_check_value(1, &cv),
+            Err(CryptoError::WrongMasterKey(1))
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_key_text() {
+        assert!(MasterKeyRing::parse("").is_err());
+        assert!(MasterKeyRing::parse("not base64!").is_err());
+        assert!(MasterKeyRing::parse("v1:AAAA").is_err());
+        assert!(MasterKeyRing::parse("x1:AAAA").is_err());
+        let k = B64.encode([7u8; 32]);
+        assert!(MasterKeyRing::parse(&format!("v1:{k},v1:{k}")).is_err());
+        let two = MasterKeyRing::parse(&format!("v1:{k}\nv2:{k}")).unwrap();
+        assert_eq!(two.current_version(), 2);
+        assert_eq!(MasterKeyRing::parse(&k).unwrap().current_version(), 1);
+    }
+
+    #[test]
+    fn passphrase_is_deterministic_per_salt() {
+        assert!(MasterKeyRing::from_passphrase("short", &[0u8; 16]).is_err());
+        let a = MasterKeyRing::from_passphrase("correct horse battery", &[1u8; 16]).unwrap();
+        let b = MasterKeyRing::from_passphrase("correct horse battery", &[1u8; 16]).unwrap();
+        let c = MasterKeyRing::from_passphrase("correct horse battery", &[2u8; 16]).unwrap();
+        let cv = a.check_value(1).unwrap();
+        assert!(b.verify_check_value(1, &cv).is_ok());
+        assert!(c.verify_check_value(1, &cv).is_err());
+    }
+}

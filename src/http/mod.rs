@@ -1,0 +1,80 @@
+//! The HTTP API: one router per domain, merged here; request ids, body limits, TLS.
+
+mod error;
+mod extract;
+mod health;
+mod subjects;
+pub mod tls;
+
+pub use error::ApiError;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tracing::Instrument;
+
+use crate::authz::Tokens;
+use crate::crypto::random_id;
+use crate::store::Store;
+use crate::vault::Vault;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub vault: Vault,
+    pub tokens: Tokens,
+    pub store: Store,
+}
+
+/// The request id, as logged and as sent back in `X-Request-Id`.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Gives every request an id, a span that carries it, and an access-log line;
+/// marks every response `Cache-Control: no-store`.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = random_id("req");
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        token = tracing::field::Empty,
+    );
+    let start = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "request done"
+        )
+    });
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The whole API.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(subjects::router())
+        .fallback(|| async {
+            ApiError::NotFound {
+                code: "not_found",
+                message: "no such endpoint",
+            }
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}

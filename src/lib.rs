@@ -1,0 +1,161 @@
+//! piivault: a secure customer-data vault. This file builds the app from its parts
+//! and is the public surface the binary and the tests use.
+
+pub mod authz;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+pub mod vault;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::authz::Tokens;
+use crate::classify::Catalogue;
+use crate::config::Settings;
+use crate::crypto::Keys;
+use crate::store::Store;
+use crate::vault::Vault;
+
+/// An opened vault: store connected and migrated, keys loaded, catalogue parsed.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub store: Store,
+    pub vault: Vault,
+    pub tokens: Tokens,
+    /// Whether opening this vault initialised it (first start).
+    pub initialised_now: bool,
+}
+
+/// Installs the one rustls crypto provider (ring) for the whole process.
+pub fn install_crypto_provider() {
+    // Fails only if a provider is already installed, which is what we want anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Loads the classification from the policy directory, or the built-in copy.
+pub fn load_catalogue(settings: &Settings) -> anyhow::Result<Catalogue> {
+    match &settings.policy_dir {
+        Some(dir) => Catalogue::load(&dir.join("classification.toml"))
+            .with_context(|| format!("loading the classification from {}", dir.display())),
+        None => {
+            tracing::info!("no policy directory found; using the built-in classification");
+            Catalogue::builtin().context("the built-in classification")
+        }
+    }
+}
+
+/// Opens (and on first start initialises) the vault described by `settings`.
+pub async fn open(settings: &Settings) -> anyhow::Result<App> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&settings.data_dir)
+        .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    let catalogue = Arc::new(load_catalogue(settings)?);
+    let connections = if settings.database_url.starts_with("sqlite:") {
+        8
+    } else {
+        16
+    };
+    let store = Store::connect(&settings.database_url, connections)
+        .await
+        .context("opening the store")?;
+    let (keys, initialised_now) = Keys::open(&store, &settings.master)
+        .await
+        .context("loading the master key")?;
+    let keys = Arc::new(keys);
+    tracing::info!(
+        backend = ?store.backend(),
+        kek_version = keys.master().current_version(),
+        initialised_now,
+        "vault opened"
+    );
+    Ok(App {
+        vault: Vault::new(store.clone(), keys.clone(), catalogue),
+        tokens: Tokens::new(store.clone(), keys),
+        store,
+        initialised_now,
+    })
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// Plain HTTP instead of HTTPS: only on a loopback address.
+    pub plain_http: bool,
+    pub max_body_bytes: usize,
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub scheme: &'static str,
+    handle: axum_server::Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets requests in flight finish (up to 10 s), and waits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        self.wait().await
+    }
+
+    /// Waits until the server stops.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?.context("server")
+    }
+
+    pub fn handle(&self) -> axum_server::Handle {
+        self.handle.clone()
+    }
+}
+
+/// Binds and starts serving `app`. HTTPS with the data directory's certificate unless
+/// plain HTTP was asked for on a loopback address.
+pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyhow::Result<Server> {
+    if opts.plain_http && !opts.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "plain HTTP is only allowed on a loopback address; {} is not one",
+            opts.listen.ip()
+        );
+    }
+    let state = http::AppState {
+        vault: app.vault.clone(),
+        tokens: app.tokens.clone(),
+        store: app.store.clone(),
+    };
+    let router = http::router(state, opts.max_body_bytes);
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("binding {}", opts.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let service = router.into_make_service();
+    let (scheme, task) = if opts.plain_http {
+        let server = axum_server::from_tcp(listener).handle(handle.clone());
+        ("http", tokio::spawn(server.serve(service)))
+    } else {
+        let tls = http::tls::server_config(&settings.data_dir)?;
+        let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))
+            .handle(handle.clone());
+        ("https", tokio::spawn(server.serve(service)))
+    };
+    Ok(Server {
+        addr,
+        scheme,
+        handle,
+        task,
+    })
+}

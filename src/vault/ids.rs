@@ -1,0 +1,58 @@
+use crate::crypto::random_id;
+
+/// An opaque subject id, `sub_` and 32 hex digits. Random; never derived from PI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubjectId(String);
+
+impl SubjectId {
+    pub fn generate() -> Self {
+        Self(random_id("sub"))
+    }
+
+    /// Accepts only the shape the vault generates.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("sub_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SubjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A record id, `rec_` and 32 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordId(pub(crate) String);
+
+impl RecordId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_ids() {
+        let id = SubjectId::generate();
+        assert_eq!(SubjectId::parse(id.as_str()), Some(id));
+        assert_eq!(SubjectId::parse("sub_xyz"), None);
+        assert_eq!(
+            SubjectId::parse("rec_0123456789abcdef0123456789abcdef"),
+            None
+        );
+        assert_eq!(
+            SubjectId::parse("sub_0123456789ABCDEF0123456789abcdef"),
+            None
+        );
+    }
+}

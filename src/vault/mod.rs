@@ -1,0 +1,466 @@
+//! Subjects and their records: create, read (clear or masked), correct, erase,
+//! look up, add and list records. Validation comes from `classify`, keys and
+//! ciphers from `crypto`, persistence from `store`.
+
+mod ids;
+
+pub use ids::{RecordId, SubjectId};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::classify::{Catalogue, ValidationError};
+use crate::crypto::{random_id, Aad, CryptoError, DataKey, Keys};
+use crate::store::{
+    now_ms, FieldRow, IndexEntry, NewSubject, RecordRow, Store, StoreError, SubjectKeyRow,
+    SubjectWrite,
+};
+
+/// Encryptions allowed under one DEK before a new DEK version is made. Far below the
+/// 2^32 bound NIST SP 800-38D sets for random 96-bit nonces.
+pub const DEFAULT_KEY_USAGE_LIMIT: i64 = 1 << 24;
+
+/// How many times a write is retried when a concurrent write made the same DEK version.
+const WRITE_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("no such subject")]
+    NotFound,
+    #[error("no such record collection")]
+    UnknownCollection,
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A stored ciphertext failed authentication: moved, altered or under a lost key.
+    #[error("stored data failed its integrity check ({what})")]
+    Integrity { what: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// How a caller may see a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Clear,
+    Masked,
+}
+
+/// A field value as handed out.
+#[derive(Debug, serde::Serialize)]
+pub struct FieldOut {
+    pub value: Value,
+    pub masked: bool,
+}
+
+/// A record document as handed out.
+#[derive(Debug, serde::Serialize)]
+pub struct RecordOut {
+    pub id: String,
+    pub created_at: String,
+    pub document: Value,
+}
+
+/// The vault's data operations.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    store: Store,
+    keys: Arc<Keys>,
+    catalogue: Arc<Catalogue>,
+    key_usage_limit: i64,
+}
+
+/// The DEK a write will use, and the new key row if it had to be made.
+struct WriteKey {
+    key: DataKey,
+    version: i64,
+    new_row: Option<SubjectKeyRow>,
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl Vault {
+    pub fn new(store: Store, keys: Arc<Keys>, catalogue: Arc<Catalogue>) -> Self {
+        Self {
+            store,
+            keys,
+            catalogue,
+            key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
+        }
+    }
+
+    /// Lowers the DEK usage bound (tests use this to exercise automatic DEK rotation).
+    pub fn with_key_usage_limit(mut self, limit: i64) -> Self {
+        self.key_usage_limit = limit.max(1);
+        self
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Validates every field; a single bad one refuses the whole input.
+    fn parse_fields(
+        &self,
+        fields: &Map<String, Value>,
+        allow_null: bool,
+    ) -> Result<Vec<(String, Option<crate::classify::FieldValue>)>, VaultError> {
+        if fields.is_empty() {
+            return Err(
+                ValidationError::new("fields", "empty", "at least one field is required").into(),
+            );
+        }
+        let mut out = Vec::with_capacity(fields.len());
+        for (name, value) in fields {
+            let spec = self.catalogue.field(name)?;
+            if value.is_null() {
+                if !allow_null {
+                    return Err(ValidationError::new(name, "required", "must not be null").into());
+                }
+                out.push((name.clone(), None));
+            } else {
+                out.push((name.clone(), Some(spec.kind.parse(name, value)?)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn seal_fields(
+        &self,
+        subject: &str,
+        key: &DataKey,
+        version: i64,
+        values: &[(String, Option<crate::classify::FieldValue>)],
+    ) -> Result<(Vec<FieldRow>, Vec<IndexEntry>), VaultError> {
+        let mut rows = Vec::new();
+        let mut index = Vec::new();
+        for (name, value) in values {
+            let Some(value) = value else { continue };
+            let spec = self.catalogue.field(name)?;
+            rows.push(FieldRow {
+                field: name.clone(),
+                dek_version: version,
+                sealed: key.seal(
+                    &Aad::field(subject, name, version),
+                    value.canonical().as_bytes(),
+                ),
+            });
+            if spec.searchable {
+                index.push(IndexEntry {
+                    field: name.clone(),
+                    digest: self.keys.blind_index(name, value.canonical()),
+                });
+            }
+        }
+        Ok((rows, index))
+    }
+
+    /// Creates a subject from validated fields; returns its new id.
+    pub async fn create(&self, fields: &Map<String, Value>) -> Result<SubjectId, VaultError> {
+        let values = self.parse_fields(fields, false)?;
+        let id = SubjectId::generate();
+        let key = DataKey::generate();
+        let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
+        let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
+        self.store
+            .create_subject(&NewSubject {
+                id: id.as_str().to_owned(),
+                key: SubjectKeyRow {
+                    version: 1,
+                    kek_version,
+                    wrapped,
+                    encryptions: 0,
+                },
+                fields: rows,
+                index,
+            })
+            .await?;
+        Ok(id)
+    }
+
+    async fn unwrap_all(&self, id: &SubjectId) -> Result<BTreeMap<i64, DataKey>, VaultError> {
+        let mut keys = BTreeMap::new();
+        for row in self.store.subject_keys(id.as_str()).await? {
+            let key = self
+                .keys
+                .master()
+                .unwrap_subject_key(id.as_str(), row.version, row.kek_version, &row.wrapped)
+                .map_err(|e| {
+                    tracing::error!(subject = %id, dek_version = row.version, error = %e, "cannot unwrap subject key");
+                    VaultError::Integrity {
+                        what: "subject key".into(),
+                    }
+                })?;
+            keys.insert(row.version, key);
+        }
+        Ok(keys)
+    }
+
+    /// The DEK for `n` new encryptions: the current one, or a new version once the
+    /// current one has reached its usage bound.
+    async fn write_key(&self, id: &SubjectId, n: usize) -> Result<WriteKey, VaultError> {
+        let rows = self.store.subject_keys(id.as_str()).await?;
+        let Some(current) = rows.last() else {
+            return Err(VaultError::NotFound);
+        };
+        if current.encryptions.saturating_add(n as i64) <= self.key_usage_limit {
+            let key = self
+                .keys
+                .master()
+                .unwrap_subject_key(id.as_str(), current.version, current.kek_version, &current.wrapped)
+                .map_err(|e| {
+                    tracing::error!(subject = %id, dek_version = current.version, error = %e, "cannot unwrap subject key");
+                    VaultError::Integrity {
+                        what: "subject key".into(),
+                    }
+                })?;
+            return Ok(WriteKey {
+                key,
+                version: current.version,
+                new_row: None,
+            });
+        }
+        let version = current.version + 1;
+        let key = DataKey::generate();
+        let (kek_version, wrapped) =
+            self.keys
+                .master()
+                .wrap_subject_key(id.as_str(), version, &key)?;
+        tracing::info!(subject = %id, dek_version = version, "subject key reached its usage bound; new version made");
+        Ok(WriteKey {
+            key,
+            version,
+            new_row: Some(SubjectKeyRow {
+                version,
+                kek_version,
+                wrapped,
+                encryptions: 0,
+            }),
+        })
+    }
+
+    /// Reads the requested fields the subject has, each in clear or masked.
+    /// Fields the subject has no value for are left out.
+    pub async fn read(
+        &self,
+        id: &SubjectId,
+        wanted: &[(String, View)],
+    ) -> Result<BTreeMap<String, FieldOut>, VaultError> {
+        for (name, _) in wanted {
+            self.catalogue.field(name)?;
+        }
+        if !self.store.subject_active(id.as_str()).await? {
+            return Err(VaultError::NotFound);
+        }
+        let rows = self.store.subject_fields(id.as_str()).await?;
+        let keys = self.unwrap_all(id).await?;
+        let mut out = BTreeMap::new();
+        for (name, view) in wanted {
+            let Some(row) = rows.iter().find(|r| &r.field == name) else {
+                continue;
+            };
+            let spec = self.catalogue.field(name)?;
+            let plain = keys
+                .get(&row.dek_version)
+                .ok_or(CryptoError::Decrypt)
+                .and_then(|k| k.open(&Aad::field(id.as_str(), name, row.dek_version), &row.sealed))
+                .map_err(|e| {
+                    tracing::error!(subject = %id, field = %name, error = %e, "field failed to decrypt");
+                    VaultError::Integrity {
+                        what: format!("field {name}"),
+                    }
+                })?;
+            let canonical = std::str::from_utf8(&plain).map_err(|_| VaultError::Integrity {
+                what: format!("field {name}"),
+            })?;
+            let clear = spec.kind.to_json(canonical);
+            let field = match view {
+                View::Clear => FieldOut {
+                    value: clear,
+                    masked: false,
+                },
+                View::Masked => FieldOut {
+                    value: spec.mask.apply(canonical, &clear),
+                    masked: true,
+                },
+            };
+            out.insert(name.clone(), field);
+        }
+        Ok(out)
+    }
+
+    /// Corrects fields; a `null` value removes the field.
+    pub async fn correct(
+        &self,
+        id: &SubjectId,
+        fields: &Map<String, Value>,
+    ) -> Result<(), VaultError> {
+        let values = self.parse_fields(fields, true)?;
+        let n = values.iter().filter(|(_, v)| v.is_some()).count();
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let wk = self.write_key(id, n).await?;
+            let (set, index) = self.seal_fields(id.as_str(), &wk.key, wk.version, &values)?;
+            let write = SubjectWrite {
+                subject_id: id.as_str().to_owned(),
+                new_key: wk.new_row,
+                key_version: wk.version,
+                set,
+                remove: values
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+                index,
+            };
+            match self.store.write_subject(&write).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(VaultError::NotFound),
+                Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    /// Erasure by crypto-shredding: the subject's DEKs are destroyed and its fields,
+    /// records and index entries removed.
+    pub async fn erase(&self, id: &SubjectId) -> Result<(), VaultError> {
+        if !self.store.erase_subject(id.as_str()).await? {
+            return Err(VaultError::NotFound);
+        }
+        self.store.checkpoint().await;
+        Ok(())
+    }
+
+    /// Subjects whose searchable `field` equals `value` after normalisation.
+    pub async fn lookup(&self, field: &str, value: &Value) -> Result<Vec<String>, VaultError> {
+        let spec = self.catalogue.field(field)?;
+        if !spec.searchable {
+            return Err(ValidationError::new(
+                field,
+                "not_searchable",
+                "this field has no blind index",
+            )
+            .into());
+        }
+        let parsed = spec.kind.parse(field, value)?;
+        let digest = self.keys.blind_index(field, parsed.canonical());
+        Ok(self.store.lookup(field, &digest).await?)
+    }
+
+    fn collection(&self, name: &str) -> Result<&crate::classify::CollectionSpec, VaultError> {
+        self.catalogue
+            .collection(name)
+            .ok_or(VaultError::UnknownCollection)
+    }
+
+    /// Adds a JSON document to one of the subject's collections; returns its id.
+    pub async fn add_record(
+        &self,
+        id: &SubjectId,
+        collection: &str,
+        document: &Value,
+    ) -> Result<RecordId, VaultError> {
+        let spec = self.collection(collection)?;
+        if !document.is_object() {
+            return Err(ValidationError::new(
+                collection,
+                "document_type",
+                "a record must be a JSON object",
+            )
+            .into());
+        }
+        let bytes = zeroize::Zeroizing::new(serde_json::to_vec(document).map_err(|_| {
+            ValidationError::new(
+                collection,
+                "document_type",
+                "a record must be a JSON object",
+            )
+        })?);
+        if bytes.len() > spec.max_bytes {
+            return Err(ValidationError::new(
+                collection,
+                "document_too_large",
+                format!("a record may be at most {} bytes", spec.max_bytes),
+            )
+            .into());
+        }
+        let record_id = RecordId(random_id("rec"));
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let wk = self.write_key(id, 1).await?;
+            let row = RecordRow {
+                id: record_id.0.clone(),
+                collection: collection.to_owned(),
+                dek_version: wk.version,
+                sealed: wk.key.seal(
+                    &Aad::record(id.as_str(), collection, &record_id.0, wk.version),
+                    &bytes,
+                ),
+                created_at: now_ms(),
+            };
+            match self
+                .store
+                .insert_record(id.as_str(), wk.new_row.as_ref(), &row)
+                .await
+            {
+                Ok(true) => return Ok(record_id),
+                Ok(false) => return Err(VaultError::NotFound),
+                Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    /// All documents of one of the subject's collections, oldest first.
+    pub async fn records(
+        &self,
+        id: &SubjectId,
+        collection: &str,
+    ) -> Result<Vec<RecordOut>, VaultError> {
+        self.collection(collection)?;
+        if !self.store.subject_active(id.as_str()).await? {
+            return Err(VaultError::NotFound);
+        }
+        let rows = self.store.records(id.as_str(), collection).await?;
+        let keys = self.unwrap_all(id).await?;
+        rows.into_iter()
+            .map(|row| {
+                let aad = Aad::record(id.as_str(), collection, &row.id, row.dek_version);
+                let plain = keys
+                    .get(&row.dek_version)
+                    .ok_or(CryptoError::Decrypt)
+                    .and_then(|k| k.open(&aad, &row.sealed))
+                    .map_err(|e| {
+                        tracing::error!(subject = %id, record = %row.id, error = %e, "record failed to decrypt");
+                        VaultError::Integrity {
+                            what: format!("record {}", row.id),
+                        }
+                    })?;
+                let document = serde_json::from_slice(&plain).map_err(|_| VaultError::Integrity {
+                    what: format!("record {}", row.id),
+                })?;
+                Ok(RecordOut {
+                    created_at: rfc3339_ms(row.created_at),
+                    id: row.id,
+                    document,
+                })
+            })
+            .collect()
+    }
+}

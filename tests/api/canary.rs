@@ -1,0 +1,317 @@
+//! Canary test: distinctive PI written through the API of the real binary never
+//! appears in the SQLite files, a PostgreSQL dump, or the server's log output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+const CANARIES: &[&str] = &[
+    "金丝雀鸟名",
+    "320106198808087773",
+    "13987654321",
+    "canary.bird.7f3a@example.org",
+    "金丝雀路42号测试小区",
+    "6217009876543210122",
+    "CANARY-RECORD-SECRET-8e1f",
+    "canary_tag_51c",
+    "13987650000",
+];
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_piivault")
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+    stdout: PathBuf,
+}
+
+fn base_args(dir: &Path, url: &Option<String>) -> Vec<String> {
+    let mut args = vec![
+        "--data-dir".to_owned(),
+        dir.join("data").display().to_string(),
+        "--policy-dir".to_owned(),
+        policy_dir().display().to_string(),
+    ];
+    if let Some(url) = url {
+        args.extend(["--database-url".to_owned(), url.clone()]);
+    }
+    args
+}
+
+fn start(dir: &Path, url: &Option<String>, run: usize) -> Running {
+    let stdout = dir.join(format!("stdout-{run}.log"));
+    let stderr = dir.join(format!("stderr-{run}.log"));
+    let child = Command::new(bin())
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(base_args(dir, url))
+        .env("RUST_LOG", "debug")
+        .env_remove("PIIVAULT_MASTER_KEY")
+        .env_remove("PIIVAULT_MASTER_PASSPHRASE")
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("piivault serve starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        if let Some(rest) = text
+            .split("piivault listening on https://127.0.0.1:")
+            .nth(1)
+        {
+            let port = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            return Running {
+                child,
+                port,
+                stdout,
+            };
+        }
+        assert!(Instant::now() < deadline, "server did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut r: Running) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = r.child.try_wait() {
+            assert!(status.success(), "serve exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = r.child.kill();
+    panic!("serve did not stop on SIGTERM");
+}
+
+async fn call(
+    client: &reqwest::Client,
+    port: u16,
+    tok: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = client
+        .request(method, format!("https://localhost:{port}{path}"))
+        .bearer_auth(tok)
+        .header("X-Purpose", "dsr");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status(), resp.json().await.unwrap_or(Value::Null))
+}
+
+both_stores!(
+    canary_values_never_reach_disk_dump_or_logs,
+    |db| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg_name) = match db {
+            Db::Sqlite => (None, None),
+            Db::Postgres => {
+                let (url, name) = create_pg_database().await;
+                (Some(url), Some(name))
+            }
+        };
+        let first = start(dir.path(), &url, 1);
+        let stdout = std::fs::read_to_string(&first.stdout).unwrap();
+        assert!(stdout.contains("Bootstrap admin token"), "{stdout}");
+        let data = dir.path().join("data");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(data.join("master.key")), 0o600);
+        assert_eq!(mode(data.join("tls/server.key")), 0o600);
+        assert_eq!(mode(data.clone()), 0o700);
+        if db == Db::Sqlite {
+            assert_eq!(mode(data.join("piivault.db")), 0o600);
+        }
+
+        // The CLI issues a token: the secret alone on standard output.
+        let out = Command::new(bin())
+            .args([
+                "token",
+                "issue",
+                "--role",
+                "dsr_handler",
+                "--purpose",
+                "dsr",
+                "--ttl",
+                "1h",
+            ])
+            .args(base_args(dir.path(), &url))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tok = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(tok.lines().count(), 1);
+        let tok = tok.trim().to_owned();
+        assert!(tok.starts_with("pvt_"));
+
+        let client = https_client(&data);
+        let port = first.port;
+        use reqwest::Method;
+        let (status, body) = call(&client, port, &tok, Method::POST, "/v1/subjects", Some(json!({"fields": {
+        "name": CANARIES[0], "id_number": CANARIES[1], "phone": CANARIES[2], "email": CANARIES[3],
+        "address": CANARIES[4], "bank_card": CANARIES[5], "tags": [CANARIES[7]], "birth_date": "1988-08-08"
+    }}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["id"].as_str().unwrap().to_owned();
+        let (status, _) = call(
+            &client,
+            port,
+            &tok,
+            Method::POST,
+            &format!("/v1/subjects/{id}/records/service_tickets"),
+            Some(json!({"text": CANARIES[6]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = call(
+            &client,
+            port,
+            &tok,
+            Method::POST,
+            "/v1/subjects/lookup",
+            Some(json!({"field": "id_number", "value": CANARIES[1]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(
+            &client,
+            port,
+            &tok,
+            Method::PATCH,
+            &format!("/v1/subjects/{id}"),
+            Some(json!({"fields": {"phone": CANARIES[8]}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        // Bad input carrying canaries is refused without logging them.
+        let (status, _) = call(
+            &client,
+            port,
+            &tok,
+            Method::POST,
+            "/v1/subjects",
+            Some(
+                json!({"fields": {"phone": format!("{}9", CANARIES[2]), "nickname": CANARIES[0]}}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, body) = call(
+            &client,
+            port,
+            &tok,
+            Method::GET,
+            &format!("/v1/subjects/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["fields"]["id_number"]["value"], CANARIES[1]);
+        stop(first);
+
+        // Second start: same key, same certificate, no new bootstrap token, data readable.
+        let key_before = std::fs::read(data.join("master.key")).unwrap();
+        let ca_before = std::fs::read(data.join("tls/ca.pem")).unwrap();
+        let second = start(dir.path(), &url, 2);
+        let stdout = std::fs::read_to_string(&second.stdout).unwrap();
+        assert!(
+            !stdout.contains("token"),
+            "second start printed a token: {stdout}"
+        );
+        assert_eq!(std::fs::read(data.join("master.key")).unwrap(), key_before);
+        assert_eq!(std::fs::read(data.join("tls/ca.pem")).unwrap(), ca_before);
+        let (status, body) = call(
+            &client,
+            second.port,
+            &tok,
+            Method::GET,
+            &format!("/v1/subjects/{id}?fields=phone,name"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["fields"]["phone"]["value"], CANARIES[8]);
+        assert_eq!(body["fields"]["name"]["value"], CANARIES[0]);
+        stop(second);
+
+        // Where the canaries must not be.
+        let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                haystacks.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+        match db {
+            Db::Sqlite => {
+                for name in ["piivault.db", "piivault.db-wal", "piivault.db-shm"] {
+                    if let Ok(bytes) = std::fs::read(data.join(name)) {
+                        haystacks.push((name.to_owned(), bytes));
+                    }
+                }
+                assert!(haystacks
+                    .iter()
+                    .any(|(n, b)| n == "piivault.db" && b.len() > 4096));
+            }
+            Db::Postgres => {
+                let dump = Command::new("pg_dump")
+                    .arg("--data-only")
+                    .arg(url.as_deref().unwrap())
+                    .output()
+                    .expect("pg_dump runs");
+                assert!(
+                    dump.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&dump.stderr)
+                );
+                assert!(String::from_utf8_lossy(&dump.stdout).contains("subject_fields"));
+                haystacks.push(("pg_dump".into(), dump.stdout));
+            }
+        }
+        let logs: usize = haystacks
+            .iter()
+            .filter(|(n, _)| n.ends_with(".log"))
+            .map(|(_, b)| b.len())
+            .sum();
+        assert!(
+            logs > 1000,
+            "the server logged almost nothing; the scan would prove little"
+        );
+        for (name, bytes) in &haystacks {
+            for canary in CANARIES {
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "canary {canary:?} found in {name}"
+                );
+            }
+        }
+        if let Some(name) = pg_name {
+            drop_pg_database(&name).await;
+        }
+    }
+);

@@ -1,0 +1,328 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use piivault::authz::IssueRequest;
+use piivault::config::{LogFormat, Settings};
+use piivault::crypto::MasterKeySource;
+use piivault::{App, ServeOptions, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::{AnyPool, Connection};
+
+/// Runs an async test body once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! both_stores {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let f = $body;
+                f($crate::helpers::Db::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::helpers::postgres_url().is_none() {
+                    return;
+                }
+                let f = $body;
+                f($crate::helpers::Db::Postgres).await;
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server to test against. Unset: PostgreSQL tests are skipped, unless
+/// `PIIVAULT_REQUIRE_POSTGRES=1` (as `.ci/run` sets), where that is a failure.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("PIIVAULT_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("PIIVAULT_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("PIIVAULT_TEST_DATABASE_URL is not set but PostgreSQL tests are required");
+            }
+            eprintln!("PIIVAULT_TEST_DATABASE_URL not set: PostgreSQL test skipped");
+            None
+        }
+    }
+}
+
+fn with_database(base: &str, db: &str) -> String {
+    let no_query = base.split('?').next().unwrap_or(base);
+    let (server, _) = no_query.rsplit_once('/').expect("URL has a database path");
+    format!("{server}/{db}")
+}
+
+/// A fresh PostgreSQL database for one test; returns its URL and name.
+pub async fn create_pg_database() -> (String, String) {
+    let base = postgres_url().expect("PostgreSQL URL");
+    let name = format!("piivault_t_{}", hex_id());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    (with_database(&base, &name), name)
+}
+
+pub async fn drop_pg_database(name: &str) {
+    let Some(base) = postgres_url() else { return };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+pub fn hex_id() -> String {
+    piivault::crypto::random_id("x")[2..18].to_owned()
+}
+
+pub fn policy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+pub fn settings(dir: &Path, database_url: String) -> Settings {
+    Settings {
+        data_dir: dir.to_path_buf(),
+        database_url,
+        policy_dir: Some(policy_dir()),
+        master: MasterKeySource::File {
+            path: dir.join("master.key"),
+            create: true,
+        },
+        log_format: LogFormat::Text,
+        file: Default::default(),
+    }
+}
+
+pub fn https_client(data_dir: &Path) -> reqwest::Client {
+    piivault::install_crypto_provider();
+    let ca = std::fs::read(data_dir.join("tls/ca.pem")).expect("CA file");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA parses"))
+        .https_only(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A running vault for one test.
+pub struct TestApp {
+    pub db: Db,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: App,
+    pub settings: Settings,
+    pub database_url: String,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+    server: Option<Server>,
+}
+
+pub struct Options {
+    pub max_body_bytes: usize,
+    pub key_usage_limit: Option<i64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: piivault::config::DEFAULT_MAX_BODY_BYTES,
+            key_usage_limit: None,
+        }
+    }
+}
+
+pub async fn spawn_app(db: Db) -> TestApp {
+    spawn_app_with(db, Options::default()).await
+}
+
+pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
+    piivault::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (database_url, pg_name) = match db {
+        Db::Sqlite => (
+            format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("piivault.db").display()
+            ),
+            None,
+        ),
+        Db::Postgres => {
+            let (url, name) = create_pg_database().await;
+            (url, Some(name))
+        }
+    };
+    let settings = settings(dir.path(), database_url.clone());
+    let mut app = piivault::open(&settings).await.expect("vault opens");
+    if let Some(limit) = opts.key_usage_limit {
+        app.vault = app.vault.with_key_usage_limit(limit);
+    }
+    let server = piivault::start(
+        &app,
+        &settings,
+        &ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            plain_http: false,
+            max_body_bytes: opts.max_body_bytes,
+        },
+    )
+    .await
+    .expect("server starts");
+    let base = format!("https://localhost:{}", server.addr.port());
+    TestApp {
+        db,
+        client: https_client(dir.path()),
+        base,
+        app,
+        settings,
+        database_url,
+        dir,
+        pg_name,
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Issues a token directly on the store and returns its secret.
+    pub async fn token(&self, role: &str, purposes: &[&str]) -> String {
+        self.token_with_ttl(role, purposes, Duration::from_secs(3600))
+            .await
+            .1
+    }
+
+    pub async fn token_with_ttl(
+        &self,
+        role: &str,
+        purposes: &[&str],
+        ttl: Duration,
+    ) -> (String, String) {
+        let (info, secret) = self
+            .app
+            .tokens
+            .issue(IssueRequest {
+                role: role.into(),
+                purposes: purposes.iter().map(|p| p.to_string()).collect(),
+                ttl,
+                description: "test".into(),
+                created_by: "test".into(),
+            })
+            .await
+            .expect("token issued");
+        (info.id, secret.to_string())
+    }
+
+    /// A token that may do everything on personal data (dsr_handler, purpose dsr).
+    pub async fn dsr(&self) -> String {
+        self.token("dsr_handler", &["dsr"]).await
+    }
+
+    /// Sends a request with a bearer token and purpose; returns status and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        purpose: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(p) = purpose {
+            req = req.header("X-Purpose", p);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn create(&self, token: &str, fields: Value) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/subjects",
+                Some(token),
+                Some("dsr"),
+                Some(&serde_json::json!({ "fields": fields })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// A direct connection to the same store, for inspecting and tampering.
+    pub async fn raw(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        AnyPool::connect(&self.database_url)
+            .await
+            .expect("raw pool")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("server stops");
+        }
+        self.app.store.close().await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Best effort, on a runtime of its own: test databases are also dropped
+            // by name prefix in .ci/run.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(drop_pg_database(&name));
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// A complete, valid subject with distinctive values.
+pub fn full_subject() -> Value {
+    serde_json::json!({
+        "name": "欧阳明月",
+        "id_number": "11010519491231002X",
+        "phone": "13912345678",
+        "email": "ouyang.mingyue@example.com",
+        "address": "上海市浦东新区世纪大道100号",
+        "birth_date": "1949-12-31",
+        "bank_card": "6222021234567894",
+        "tags": ["vip", "churn_risk"],
+        "tier": "gold"
+    })
+}
+
+pub fn assert_no_value(body: &Value, value: &str) {
+    assert!(
+        !body.to_string().contains(value),
+        "response echoes a value: {body}"
+    );
+}

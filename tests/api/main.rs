@@ -1,0 +1,14 @@
+//! Integration tests: the real server on a random loopback port, a real HTTPS client
+//! trusting the vault's CA, a fresh store per test, on SQLite and on PostgreSQL
+//! (`PIIVAULT_TEST_DATABASE_URL`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod canary;
+mod crypto_binding;
+mod erasure;
+mod lifecycle;
+mod subjects;
+mod tokens;
+mod validation;

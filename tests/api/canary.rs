@@ -49,7 +49,7 @@ fn base_args(dir: &Path, url: &Option<String>) -> Vec<String> {
 fn start(dir: &Path, url: &Option<String>, run: usize) -> Running {
     let stdout = dir.join(format!("stdout-{run}.log"));
     let stderr = dir.join(format!("stderr-{run}.log"));
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(base_args(dir, url))
@@ -79,7 +79,11 @@ fn start(dir: &Path, url: &Option<String>, run: usize) -> Running {
                 stdout,
             };
         }
-        assert!(Instant::now() < deadline, "server did not start: {text}");
+        if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start: {text}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -97,6 +101,7 @@ fn stop(mut r: Running) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = r.child.kill();
+    let _ = r.child.wait();
     panic!("serve did not stop on SIGTERM");
 }
 

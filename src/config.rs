@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -42,6 +43,14 @@ pub struct GlobalArgs {
     /// Log format.
     #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Longest lifetime a token may be issued for (s, m, h, d; default 90d).
+    #[arg(
+        long,
+        global = true,
+        env = "PIIVAULT_MAX_TOKEN_TTL",
+        value_name = "TTL"
+    )]
+    pub max_token_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -64,6 +73,9 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub plain_http: Option<bool>,
     pub max_body_bytes: Option<usize>,
+    pub max_token_ttl: Option<String>,
+    /// How often the policy files are checked for changes, in seconds.
+    pub policy_reload_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +95,8 @@ pub struct Settings {
     pub policy_dir: Option<PathBuf>,
     pub master: MasterKeySource,
     pub log_format: LogFormat,
+    /// Longest lifetime a token may be issued for.
+    pub max_token_ttl: Duration,
     /// The TOML file, for subcommand-specific settings.
     pub file: FileConfig,
 }
@@ -154,7 +168,20 @@ impl Settings {
                 create: true,
             }
         };
+        let max_token_ttl = match args
+            .max_token_ttl
+            .as_deref()
+            .or(file.max_token_ttl.as_deref())
+        {
+            Some(text) => crate::authz::parse_ttl(text).ok_or_else(|| {
+                ConfigError::Invalid(
+                    "max token lifetime takes a number and s, m, h or d (e.g. 90d)".into(),
+                )
+            })?,
+            None => crate::authz::DEFAULT_MAX_TTL,
+        };
         Ok(Self {
+            max_token_ttl,
             log_format: args
                 .log_format
                 .or(file.log_format)

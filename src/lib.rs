@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum_server::tls_rustls::RustlsConfig;
 
-use crate::authz::Tokens;
+use crate::authz::{FailureLimiter, LimitConfig, Policy, Tokens};
 use crate::classify::Catalogue;
 use crate::config::Settings;
 use crate::crypto::Keys;
@@ -29,6 +29,8 @@ use crate::vault::Vault;
 #[derive(Debug, Clone)]
 pub struct App {
     pub store: Store,
+    /// The access policy in force (reloadable).
+    pub policy: Arc<Policy>,
     pub vault: Vault,
     pub tokens: Tokens,
     /// Whether opening this vault initialised it (first start).
@@ -61,6 +63,11 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         .create(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let catalogue = Arc::new(load_catalogue(settings)?);
+    let policy = Arc::new(
+        Policy::load(settings.policy_dir.clone(), catalogue.clone())
+            .await
+            .context("loading the access policy")?,
+    );
     let connections = if settings.database_url.starts_with("sqlite:") {
         8
     } else {
@@ -76,12 +83,14 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
     tracing::info!(
         backend = ?store.backend(),
         kek_version = keys.master().current_version(),
+        policy = %policy.current().digest(),
         initialised_now,
         "vault opened"
     );
     Ok(App {
         vault: Vault::new(store.clone(), keys.clone(), catalogue),
-        tokens: Tokens::new(store.clone(), keys),
+        tokens: Tokens::new(store.clone(), keys, settings.max_token_ttl),
+        policy,
         store,
         initialised_now,
     })
@@ -94,6 +103,22 @@ pub struct ServeOptions {
     /// Plain HTTP instead of HTTPS: only on a loopback address.
     pub plain_http: bool,
     pub max_body_bytes: usize,
+    /// How often the policy files are checked for changes (SIGHUP reloads at once).
+    pub policy_reload: std::time::Duration,
+    /// Budget of bad tokens per client address.
+    pub bad_token_limit: LimitConfig,
+}
+
+impl ServeOptions {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            plain_http: false,
+            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            policy_reload: std::time::Duration::from_secs(5),
+            bad_token_limit: LimitConfig::default(),
+        }
+    }
 }
 
 /// A running server.
@@ -135,14 +160,17 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         vault: app.vault.clone(),
         tokens: app.tokens.clone(),
         store: app.store.clone(),
+        policy: app.policy.clone(),
+        limiter: Arc::new(FailureLimiter::new(opts.bad_token_limit)),
     };
+    app.policy.clone().watch(opts.policy_reload);
     let router = http::router(state, opts.max_body_bytes);
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    let service = router.into_make_service();
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let (scheme, task) = if opts.plain_http {
         let server = axum_server::from_tcp(listener).handle(handle.clone());
         ("http", tokio::spawn(server.serve(service)))

@@ -6,14 +6,14 @@ use base64::Engine as _;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{PURPOSES, ROLES};
+use super::PolicySet;
 use crate::crypto::{ct_eq, random_bytes, random_id, Keys};
 use crate::store::{now_ms, Store, StoreError, TokenRow};
 
 /// Prefix of every bearer secret, so leaked secrets are easy to recognise and scan for.
 const SECRET_PREFIX: &str = "pvt_";
-/// Longest lifetime a token may be given.
-pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest lifetime a token may be given unless configured otherwise.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -103,42 +103,49 @@ impl TokenInfo {
 pub struct Tokens {
     store: Store,
     keys: Arc<Keys>,
+    max_ttl: Duration,
 }
 
 impl Tokens {
-    pub fn new(store: Store, keys: Arc<Keys>) -> Self {
-        Self { store, keys }
+    pub fn new(store: Store, keys: Arc<Keys>, max_ttl: Duration) -> Self {
+        Self {
+            store,
+            keys,
+            max_ttl,
+        }
     }
 
+    /// Issues a token for a role the policy knows, for purposes that role may claim.
     pub async fn issue(
         &self,
         req: IssueRequest,
+        policy: &PolicySet,
     ) -> Result<(TokenInfo, Zeroizing<String>), TokenError> {
-        if !ROLES.contains(&req.role.as_str()) {
+        let Some(claimable) = policy.claimable(&req.role) else {
+            let roles: Vec<&str> = policy.roles().map(String::as_str).collect();
             return Err(TokenError::BadRequest(format!(
-                "unknown role (known: {})",
-                ROLES.join(", ")
+                "unknown role (roles in the policy: {})",
+                roles.join(", ")
             )));
-        }
+        };
         if req.purposes.is_empty() {
             return Err(TokenError::BadRequest(
                 "at least one purpose is required".into(),
             ));
         }
-        if let Some(p) = req
-            .purposes
-            .iter()
-            .find(|p| !PURPOSES.contains(&p.as_str()))
-        {
+        if let Some(p) = req.purposes.iter().find(|p| !claimable.contains(*p)) {
+            let may: Vec<&str> = claimable.iter().map(String::as_str).collect();
             return Err(TokenError::BadRequest(format!(
-                "unknown purpose {p:?} (known: {})",
-                PURPOSES.join(", ")
+                "role {} may not claim purpose {p:?} (it may claim: {})",
+                req.role,
+                may.join(", ")
             )));
         }
-        if req.ttl.is_zero() || req.ttl > MAX_TTL {
-            return Err(TokenError::BadRequest(
-                "the lifetime must be between 1 second and 365 days".into(),
-            ));
+        if req.ttl.is_zero() || req.ttl > self.max_ttl {
+            return Err(TokenError::BadRequest(format!(
+                "the lifetime must be between 1 second and {} seconds",
+                self.max_ttl.as_secs()
+            )));
         }
         if req.description.chars().count() > 200 || req.description.chars().any(char::is_control) {
             return Err(TokenError::BadRequest(
@@ -233,6 +240,7 @@ pub fn parse_ttl(text: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Every subcommand works directly on the
 //! store for an operator who holds the master key.
 
+mod policy;
 mod serve;
 mod token;
 
@@ -28,6 +29,9 @@ pub enum Command {
     /// Issue, list and revoke bearer tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Inspect the access policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Runs a parsed command line; the exit code says whether it worked.
@@ -43,6 +47,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(&settings, args).await,
         Command::Token(cmd) => token::run(&settings, cmd).await,
+        Command::Policy(cmd) => policy::run(&settings, cmd).await,
     };
     match result {
         Ok(code) => code,

@@ -26,14 +26,15 @@ pub struct ServeArgs {
 pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let file = &settings.file;
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
-    let opts = ServeOptions {
-        listen: args.listen.or(file.listen).unwrap_or(default_listen),
-        plain_http: args.plain_http || file.plain_http.unwrap_or(false),
-        max_body_bytes: args
-            .max_body_bytes
-            .or(file.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-    };
+    let mut opts = ServeOptions::new(args.listen.or(file.listen).unwrap_or(default_listen));
+    opts.plain_http = args.plain_http || file.plain_http.unwrap_or(false);
+    opts.max_body_bytes = args
+        .max_body_bytes
+        .or(file.max_body_bytes)
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if let Some(secs) = file.policy_reload_secs {
+        opts.policy_reload = std::time::Duration::from_secs(secs.max(1));
+    }
     let bootstrap_ttl = parse_ttl(&args.bootstrap_token_ttl)
         .context("--bootstrap-token-ttl takes a number and s, m, h or d (e.g. 24h)")?;
     let app = crate::open(settings).await?;
@@ -41,13 +42,16 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
     if app.initialised_now {
         let (info, secret) = app
             .tokens
-            .issue(IssueRequest {
-                role: "admin".into(),
-                purposes: vec!["admin".into()],
-                ttl: bootstrap_ttl,
-                description: "bootstrap admin token".into(),
-                created_by: "bootstrap".into(),
-            })
+            .issue(
+                IssueRequest {
+                    role: "admin".into(),
+                    purposes: vec!["admin".into()],
+                    ttl: bootstrap_ttl,
+                    description: "bootstrap admin token".into(),
+                    created_by: "bootstrap".into(),
+                },
+                &app.policy.current(),
+            )
             .await
             .context("issuing the bootstrap admin token")?;
         println!(

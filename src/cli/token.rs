@@ -10,13 +10,15 @@ pub enum TokenCommand {
     /// Issue a token. The secret is printed once, alone on standard output
     /// (`TOKEN=$(piivault token issue ...)` works); details go to standard error.
     Issue {
-        /// Role: onboarding, customer_service, billing, marketing, dsr_handler, auditor, admin.
+        /// Role from policies/policy.csv (shipped: onboarding, customer_service, billing,
+        /// marketing, dsr_handler, auditor, admin).
         #[arg(long)]
         role: String,
-        /// A purpose the token may claim in X-Purpose; repeat for several.
+        /// A purpose the token may claim in X-Purpose (one the role has a policy line
+        /// for); repeat for several.
         #[arg(long = "purpose", required = true, value_name = "PURPOSE")]
         purposes: Vec<String>,
-        /// Lifetime: a number and s, m, h or d (e.g. 90d). At most 365 days.
+        /// Lifetime: a number and s, m, h or d (e.g. 30d); at most --max-token-ttl.
         #[arg(long, value_name = "TTL")]
         ttl: String,
         /// Which service or person the token is for.
@@ -48,13 +50,16 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
             let ttl = parse_ttl(&ttl).context("--ttl takes a number and s, m, h or d (e.g. 1h)")?;
             let (info, secret) = app
                 .tokens
-                .issue(IssueRequest {
-                    role,
-                    purposes,
-                    ttl,
-                    description,
-                    created_by: "cli".into(),
-                })
+                .issue(
+                    IssueRequest {
+                        role,
+                        purposes,
+                        ttl,
+                        description,
+                        created_by: "cli".into(),
+                    },
+                    &app.policy.current(),
+                )
                 .await?;
             eprintln!(
                 "issued {} (role {}, purposes {}, expires {})",

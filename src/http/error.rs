@@ -20,6 +20,10 @@ pub enum ApiError {
     Forbidden {
         code: &'static str,
         message: String,
+        field: Option<String>,
+    },
+    TooManyFailures {
+        retry_after: u64,
     },
     NotFound {
         code: &'static str,
@@ -38,6 +42,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Denied by the access policy; names the field or object when there is one.
+    pub fn denied(message: impl Into<String>, field: Option<&str>) -> Self {
+        Self::Forbidden {
+            code: "policy_denied",
+            message: message.into(),
+            field: field.map(str::to_owned),
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::BadRequest {
             code,
@@ -105,7 +118,23 @@ impl IntoResponse for ApiError {
             Self::Unauthorized { code, message } => {
                 (StatusCode::UNAUTHORIZED, code, message.to_owned(), None)
             }
-            Self::Forbidden { code, message } => (StatusCode::FORBIDDEN, code, message, None),
+            Self::Forbidden {
+                code,
+                message,
+                field,
+            } => (StatusCode::FORBIDDEN, code, message, field),
+            Self::TooManyFailures { retry_after } => {
+                let body = json!({ "error": {
+                    "code": "too_many_failures",
+                    "message": "too many bad tokens from this address; slow down",
+                }});
+                let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
+                    resp.headers_mut()
+                        .insert(axum::http::header::RETRY_AFTER, v);
+                }
+                return resp;
+            }
             Self::NotFound { code, message } => {
                 (StatusCode::NOT_FOUND, code, message.to_owned(), None)
             }

@@ -1,8 +1,11 @@
-//! Extractors: the authenticated caller, the purpose it claims, and JSON bodies whose
-//! parse errors never echo the input.
+//! Extractors: the authenticated caller with the purpose it claims, and JSON bodies
+//! whose parse errors never echo the input.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -10,40 +13,86 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::authz::{Caller, TokenError};
+use crate::authz::{Caller, FieldAccess, PolicySet, TokenError, Verdict};
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, TokenError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(TokenError::Missing)?;
+    let value = header.to_str().map_err(|_| TokenError::Invalid)?;
+    let secret = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(TokenError::Invalid)?
+        .trim();
+    state.tokens.authenticate(secret).await
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(TokenError::Missing)?;
-        let value = header.to_str().map_err(|_| TokenError::Invalid)?;
-        let secret = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(TokenError::Invalid)?
-            .trim();
-        let caller = state.tokens.authenticate(secret).await?;
-        tracing::Span::current().record("token", caller.token_id.as_str());
-        Ok(caller)
+        match authenticate(parts, state).await {
+            Ok(caller) => {
+                tracing::Span::current().record("token", caller.token_id.as_str());
+                Ok(caller)
+            }
+            Err(e @ TokenError::Store(_)) => Err(e.into()),
+            Err(e) => {
+                let ip = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.ip());
+                if let Some(ip) = ip {
+                    if let Verdict::Limited { retry_after } = state.limiter.failure(ip) {
+                        tracing::warn!(client = %ip, "bad tokens over budget; delaying");
+                        tokio::time::sleep(state.limiter.config().penalty).await;
+                        return Err(ApiError::TooManyFailures { retry_after });
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
-/// A caller on a personal-data call, with the purpose it claims in `X-Purpose`.
+/// An authenticated caller, the purpose it claims in `X-Purpose` (one its token may
+/// claim), and the policy in force for this request.
 #[derive(Debug, Clone)]
-pub struct DataCaller {
+pub struct Authorized {
     pub caller: Caller,
     pub purpose: String,
+    pub policy: Arc<PolicySet>,
 }
 
-/// Roles that never see personal data (SPEC section 4). Until the casbin policy
-/// layer lands, this is the only role check on data calls.
-const NO_PI_ROLES: &[&str] = &["admin", "auditor"];
+impl Authorized {
+    /// Whether the policy allows `action` on `object` for this caller and purpose.
+    pub fn may(&self, object: &str, action: &str) -> bool {
+        self.policy
+            .allows(&self.caller.role, object, action, &self.purpose)
+    }
 
-impl FromRequestParts<AppState> for DataCaller {
+    /// Refuses with 403 `policy_denied`, naming the object, unless allowed.
+    pub fn require(&self, object: &str, action: &str) -> Result<(), ApiError> {
+        if self.may(object, action) {
+            Ok(())
+        } else {
+            tracing::info!(object, action, "denied by policy");
+            Err(ApiError::denied(
+                format!("the policy does not allow {action} on {object} for this role and purpose"),
+                Some(object),
+            ))
+        }
+    }
+
+    pub fn field_access(&self, field: &str) -> Option<FieldAccess> {
+        self.policy
+            .field_access(&self.caller.role, field, &self.purpose)
+    }
+}
+
+impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -55,25 +104,21 @@ impl FromRequestParts<AppState> for DataCaller {
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
-                ApiError::bad_request(
-                    "purpose_missing",
-                    "the X-Purpose header is required on data calls",
-                )
+                ApiError::bad_request("purpose_missing", "the X-Purpose header is required")
             })?
             .to_owned();
         if !caller.purposes.contains(&purpose) {
             return Err(ApiError::Forbidden {
                 code: "purpose_not_allowed",
                 message: "this token may not claim that purpose".into(),
+                field: None,
             });
         }
-        if NO_PI_ROLES.contains(&caller.role.as_str()) {
-            return Err(ApiError::Forbidden {
-                code: "policy_denied",
-                message: "this role may not access personal data".into(),
-            });
-        }
-        Ok(Self { caller, purpose })
+        Ok(Self {
+            caller,
+            purpose,
+            policy: state.policy.current(),
+        })
     }
 }
 

@@ -5,6 +5,7 @@ mod extract;
 mod health;
 mod subjects;
 pub mod tls;
+mod tokens;
 
 pub use error::ApiError;
 
@@ -17,7 +18,9 @@ use axum::response::Response;
 use axum::Router;
 use tracing::Instrument;
 
-use crate::authz::Tokens;
+use std::sync::Arc;
+
+use crate::authz::{FailureLimiter, Policy, Tokens};
 use crate::crypto::random_id;
 use crate::store::Store;
 use crate::vault::Vault;
@@ -28,6 +31,8 @@ pub struct AppState {
     pub vault: Vault,
     pub tokens: Tokens,
     pub store: Store,
+    pub policy: Arc<Policy>,
+    pub limiter: Arc<FailureLimiter>,
 }
 
 /// The request id, as logged and as sent back in `X-Request-Id`.
@@ -68,6 +73,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(health::router())
         .merge(subjects::router())
+        .merge(tokens::router())
         .fallback(|| async {
             ApiError::NotFound {
                 code: "not_found",

@@ -262,6 +262,46 @@ both_stores!(
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["fields"]["phone"]["value"], CANARIES[8]);
         assert_eq!(body["fields"]["name"]["value"], CANARIES[0]);
+        // The CLI lists and revokes; the revoked token stops working at once.
+        let out = Command::new(bin())
+            .args(["token", "list", "--json"])
+            .args(base_args(dir.path(), &url))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = listed.as_array().unwrap();
+        assert_eq!(listed.len(), 2, "bootstrap and dsr tokens");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(&tok),
+            "list shows no secret"
+        );
+        let dsr_id = listed.iter().find(|t| t["role"] == "dsr_handler").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let revoke = |id: &str| {
+            Command::new(bin())
+                .args(["token", "revoke", id])
+                .args(base_args(dir.path(), &url))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(revoke(&dsr_id));
+        assert!(!revoke(&dsr_id), "revoking twice fails");
+        let (status, body) = call(
+            &client,
+            second.port,
+            &tok,
+            Method::GET,
+            &format!("/v1/subjects/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "token_revoked");
         stop(second);
 
         // Where the canaries must not be.

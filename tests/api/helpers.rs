@@ -102,6 +102,7 @@ pub fn settings(dir: &Path, database_url: String) -> Settings {
             create: true,
         },
         log_format: LogFormat::Text,
+        max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
         file: Default::default(),
     }
 }
@@ -134,6 +135,8 @@ pub struct TestApp {
 pub struct Options {
     pub max_body_bytes: usize,
     pub key_usage_limit: Option<i64>,
+    pub policy_dir: Option<PathBuf>,
+    pub bad_token_limit: Option<piivault::authz::LimitConfig>,
 }
 
 impl Default for Options {
@@ -141,6 +144,8 @@ impl Default for Options {
         Self {
             max_body_bytes: piivault::config::DEFAULT_MAX_BODY_BYTES,
             key_usage_limit: None,
+            policy_dir: None,
+            bad_token_limit: None,
         }
     }
 }
@@ -165,22 +170,23 @@ pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
             (url, Some(name))
         }
     };
-    let settings = settings(dir.path(), database_url.clone());
+    let mut settings = settings(dir.path(), database_url.clone());
+    if let Some(p) = opts.policy_dir {
+        settings.policy_dir = Some(p);
+    }
     let mut app = piivault::open(&settings).await.expect("vault opens");
     if let Some(limit) = opts.key_usage_limit {
         app.vault = app.vault.with_key_usage_limit(limit);
     }
-    let server = piivault::start(
-        &app,
-        &settings,
-        &ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            plain_http: false,
-            max_body_bytes: opts.max_body_bytes,
-        },
-    )
-    .await
-    .expect("server starts");
+    let mut serve = ServeOptions::new("127.0.0.1:0".parse().unwrap());
+    serve.max_body_bytes = opts.max_body_bytes;
+    serve.policy_reload = Duration::from_millis(100);
+    if let Some(limit) = opts.bad_token_limit {
+        serve.bad_token_limit = limit;
+    }
+    let server = piivault::start(&app, &settings, &serve)
+        .await
+        .expect("server starts");
     let base = format!("https://localhost:{}", server.addr.port());
     TestApp {
         db,
@@ -212,13 +218,16 @@ impl TestApp {
         let (info, secret) = self
             .app
             .tokens
-            .issue(IssueRequest {
-                role: role.into(),
-                purposes: purposes.iter().map(|p| p.to_string()).collect(),
-                ttl,
-                description: "test".into(),
-                created_by: "test".into(),
-            })
+            .issue(
+                IssueRequest {
+                    role: role.into(),
+                    purposes: purposes.iter().map(|p| p.to_string()).collect(),
+                    ttl,
+                    description: "test".into(),
+                    created_by: "test".into(),
+                },
+                &self.app.policy.current(),
+            )
             .await
             .expect("token issued");
         (info.id, secret.to_string())

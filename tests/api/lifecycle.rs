@@ -117,28 +117,14 @@ both_stores!(passphrase_master_key, |db| async move {
 #[tokio::test]
 async fn plain_http_only_on_loopback() {
     let t = spawn_app(Db::Sqlite).await;
-    let refused = piivault::start(
-        &t.app,
-        &t.settings,
-        &ServeOptions {
-            listen: "0.0.0.0:0".parse().unwrap(),
-            plain_http: true,
-            max_body_bytes: 1024,
-        },
-    )
-    .await;
+    let mut opts = ServeOptions::new("0.0.0.0:0".parse().unwrap());
+    opts.plain_http = true;
+    let refused = piivault::start(&t.app, &t.settings, &opts).await;
     assert!(refused.is_err());
-    let server = piivault::start(
-        &t.app,
-        &t.settings,
-        &ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            plain_http: true,
-            max_body_bytes: 1024,
-        },
-    )
-    .await
-    .expect("plain HTTP on loopback");
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    let server = piivault::start(&t.app, &t.settings, &opts)
+        .await
+        .expect("plain HTTP on loopback");
     assert_eq!(server.scheme, "http");
     let body = reqwest::get(format!("http://127.0.0.1:{}/healthz", server.addr.port()))
         .await

@@ -152,17 +152,22 @@ both_stores!(
             ("billing", vec![], 60),
             ("billing", vec!["fun"], 60),
             ("billing", vec!["billing"], 0),
+            ("billing", vec!["dsr"], 60),
+            ("billing", vec!["billing"], 91 * 86400),
         ] {
             let err = t
                 .app
                 .tokens
-                .issue(piivault::authz::IssueRequest {
-                    role: role.into(),
-                    purposes: purposes.iter().map(|p| p.to_string()).collect(),
-                    ttl: Duration::from_secs(ttl),
-                    description: String::new(),
-                    created_by: "test".into(),
-                })
+                .issue(
+                    piivault::authz::IssueRequest {
+                        role: role.into(),
+                        purposes: purposes.iter().map(|p| p.to_string()).collect(),
+                        ttl: Duration::from_secs(ttl),
+                        description: String::new(),
+                        created_by: "test".into(),
+                    },
+                    &t.app.policy.current(),
+                )
                 .await;
             assert!(err.is_err(), "{role} {purposes:?} {ttl}");
         }

@@ -6,7 +6,7 @@
 //! with each reload and swapped atomically; a file that does not load is refused and the
 //! last good policy stays in force.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -110,7 +110,8 @@ pub struct Explanation {
 pub struct PolicySet {
     enforcer: Enforcer,
     rules: Vec<Vec<String>>,
-    allowed: HashSet<(String, String, String, String)>,
+    /// role → purpose → object → bit set of allowed actions (bit i is `ACTIONS[i]`).
+    allowed: HashMap<String, HashMap<String, HashMap<String, u8>>>,
     claimable: BTreeMap<String, BTreeSet<String>>,
     purposes: BTreeMap<String, PurposeSpec>,
     objects: BTreeMap<String, Option<String>>,
@@ -121,7 +122,7 @@ impl std::fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicySet")
             .field("digest", &self.digest)
-            .field("rules", &self.allowed.len())
+            .field("rules", &self.rules.len())
             .finish()
     }
 }
@@ -293,7 +294,7 @@ impl PolicySet {
 
         // A role can only be granted something for a purpose named in its own lines or
         // in those of a role it inherits from; casbin decides the rest.
-        let mut allowed = HashSet::new();
+        let mut allowed: HashMap<String, HashMap<String, HashMap<String, u8>>> = HashMap::new();
         let mut claimable: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for role in &roles {
             let mut lineage = enforcer.get_implicit_roles_for_user(role, None);
@@ -306,7 +307,7 @@ impl PolicySet {
             let entry = claimable.entry(role.clone()).or_default();
             for purpose in named {
                 for object in objects.keys() {
-                    for action in ACTIONS {
+                    for (bit, action) in ACTIONS.iter().enumerate() {
                         let yes = enforcer
                             .enforce((role.as_str(), object.as_str(), *action, purpose.as_str()))
                             .map_err(|e| {
@@ -315,12 +316,13 @@ impl PolicySet {
                                 ))
                             })?;
                         if yes {
-                            allowed.insert((
-                                role.clone(),
-                                object.clone(),
-                                (*action).to_owned(),
-                                purpose.clone(),
-                            ));
+                            *allowed
+                                .entry(role.clone())
+                                .or_default()
+                                .entry(purpose.clone())
+                                .or_default()
+                                .entry(object.clone())
+                                .or_default() |= 1 << bit;
                             entry.insert(purpose.clone());
                         }
                     }
@@ -346,12 +348,21 @@ impl PolicySet {
 
     /// Whether `role` may do `action` on `object` for `purpose`.
     pub fn allows(&self, role: &str, object: &str, action: &str, purpose: &str) -> bool {
-        self.allowed.contains(&(
-            role.to_owned(),
-            object.to_owned(),
-            action.to_owned(),
-            purpose.to_owned(),
-        ))
+        let Some(bit) = ACTIONS.iter().position(|a| *a == action) else {
+            return false;
+        };
+        self.allowed
+            .get(role)
+            .and_then(|p| p.get(purpose))
+            .and_then(|o| o.get(object))
+            .is_some_and(|bits| bits & (1 << bit) != 0)
+    }
+
+    /// Asks casbin directly, bypassing the decision table (for benchmarks and checks).
+    pub fn enforce(&self, role: &str, object: &str, action: &str, purpose: &str) -> bool {
+        self.enforcer
+            .enforce((role, object, action, purpose))
+            .unwrap_or(false)
     }
 
     /// How `role` may see `field` for `purpose`: in clear, masked, or not at all.

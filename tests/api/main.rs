@@ -9,6 +9,8 @@ mod canary;
 mod crypto_binding;
 mod erasure;
 mod lifecycle;
+mod policy_admin;
+mod policy_matrix;
 mod subjects;
 mod tokens;
 mod validation;

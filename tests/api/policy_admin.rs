@@ -1,0 +1,410 @@
+//! Token API, policy reload and the bad-token limiter.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+both_stores!(
+    admin_issues_lists_and_revokes_tokens_over_http,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let admin = t.token("admin", &["admin"]).await;
+        let id = t.create(&t.dsr().await, full_subject()).await;
+        let body = json!({"role": "billing", "purposes": ["billing"], "ttl_seconds": 600, "description": "billing service"});
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                Some(&admin),
+                Some("admin"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let secret = b["token"].as_str().unwrap().to_owned();
+        let tok_id = b["id"].as_str().unwrap().to_owned();
+        assert_eq!(b["role"], "billing");
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields=bank_card"),
+                Some(&secret),
+                Some("billing"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["fields"]["bank_card"]["value"], "6222021234567894");
+
+        let (s, b) = t
+            .call(Method::GET, "/v1/tokens", Some(&admin), Some("admin"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(b["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == json!(tok_id)));
+        assert!(
+            !b.to_string().contains(&secret),
+            "the list never holds secrets"
+        );
+
+        // Refused requests say why.
+        for (bad, why) in [
+            (
+                json!({"role": "root", "purposes": ["admin"], "ttl_seconds": 60}),
+                "unknown role",
+            ),
+            (
+                json!({"role": "billing", "purposes": ["marketing"], "ttl_seconds": 60}),
+                "may not claim",
+            ),
+            (
+                json!({"role": "billing", "purposes": ["billing"], "ttl_seconds": 400 * 86400}),
+                "lifetime",
+            ),
+            (
+                json!({"role": "billing", "purposes": [], "ttl_seconds": 60}),
+                "purpose",
+            ),
+        ] {
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    "/v1/tokens",
+                    Some(&admin),
+                    Some("admin"),
+                    Some(&bad),
+                )
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+            assert!(b["error"]["message"].as_str().unwrap().contains(why), "{b}");
+        }
+        // Only admin may manage tokens.
+        let dsr = t.dsr().await;
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("policy_denied"))
+        );
+
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/tokens/{tok_id}"),
+                Some(&admin),
+                Some("admin"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields=bank_card"),
+                Some(&secret),
+                Some("billing"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::UNAUTHORIZED, json!("token_revoked"))
+        );
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/tokens/{tok_id}"),
+                Some(&admin),
+                Some("admin"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+);
+
+fn copy_policies(to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in [
+        "classification.toml",
+        "model.conf",
+        "policy.csv",
+        "purposes.toml",
+    ] {
+        std::fs::copy(policy_dir().join(f), to.join(f)).unwrap();
+    }
+}
+
+async fn wait_for(t: &TestApp, path: &str, tok: &str, purpose: &str, want: StatusCode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, b) = t
+            .call(Method::GET, path, Some(tok), Some(purpose), None)
+            .await;
+        if s == want {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "still {s} after 10 s: {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+both_stores!(
+    policy_changes_apply_without_restart_and_broken_files_are_refused,
+    |db| async move {
+        let pol = tempfile::tempdir().unwrap();
+        copy_policies(pol.path());
+        let t = spawn_app_with(
+            db,
+            Options {
+                policy_dir: Some(pol.path().to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let id = t.create(&t.dsr().await, full_subject()).await;
+        let billing = t.token("billing", &["billing"]).await;
+        let path = format!("/v1/subjects/{id}?fields=phone");
+        let (s, _) = t
+            .call(Method::GET, &path, Some(&billing), Some("billing"), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        let csv = pol.path().join("policy.csv");
+        let original = std::fs::read_to_string(&csv).unwrap();
+        std::fs::write(
+            &csv,
+            format!("{original}\np, billing, phone, read_masked, billing\n"),
+        )
+        .unwrap();
+        let b = wait_for(&t, &path, &billing, "billing", StatusCode::OK).await;
+        assert_eq!(b["fields"]["phone"]["value"], "139****5678");
+
+        // A broken file is refused; the last good policy stays in force.
+        std::fs::write(
+            &csv,
+            format!(
+                "{original}\np, billing, phone, read, billing\np, billing, phonee, read, billing\n"
+            ),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (s, b) = t
+            .call(Method::GET, &path, Some(&billing), Some("billing"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            b["fields"]["phone"]["masked"], true,
+            "the broken policy must not apply"
+        );
+        let reload = t.app.policy.reload().await;
+        assert!(
+            matches!(
+                reload,
+                piivault::authz::Reload::Refused(piivault::authz::PolicyError::Line { .. })
+            ),
+            "{reload:?}"
+        );
+
+        // Back to the shipped policy: the grant is gone again.
+        std::fs::write(&csv, &original).unwrap();
+        wait_for(&t, &path, &billing, "billing", StatusCode::FORBIDDEN).await;
+        // A deployment can add a role by editing policies/ alone.
+        std::fs::write(
+            &csv,
+            format!(
+                "{original}\ng, billing_lead, billing\np, billing_lead, phone, read, billing\n"
+            ),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.app.policy.current().is_role("billing_lead") {
+            assert!(Instant::now() < deadline, "new role not loaded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let lead = t.token("billing_lead", &["billing"]).await;
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields=phone,bank_card"),
+                Some(&lead),
+                Some("billing"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["fields"]["phone"]["value"], "13912345678");
+        assert_eq!(b["fields"]["bank_card"]["value"], "6222021234567894");
+    }
+);
+
+both_stores!(
+    bad_tokens_are_slowed_down_good_clients_are_not,
+    |db| async move {
+        let penalty = Duration::from_millis(300);
+        let t = spawn_app_with(
+            db,
+            Options {
+                bad_token_limit: Some(piivault::authz::LimitConfig {
+                    max_failures: 3,
+                    window: Duration::from_secs(60),
+                    penalty,
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+        let good = t.dsr().await;
+        let id = t.create(&good, json!({"name": "褚十三"})).await;
+        let path = format!("/v1/subjects/{id}");
+        let bad = format!("pvt_{}", "B".repeat(43));
+        for _ in 0..3 {
+            let (s, _) = t
+                .call(Method::GET, &path, Some(&bad), Some("dsr"), None)
+                .await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED);
+        }
+        let start = Instant::now();
+        let resp = t
+            .client
+            .get(format!("{}{}", t.base, path))
+            .bearer_auth(&bad)
+            .header("X-Purpose", "dsr")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().get("retry-after").is_some());
+        assert!(
+            start.elapsed() >= penalty,
+            "the failure over budget was not delayed"
+        );
+        // A good token from the same address is neither refused nor delayed.
+        let start = Instant::now();
+        let (s, _) = t
+            .call(Method::GET, &path, Some(&good), Some("dsr"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(start.elapsed() < penalty);
+        // Another client address has its own budget.
+        let other = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(
+                    &std::fs::read(t.dir.path().join("tls/ca.pem")).unwrap(),
+                )
+                .unwrap(),
+            )
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .unwrap();
+        let resp = other
+            .get(format!("{}{}", t.base, path))
+            .bearer_auth(&bad)
+            .header("X-Purpose", "dsr")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+);
+
+#[test]
+fn policy_check_explains_decisions() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(["policy", "check", "--policy-dir"])
+            .arg(policy_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (ok, out) = run(&[
+        "--role",
+        "customer_service",
+        "--field",
+        "phone",
+        "--action",
+        "read_masked",
+        "--purpose",
+        "service",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("ALLOW"), "{out}");
+    assert!(
+        out.contains("matched: p, customer_service, phone, read_masked, service"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "--role",
+        "dsr_handler",
+        "--field",
+        "bank_card",
+        "--action",
+        "read",
+        "--purpose",
+        "dsr",
+    ]);
+    assert!(ok);
+    assert!(
+        out.contains("bank_card belongs to category:payment"),
+        "{out}"
+    );
+    assert!(
+        out.contains("matched: p, dsr_handler, category:payment, read, dsr"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "--role",
+        "customer_service",
+        "--field",
+        "phone",
+        "--action",
+        "read",
+        "--purpose",
+        "service",
+    ]);
+    assert!(!ok);
+    assert!(out.starts_with("DENY"), "{out}");
+    assert!(out.contains("read_masked is allowed"), "{out}");
+    let (ok, out) = run(&[
+        "--role",
+        "billing",
+        "--field",
+        "bank_card",
+        "--action",
+        "read",
+        "--purpose",
+        "marketing",
+    ]);
+    assert!(!ok);
+    assert!(out.contains("default deny"), "{out}");
+    let (ok, out) = run(&[
+        "--role",
+        "nobody",
+        "--field",
+        "phone",
+        "--action",
+        "read",
+        "--purpose",
+        "service",
+    ]);
+    assert!(!ok);
+    assert!(out.contains("appears nowhere"), "{out}");
+}

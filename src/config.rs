@@ -43,6 +43,15 @@ pub struct GlobalArgs {
     /// Log format.
     #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Audit signing key file (Ed25519; default DATA_DIR/audit/signing.key). Its public
+    /// half is written beside it as signing.pub for auditors.
+    #[arg(
+        long,
+        global = true,
+        env = "PIIVAULT_AUDIT_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub audit_key_file: Option<PathBuf>,
     /// Longest lifetime a token may be issued for (s, m, h, d; default 90d).
     #[arg(
         long,
@@ -74,6 +83,11 @@ pub struct FileConfig {
     pub plain_http: Option<bool>,
     pub max_body_bytes: Option<usize>,
     pub max_token_ttl: Option<String>,
+    pub audit_key_file: Option<PathBuf>,
+    /// Sign an audit checkpoint after this many events (default 1000)…
+    pub audit_checkpoint_events: Option<i64>,
+    /// …or after this many seconds with new events (default 10).
+    pub audit_checkpoint_secs: Option<u64>,
     /// How often the policy files are checked for changes, in seconds.
     pub policy_reload_secs: Option<u64>,
 }
@@ -97,6 +111,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Longest lifetime a token may be issued for.
     pub max_token_ttl: Duration,
+    /// The audit signing key (private; 0600).
+    pub audit_key_file: PathBuf,
     /// The TOML file, for subcommand-specific settings.
     pub file: FileConfig,
 }
@@ -180,7 +196,13 @@ impl Settings {
             })?,
             None => crate::authz::DEFAULT_MAX_TTL,
         };
+        let audit_key_file = args
+            .audit_key_file
+            .clone()
+            .or_else(|| file.audit_key_file.clone())
+            .unwrap_or_else(|| data_dir.join("audit").join("signing.key"));
         Ok(Self {
+            audit_key_file,
             max_token_ttl,
             log_format: args
                 .log_format

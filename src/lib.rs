@@ -1,6 +1,7 @@
 //! piivault: a secure customer-data vault. This file builds the app from its parts
 //! and is the public surface the binary and the tests use.
 
+pub mod audit;
 pub mod authz;
 pub mod classify;
 pub mod cli;
@@ -13,15 +14,17 @@ pub mod vault;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum_server::tls_rustls::RustlsConfig;
 
+use crate::audit::{Audit, AuditConfig};
 use crate::authz::{FailureLimiter, LimitConfig, Policy, Tokens};
 use crate::classify::Catalogue;
 use crate::config::Settings;
-use crate::crypto::Keys;
+use crate::crypto::{AuditKey, AuditPublicKey, Keys};
 use crate::store::Store;
 use crate::vault::Vault;
 
@@ -33,6 +36,10 @@ pub struct App {
     pub policy: Arc<Policy>,
     pub vault: Vault,
     pub tokens: Tokens,
+    /// The audit trail.
+    pub audit: Audit,
+    /// Where checkpoints are appended outside the database.
+    pub checkpoint_file: PathBuf,
     /// Whether opening this vault initialised it (first start).
     pub initialised_now: bool,
 }
@@ -80,6 +87,33 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         .await
         .context("loading the master key")?;
     let keys = Arc::new(keys);
+    let audit_key = Arc::new(
+        AuditKey::load_or_create(&settings.audit_key_file)
+            .context("loading the audit signing key")?,
+    );
+    let checkpoint_file = settings
+        .audit_key_file
+        .parent()
+        .unwrap_or(&settings.data_dir)
+        .join("checkpoints.log");
+    let file = &settings.file;
+    let defaults = AuditConfig::default();
+    let audit = Audit::start(
+        store.clone(),
+        Some(audit_key),
+        AuditConfig {
+            checkpoint_every_events: file
+                .audit_checkpoint_events
+                .unwrap_or(defaults.checkpoint_every_events)
+                .max(1),
+            checkpoint_every: file
+                .audit_checkpoint_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(defaults.checkpoint_every),
+            checkpoint_file: Some(checkpoint_file.clone()),
+            ..defaults
+        },
+    );
     tracing::info!(
         backend = ?store.backend(),
         kek_version = keys.master().current_version(),
@@ -91,6 +125,8 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         vault: Vault::new(store.clone(), keys.clone(), catalogue),
         tokens: Tokens::new(store.clone(), keys, settings.max_token_ttl),
         policy,
+        audit,
+        checkpoint_file,
         store,
         initialised_now,
     })
@@ -160,10 +196,15 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         vault: app.vault.clone(),
         tokens: app.tokens.clone(),
         store: app.store.clone(),
+        audit: app.audit.clone(),
+        trusted_keys: Arc::new(app.trusted_audit_keys()),
+        checkpoint_file: app.checkpoint_file.clone(),
         policy: app.policy.clone(),
         limiter: Arc::new(FailureLimiter::new(opts.bad_token_limit)),
     };
-    app.policy.clone().watch(opts.policy_reload);
+    app.policy
+        .clone()
+        .watch(opts.policy_reload, app.audit.clone());
     let router = http::router(state, opts.max_body_bytes);
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -186,4 +227,60 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         handle,
         task,
     })
+}
+
+impl App {
+    /// The public keys an auditor of this vault trusts: this node's, and every other
+    /// `*.pub` file placed beside it (other nodes' keys).
+    pub fn trusted_audit_keys(&self) -> Vec<AuditPublicKey> {
+        let mut keys: Vec<AuditPublicKey> = self
+            .audit
+            .key()
+            .map(|k| k.public().clone())
+            .into_iter()
+            .collect();
+        if let Some(dir) = self.checkpoint_file.parent() {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for path in entries.flatten().map(|e| e.path()) {
+                    if path.extension().is_some_and(|e| e == "pub") {
+                        if let Ok(k) =
+                            std::fs::read_to_string(&path).map(|t| AuditPublicKey::parse(&t))
+                        {
+                            match k {
+                                Ok(k) if !keys.iter().any(|x| x.key_id() == k.key_id()) => {
+                                    keys.push(k)
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(path = %path.display(), error = %e, "not an audit public key")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// Verifies the whole trail against the trusted keys and the checkpoint file.
+    pub async fn verify_audit(&self) -> anyhow::Result<audit::VerifyReport> {
+        verify_trail(
+            &self.store,
+            &self.trusted_audit_keys(),
+            &self.checkpoint_file,
+        )
+        .await
+    }
+}
+
+/// Verifies the trail in `store` with `keys`, adding the checkpoints of `checkpoint_file`.
+pub async fn verify_trail(
+    store: &Store,
+    keys: &[AuditPublicKey],
+    checkpoint_file: &std::path::Path,
+) -> anyhow::Result<audit::VerifyReport> {
+    let extra = audit::read_checkpoint_file(checkpoint_file)
+        .with_context(|| format!("reading {}", checkpoint_file.display()))?;
+    Ok(audit::verify(store, keys, &extra).await?)
 }

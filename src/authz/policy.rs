@@ -545,8 +545,9 @@ impl Policy {
         self.stamp.read().map(|s| *s != now).unwrap_or(true)
     }
 
-    /// Reloads when the files change (checked every `interval`) or on SIGHUP.
-    pub fn watch(self: Arc<Self>, interval: Duration) {
+    /// Reloads when the files change (checked every `interval`) or on SIGHUP; every
+    /// reload that applies or is refused is recorded in the audit trail.
+    pub fn watch(self: Arc<Self>, interval: Duration, audit: crate::audit::Audit) {
         tokio::spawn(async move {
             let mut hup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -563,7 +564,27 @@ impl Policy {
                     }
                 };
                 if forced || self.changed() {
-                    self.reload().await;
+                    let event = crate::audit::Event::new(
+                        "system",
+                        "vault",
+                        "admin",
+                        &crate::crypto::random_id("sys"),
+                        "policy.reload",
+                    );
+                    let event = match self.reload().await {
+                        Reload::Unchanged => None,
+                        Reload::Applied { digest } => Some(event.target(&digest)),
+                        Reload::Refused(_) => Some(
+                            event
+                                .target(self.current().digest())
+                                .outcome(crate::audit::Decision::Error, "policy_refused"),
+                        ),
+                    };
+                    if let Some(event) = event {
+                        if let Err(e) = audit.record_one(event).await {
+                            tracing::error!(error = %e, "policy reload not audited");
+                        }
+                    }
                 }
             }
         });

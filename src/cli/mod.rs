@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Every subcommand works directly on the
 //! store for an operator who holds the master key.
 
+mod audit;
 mod policy;
 mod serve;
 mod token;
@@ -29,6 +30,9 @@ pub enum Command {
     /// Issue, list and revoke bearer tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Verify the audit trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Inspect the access policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -48,6 +52,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(&settings, args).await,
         Command::Token(cmd) => token::run(&settings, cmd).await,
         Command::Policy(cmd) => policy::run(&settings, cmd).await,
+        Command::Audit(cmd) => audit::run(&settings, cmd).await,
     };
     match result {
         Ok(code) => code,
@@ -56,4 +61,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An audit event by the operator at the command line.
+pub(crate) fn operator_event(action: &str) -> crate::audit::Event {
+    crate::audit::Event::new(
+        "cli",
+        "operator",
+        "admin",
+        &crate::crypto::random_id("cli"),
+        action,
+    )
 }

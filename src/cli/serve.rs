@@ -54,6 +54,12 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
             )
             .await
             .context("issuing the bootstrap admin token")?;
+        app.audit
+            .record_one(
+                crate::audit::Event::new("bootstrap", "vault", "admin", "bootstrap", "token.issue")
+                    .target(&info.id),
+            )
+            .await?;
         println!(
             "First start: vault initialised in {}.\n\
              Bootstrap admin token ({}, expires {}; shown only this once):\n{}",
@@ -78,6 +84,9 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     server.wait().await?;
+    if let Err(e) = app.audit.checkpoint_now().await {
+        tracing::error!(error = %e, "final audit checkpoint failed");
+    }
     app.store.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -61,6 +61,14 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
                     &app.policy.current(),
                 )
                 .await?;
+            if let Err(e) = app
+                .audit
+                .record_one(super::operator_event("token.issue").target(&info.id))
+                .await
+            {
+                let _ = app.tokens.revoke(&info.id).await;
+                return Err(e.into());
+            }
             eprintln!(
                 "issued {} (role {}, purposes {}, expires {})",
                 info.id,
@@ -81,6 +89,9 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
             ExitCode::SUCCESS
         }
         TokenCommand::Revoke { id } => {
+            app.audit
+                .record_one(super::operator_event("token.revoke").target(&id))
+                .await?;
             if app.tokens.revoke(&id).await? {
                 eprintln!("revoked {id}");
                 ExitCode::SUCCESS

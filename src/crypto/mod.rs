@@ -8,12 +8,14 @@
 //! - one data key (DEK) per subject and DEK version, stored only wrapped by the KEK.
 
 mod aad;
+mod audit_key;
 mod cipher;
 mod keyset;
 mod master;
 mod random;
 
 pub use aad::Aad;
+pub use audit_key::{AuditKey, AuditPublicKey};
 pub use cipher::{DataKey, Sealed};
 pub use keyset::{KeyError, Keys};
 pub use master::{MasterKeyRing, MasterKeySource, KEY_FILE_HEADER};

@@ -36,6 +36,8 @@ pub enum ApiError {
     },
     PayloadTooLarge,
     Unavailable,
+    /// The audit event could not be written: nothing is handed out or changed.
+    AuditUnavailable,
     /// A stored ciphertext failed authentication: answered as an error, never as data.
     Integrity,
     Internal(String),
@@ -60,6 +62,24 @@ impl ApiError {
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self::Internal(cause.to_string())
+    }
+}
+
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        tracing::error!(error = %e, "audit event not written; failing closed");
+        Self::AuditUnavailable
+    }
+}
+
+/// The stable reason code an audit event records for a failed operation.
+pub fn reason_code(e: &VaultError) -> &'static str {
+    match e {
+        VaultError::NotFound => "subject_not_found",
+        VaultError::UnknownCollection => "collection_not_found",
+        VaultError::Invalid(v) => v.rule,
+        VaultError::Integrity { .. } => "integrity_error",
+        _ => "internal",
     }
 }
 
@@ -160,6 +180,13 @@ impl IntoResponse for ApiError {
                     None,
                 )
             }
+            Self::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the vault cannot write its audit trail, so it answers nothing; try again later"
+                    .to_owned(),
+                None,
+            ),
             Self::Integrity => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "integrity_error",

@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, RequestId};
+use crate::audit::{Decision, Event};
 use crate::authz::{Caller, FieldAccess, PolicySet, TokenError, Verdict};
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, TokenError> {
@@ -64,25 +65,62 @@ pub struct Authorized {
     pub caller: Caller,
     pub purpose: String,
     pub policy: Arc<PolicySet>,
+    pub request_id: String,
 }
 
 impl Authorized {
+    /// An audit event by this caller, for this purpose and request.
+    pub fn event(&self, action: &str) -> Event {
+        Event::new(
+            &self.caller.token_id,
+            &self.caller.role,
+            &self.purpose,
+            &self.request_id,
+            action,
+        )
+    }
+
+    /// Records a refusal by policy and returns the 403 to send (503 if the refusal
+    /// cannot be recorded).
+    pub async fn deny(
+        &self,
+        state: &AppState,
+        event: Event,
+        object: &str,
+        message: String,
+    ) -> ApiError {
+        tracing::info!(object, action = %event.action, "denied by policy");
+        match state
+            .audit
+            .record_one(event.outcome(Decision::Deny, "policy_denied"))
+            .await
+        {
+            Ok(()) => ApiError::denied(message, Some(object)),
+            Err(e) => e.into(),
+        }
+    }
+
     /// Whether the policy allows `action` on `object` for this caller and purpose.
     pub fn may(&self, object: &str, action: &str) -> bool {
         self.policy
             .allows(&self.caller.role, object, action, &self.purpose)
     }
 
-    /// Refuses with 403 `policy_denied`, naming the object, unless allowed.
-    pub fn require(&self, object: &str, action: &str) -> Result<(), ApiError> {
+    /// Refuses with 403 `policy_denied` (recorded in the audit trail as `event`),
+    /// naming the object, unless allowed.
+    pub async fn require(
+        &self,
+        state: &AppState,
+        object: &str,
+        action: &str,
+        event: Event,
+    ) -> Result<(), ApiError> {
         if self.may(object, action) {
             Ok(())
         } else {
-            tracing::info!(object, action, "denied by policy");
-            Err(ApiError::denied(
-                format!("the policy does not allow {action} on {object} for this role and purpose"),
-                Some(object),
-            ))
+            let message =
+                format!("the policy does not allow {action} on {object} for this role and purpose");
+            Err(self.deny(state, event, object, message).await)
         }
     }
 
@@ -107,7 +145,22 @@ impl FromRequestParts<AppState> for Authorized {
                 ApiError::bad_request("purpose_missing", "the X-Purpose header is required")
             })?
             .to_owned();
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let policy = state.policy.current();
         if !caller.purposes.contains(&purpose) {
+            // The header is the client's text: only a declared purpose name is recorded.
+            let named = if policy.purposes().contains_key(&purpose) {
+                purpose.as_str()
+            } else {
+                "(undeclared)"
+            };
+            let event = Event::new(&caller.token_id, &caller.role, named, &request_id, "access")
+                .outcome(Decision::Deny, "purpose_not_allowed");
+            state.audit.record_one(event).await?;
             return Err(ApiError::Forbidden {
                 code: "purpose_not_allowed",
                 message: "this token may not claim that purpose".into(),
@@ -117,7 +170,8 @@ impl FromRequestParts<AppState> for Authorized {
         Ok(Self {
             caller,
             purpose,
-            policy: state.policy.current(),
+            policy,
+            request_id,
         })
     }
 }

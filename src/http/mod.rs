@@ -1,5 +1,6 @@
 //! The HTTP API: one router per domain, merged here; request ids, body limits, TLS.
 
+mod audit;
 mod error;
 mod extract;
 mod health;
@@ -18,10 +19,12 @@ use axum::response::Response;
 use axum::Router;
 use tracing::Instrument;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::audit::Audit;
 use crate::authz::{FailureLimiter, Policy, Tokens};
-use crate::crypto::random_id;
+use crate::crypto::{random_id, AuditPublicKey};
 use crate::store::Store;
 use crate::vault::Vault;
 
@@ -31,8 +34,18 @@ pub struct AppState {
     pub vault: Vault,
     pub tokens: Tokens,
     pub store: Store,
+    pub audit: Audit,
+    /// Public keys that verify audit checkpoints.
+    pub trusted_keys: Arc<Vec<AuditPublicKey>>,
+    pub checkpoint_file: PathBuf,
     pub policy: Arc<Policy>,
     pub limiter: Arc<FailureLimiter>,
+}
+
+impl AppState {
+    pub async fn verify_audit(&self) -> anyhow::Result<crate::audit::VerifyReport> {
+        crate::verify_trail(&self.store, &self.trusted_keys, &self.checkpoint_file).await
+    }
 }
 
 /// The request id, as logged and as sent back in `X-Request-Id`.
@@ -74,6 +87,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(health::router())
         .merge(subjects::router())
         .merge(tokens::router())
+        .merge(audit::router())
         .fallback(|| async {
             ApiError::NotFound {
                 code: "not_found",

@@ -1,4 +1,7 @@
 //! `/v1/subjects`: create, read, correct, erase, look up; records per collection.
+//! Every decision and change is recorded in the audit trail before anything leaves
+//! or changes: reads are audited after decryption and before the answer is sent,
+//! changes before they are made (a failed change adds an `error` event).
 
 use std::collections::BTreeSet;
 
@@ -9,11 +12,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
+use super::error::{reason_code, ApiError};
 use super::extract::{ApiJson, Authorized};
 use super::AppState;
+use crate::audit::{Decision, Event};
 use crate::authz::FieldAccess;
-use crate::vault::{SubjectId, View};
+use crate::vault::{SubjectId, VaultError, View};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,10 +37,43 @@ fn subject_id(raw: &str) -> Result<SubjectId, ApiError> {
     })
 }
 
+/// Records that an operation the audit trail already shows as allowed then failed,
+/// and passes the failure on.
+async fn failed(state: &AppState, event: Event, e: VaultError) -> ApiError {
+    let event = event.outcome(Decision::Error, reason_code(&e));
+    if let Err(audit) = state.audit.record_one(event).await {
+        return audit.into();
+    }
+    e.into()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FieldsBody {
     fields: Map<String, Value>,
+}
+
+/// Every field being written must be writable by this role for this purpose; the
+/// intent is recorded per field before anything is written.
+async fn authorise_writes(
+    state: &AppState,
+    who: &Authorized,
+    action: &str,
+    id: &SubjectId,
+    fields: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let catalogue = state.vault.catalogue();
+    let mut events = Vec::new();
+    for name in fields.keys() {
+        if catalogue.field(name).is_err() {
+            continue;
+        }
+        let event = who.event(action).subject(id.as_str()).field(name);
+        who.require(state, name, "write", event.clone()).await?;
+        events.push(event);
+    }
+    state.audit.record(events).await?;
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
@@ -45,8 +82,11 @@ async fn create(
     who: Authorized,
     ApiJson(body): ApiJson<FieldsBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require_writes(&state, &who, &body.fields)?;
-    let id = state.vault.create(&body.fields).await?;
+    let id = SubjectId::generate();
+    authorise_writes(&state, &who, "create", &id, &body.fields).await?;
+    if let Err(e) = state.vault.create(&id, &body.fields).await {
+        return Err(failed(&state, who.event("create").subject(id.as_str()), e).await);
+    }
     tracing::info!(subject = %id, fields = ?body.fields.keys().collect::<Vec<_>>(), "subject created");
     Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str() }))))
 }
@@ -106,8 +146,18 @@ async fn read(
             None => denied.push(name),
         }
     }
+    let denials: Vec<Event> = denied
+        .iter()
+        .map(|f| {
+            who.event("read")
+                .subject(id.as_str())
+                .field(f)
+                .outcome(Decision::Deny, "policy_denied")
+        })
+        .collect();
     if wanted.is_empty() {
         let fields = denied.join(",");
+        state.audit.record(denials).await?;
         tracing::info!(fields = %fields, "read denied by policy");
         return Err(ApiError::denied(
             if explicit {
@@ -118,7 +168,20 @@ async fn read(
             (!fields.is_empty()).then_some(fields.as_str()),
         ));
     }
-    let fields = state.vault.read(&id, &wanted).await?;
+    let fields = match state.vault.read(&id, &wanted).await {
+        Ok(f) => f,
+        Err(e) => {
+            state.audit.record(denials).await?;
+            return Err(failed(&state, who.event("read").subject(id.as_str()), e).await);
+        }
+    };
+    // Durable before the values leave: one event per field handed out, one per refusal.
+    let mut events = denials;
+    for (name, out) in &fields {
+        let action = if out.masked { "read_masked" } else { "read" };
+        events.push(who.event(action).subject(id.as_str()).field(name));
+    }
+    state.audit.record(events).await?;
     tracing::info!(fields = ?fields.keys().collect::<Vec<_>>(), denied = ?denied, "subject read");
     let mut answer = serde_json::to_value(&fields).map_err(ApiError::internal)?;
     for name in &denied {
@@ -130,31 +193,6 @@ async fn read(
     Ok(Json(json!({ "id": id.as_str(), "fields": answer })))
 }
 
-/// Every field being written must be writable by this role for this purpose.
-fn require_writes(
-    state: &AppState,
-    who: &Authorized,
-    fields: &Map<String, Value>,
-) -> Result<(), ApiError> {
-    let catalogue = state.vault.catalogue();
-    for name in fields.keys() {
-        if catalogue.field(name).is_ok() {
-            who.require(name, "write")?;
-        }
-    }
-    Ok(())
-}
-
-fn known_collection(state: &AppState, name: &str) -> Result<(), ApiError> {
-    match state.vault.catalogue().collection(name) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::NotFound {
-            code: "collection_not_found",
-            message: "no such record collection in the classification",
-        }),
-    }
-}
-
 #[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
 async fn correct(
     State(state): State<AppState>,
@@ -163,8 +201,10 @@ async fn correct(
     ApiJson(body): ApiJson<FieldsBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = subject_id(&raw_id)?;
-    require_writes(&state, &who, &body.fields)?;
-    state.vault.correct(&id, &body.fields).await?;
+    authorise_writes(&state, &who, "correct", &id, &body.fields).await?;
+    if let Err(e) = state.vault.correct(&id, &body.fields).await {
+        return Err(failed(&state, who.event("correct").subject(id.as_str()), e).await);
+    }
     let updated: Vec<&String> = body.fields.keys().collect();
     tracing::info!(fields = ?updated, "subject corrected");
     Ok(Json(json!({ "id": id.as_str(), "updated": updated })))
@@ -177,8 +217,13 @@ async fn erase(
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = subject_id(&raw_id)?;
-    who.require("subject", "delete")?;
-    state.vault.erase(&id).await?;
+    let event = who.event("erase").subject(id.as_str());
+    who.require(&state, "subject", "delete", event.clone())
+        .await?;
+    state.audit.record_one(event.clone()).await?;
+    if let Err(e) = state.vault.erase(&id).await {
+        return Err(failed(&state, event, e).await);
+    }
     tracing::info!("subject erased");
     Ok(Json(json!({ "id": id.as_str(), "erased": true })))
 }
@@ -196,13 +241,39 @@ async fn lookup(
     who: Authorized,
     ApiJson(body): ApiJson<LookupBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if state.vault.catalogue().field(&body.field).is_ok() && who.field_access(&body.field).is_none()
-    {
-        who.require(&body.field, "read_masked")?;
+    let known = state.vault.catalogue().field(&body.field).is_ok();
+    let event = who.event("lookup");
+    let event = if known {
+        event.field(&body.field)
+    } else {
+        event
+    };
+    if known && who.field_access(&body.field).is_none() {
+        who.require(&state, &body.field, "read_masked", event.clone())
+            .await?;
     }
-    let ids = state.vault.lookup(&body.field, &body.value).await?;
+    let ids = match state.vault.lookup(&body.field, &body.value).await {
+        Ok(ids) => ids,
+        Err(e) => return Err(failed(&state, event, e).await),
+    };
+    // One event per subject found (which subjects a caller located is itself an access).
+    let mut events: Vec<Event> = ids.iter().map(|s| event.clone().subject(s)).collect();
+    if events.is_empty() {
+        events.push(event.outcome(Decision::Allow, "no_match"));
+    }
+    state.audit.record(events).await?;
     tracing::info!(field = %body.field, matches = ids.len(), "lookup");
     Ok(Json(json!({ "ids": ids })))
+}
+
+fn known_collection(state: &AppState, name: &str) -> Result<(), ApiError> {
+    match state.vault.catalogue().collection(name) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::NotFound {
+            code: "collection_not_found",
+            message: "no such record collection in the classification",
+        }),
+    }
 }
 
 #[tracing::instrument(skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
@@ -214,8 +285,22 @@ async fn add_record(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = subject_id(&raw_id)?;
     known_collection(&state, &collection)?;
-    who.require(&collection, "write")?;
-    let record = state.vault.add_record(&id, &collection, &document).await?;
+    let event = who
+        .event("record.add")
+        .subject(id.as_str())
+        .field(&collection);
+    who.require(&state, &collection, "write", event.clone())
+        .await?;
+    let record = crate::vault::RecordId::generate();
+    let event = event.target(record.as_str());
+    state.audit.record_one(event.clone()).await?;
+    if let Err(e) = state
+        .vault
+        .add_record(&id, &collection, &record, &document)
+        .await
+    {
+        return Err(failed(&state, event, e).await);
+    }
     tracing::info!(record = %record.as_str(), "record added");
     Ok((StatusCode::CREATED, Json(json!({ "id": record.as_str() }))))
 }
@@ -228,8 +313,25 @@ async fn list_records(
 ) -> Result<Json<Value>, ApiError> {
     let id = subject_id(&raw_id)?;
     known_collection(&state, &collection)?;
-    who.require(&collection, "read")?;
-    let records = state.vault.records(&id, &collection).await?;
+    let event = who
+        .event("record.read")
+        .subject(id.as_str())
+        .field(&collection);
+    who.require(&state, &collection, "read", event.clone())
+        .await?;
+    let records = match state.vault.records(&id, &collection).await {
+        Ok(r) => r,
+        Err(e) => return Err(failed(&state, event, e).await),
+    };
+    let events: Vec<Event> = if records.is_empty() {
+        vec![event.outcome(Decision::Allow, "no_records")]
+    } else {
+        records
+            .iter()
+            .map(|r| event.clone().target(&r.id))
+            .collect()
+    };
+    state.audit.record(events).await?;
     tracing::info!(count = records.len(), "records listed");
     Ok(Json(json!({ "records": records })))
 }

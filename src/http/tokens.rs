@@ -36,7 +36,8 @@ async fn issue(
     who: Authorized,
     ApiJson(body): ApiJson<IssueBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    who.require("tokens", "admin")?;
+    who.require(&state, "tokens", "admin", who.event("token.issue"))
+        .await?;
     let (info, secret) = state
         .tokens
         .issue(
@@ -50,6 +51,12 @@ async fn issue(
             &who.policy,
         )
         .await?;
+    let event = who.event("token.issue").target(&info.id);
+    if let Err(e) = state.audit.record_one(event).await {
+        // Not audited, so not issued.
+        let _ = state.tokens.revoke(&info.id).await;
+        return Err(e.into());
+    }
     tracing::info!(token = %info.id, token_role = %info.role, "token issued");
     let mut answer = serde_json::to_value(&info).map_err(ApiError::internal)?;
     answer["token"] = json!(secret.as_str());
@@ -58,7 +65,10 @@ async fn issue(
 
 #[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
-    who.require("tokens", "admin")?;
+    let event = who.event("token.list");
+    who.require(&state, "tokens", "admin", event.clone())
+        .await?;
+    state.audit.record_one(event).await?;
     let tokens = state.tokens.list().await?;
     Ok(Json(json!({ "tokens": tokens })))
 }
@@ -69,7 +79,10 @@ async fn revoke(
     who: Authorized,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    who.require("tokens", "admin")?;
+    let event = who.event("token.revoke").target(&id);
+    who.require(&state, "tokens", "admin", event.clone())
+        .await?;
+    state.audit.record_one(event).await?;
     if state.tokens.revoke(&id).await? {
         tracing::info!("token revoked");
         Ok(Json(json!({ "id": id, "revoked": true })))

@@ -6,10 +6,12 @@
 //! this schema uses (times are i64 milliseconds, ciphertexts and digests are bytes).
 //! Migrations stay per backend (`migrations/sqlite`, `migrations/postgres`).
 
+mod audit;
 mod keys;
 mod subjects;
 mod tokens;
 
+pub use audit::{AuditRow, CheckpointRow};
 pub use keys::{MasterKeyRow, SystemKeyRow};
 pub use subjects::{FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectWrite};
 pub use tokens::TokenRow;

@@ -32,6 +32,10 @@ impl std::fmt::Display for SubjectId {
 pub struct RecordId(pub(crate) String);
 
 impl RecordId {
+    pub fn generate() -> Self {
+        Self(random_id("rec"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::classify::{Catalogue, ValidationError};
-use crate::crypto::{random_id, Aad, CryptoError, DataKey, Keys};
+use crate::crypto::{Aad, CryptoError, DataKey, Keys};
 use crate::store::{
     now_ms, FieldRow, IndexEntry, NewSubject, RecordRow, Store, StoreError, SubjectKeyRow,
     SubjectWrite,
@@ -170,10 +170,13 @@ impl Vault {
         Ok((rows, index))
     }
 
-    /// Creates a subject from validated fields; returns its new id.
-    pub async fn create(&self, fields: &Map<String, Value>) -> Result<SubjectId, VaultError> {
+    /// Creates a subject with a fresh id (`SubjectId::generate`) from validated fields.
+    pub async fn create(
+        &self,
+        id: &SubjectId,
+        fields: &Map<String, Value>,
+    ) -> Result<(), VaultError> {
         let values = self.parse_fields(fields, false)?;
-        let id = SubjectId::generate();
         let key = DataKey::generate();
         let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
         let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
@@ -190,7 +193,7 @@ impl Vault {
                 index,
             })
             .await?;
-        Ok(id)
+        Ok(())
     }
 
     async fn unwrap_all(&self, id: &SubjectId) -> Result<BTreeMap<i64, DataKey>, VaultError> {
@@ -369,13 +372,15 @@ impl Vault {
             .ok_or(VaultError::UnknownCollection)
     }
 
-    /// Adds a JSON document to one of the subject's collections; returns its id.
+    /// Adds a JSON document to one of the subject's collections under `record_id`
+    /// (`RecordId::generate`).
     pub async fn add_record(
         &self,
         id: &SubjectId,
         collection: &str,
+        record_id: &RecordId,
         document: &Value,
-    ) -> Result<RecordId, VaultError> {
+    ) -> Result<(), VaultError> {
         let spec = self.collection(collection)?;
         if !document.is_object() {
             return Err(ValidationError::new(
@@ -400,7 +405,6 @@ impl Vault {
             )
             .into());
         }
-        let record_id = RecordId(random_id("rec"));
         for attempt in 1..=WRITE_ATTEMPTS {
             let wk = self.write_key(id, 1).await?;
             let row = RecordRow {
@@ -418,7 +422,7 @@ impl Vault {
                 .insert_record(id.as_str(), wk.new_row.as_ref(), &row)
                 .await
             {
-                Ok(true) => return Ok(record_id),
+                Ok(true) => return Ok(()),
                 Ok(false) => return Err(VaultError::NotFound),
                 Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),

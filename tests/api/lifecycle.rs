@@ -84,9 +84,9 @@ both_stores!(passphrase_master_key, |db| async move {
     s.master = MasterKeySource::Passphrase("correct horse battery staple".to_owned().into());
     let app = piivault::open(&s).await.expect("opens with a passphrase");
     assert!(app.initialised_now);
-    let id = app
-        .vault
-        .create(json!({"name": "冯十二"}).as_object().unwrap())
+    let id = piivault::vault::SubjectId::generate();
+    app.vault
+        .create(&id, json!({"name": "冯十二"}).as_object().unwrap())
         .await
         .unwrap();
     app.store.close().await;

@@ -1,0 +1,10 @@
+//! The audit trail: one event per decision and change, chained by SHA-256, appended in
+//! group commits, anchored by signed checkpoints, verified by walking the chain.
+
+mod event;
+mod trail;
+mod verify;
+
+pub use event::{chain_hash, Decision, Event};
+pub use trail::{Audit, AuditConfig, AuditError};
+pub use verify::{read_checkpoint_file, verify, VerifyReport};

@@ -1,0 +1,171 @@
+use sqlx::Row;
+
+use super::{Backend, Store, StoreError};
+
+/// One audit event as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub ts: i64,
+    pub actor_token: String,
+    pub actor_role: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub field: Option<String>,
+    pub target: Option<String>,
+    pub purpose: String,
+    pub decision: String,
+    pub reason: String,
+    pub request_id: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// A signed checkpoint of the chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+    pub ts: i64,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+}
+
+/// Advisory lock key that serialises appends to the chain across vault nodes.
+const CHAIN_LOCK: i64 = 0x7069_6976_6175_6c74;
+
+const COLUMNS: &str = "seq, ts, actor_token, actor_role, action, subject, field, target, purpose, \
+                       decision, reason, request_id, prev_hash, hash";
+
+fn row_to_event(r: &sqlx::any::AnyRow) -> Result<AuditRow, sqlx::Error> {
+    Ok(AuditRow {
+        seq: r.try_get(0)?,
+        ts: r.try_get(1)?,
+        actor_token: r.try_get(2)?,
+        actor_role: r.try_get(3)?,
+        action: r.try_get(4)?,
+        subject: r.try_get(5)?,
+        field: r.try_get(6)?,
+        target: r.try_get(7)?,
+        purpose: r.try_get(8)?,
+        decision: r.try_get(9)?,
+        reason: r.try_get(10)?,
+        request_id: r.try_get(11)?,
+        prev_hash: r.try_get(12)?,
+        hash: r.try_get(13)?,
+    })
+}
+
+impl Store {
+    /// Appends events to the chain in one transaction (one durable commit for the whole
+    /// batch). Under the chain lock it reads the head, numbers the events after it and
+    /// lets `link` compute each event's hash from its predecessor's.
+    pub async fn append_audit(
+        &self,
+        rows: &mut [AuditRow],
+        link: impl Fn(&AuditRow) -> Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CHAIN_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let head: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
+        for row in rows.iter_mut() {
+            seq += 1;
+            row.seq = seq;
+            row.prev_hash = prev;
+            row.hash = link(row);
+            prev = row.hash.clone();
+            sqlx::query(&format!(
+                "INSERT INTO audit_events ({COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ))
+            .bind(row.seq)
+            .bind(row.ts)
+            .bind(row.actor_token.as_str())
+            .bind(row.actor_role.as_str())
+            .bind(row.action.as_str())
+            .bind(row.subject.as_deref())
+            .bind(row.field.as_deref())
+            .bind(row.target.as_deref())
+            .bind(row.purpose.as_str())
+            .bind(row.decision.as_str())
+            .bind(row.reason.as_str())
+            .bind(row.request_id.as_str())
+            .bind(row.prev_hash.as_slice())
+            .bind(row.hash.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last event's sequence number and hash.
+    pub async fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Up to `limit` events after `after_seq`, in order.
+    pub async fn audit_events(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(row_to_event)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    pub async fn insert_checkpoint(&self, cp: &CheckpointRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (seq, key_id) DO NOTHING",
+        )
+        .bind(cp.seq)
+        .bind(cp.hash.as_slice())
+        .bind(cp.ts)
+        .bind(cp.key_id.as_str())
+        .bind(cp.signature.as_slice())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>, i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, hash, ts, key_id, signature FROM audit_checkpoints ORDER BY seq, key_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, hash, ts, key_id, signature)| CheckpointRow {
+                seq,
+                hash,
+                ts,
+                key_id,
+                signature,
+            })
+            .collect())
+    }
+}

@@ -31,6 +31,8 @@ pub struct CheckpointRow {
     pub signature: Vec<u8>,
 }
 
+type RawCheckpoint = (i64, Vec<u8>, i64, String, Vec<u8>);
+
 /// Advisory lock key that serialises appends to the chain across vault nodes.
 const CHAIN_LOCK: i64 = 0x7069_6976_6175_6c74;
 
@@ -152,7 +154,7 @@ impl Store {
     }
 
     pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>, i64, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<RawCheckpoint> = sqlx::query_as(
             "SELECT seq, hash, ts, key_id, signature FROM audit_checkpoints ORDER BY seq, key_id",
         )
         .fetch_all(&self.pool)

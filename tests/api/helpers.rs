@@ -267,6 +267,43 @@ impl TestApp {
         (status, json)
     }
 
+    /// Like `call`, also returning the response's `X-Request-Id`.
+    pub async fn call_rid(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        purpose: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value, String) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(token)
+            .header("X-Purpose", purpose);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let rid = resp
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let json = resp.json().await.unwrap_or(Value::Null);
+        (status, json, rid)
+    }
+
+    /// Every audit event so far.
+    pub async fn events(&self) -> Vec<piivault::store::AuditRow> {
+        self.app
+            .store
+            .audit_events(0, 1_000_000)
+            .await
+            .expect("audit events")
+    }
+
     pub async fn create(&self, token: &str, fields: Value) -> String {
         let (status, body) = self
             .call(

@@ -1,0 +1,723 @@
+//! The audit trail: exactly the expected event for every action, append-only storage,
+//! tampering detected and located, fail-closed reads, several vault nodes on one chain.
+
+use std::time::Duration;
+
+use piivault::store::AuditRow;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::AnyPool;
+
+use crate::both_stores;
+use crate::helpers::*;
+
+type Expect = (
+    &'static str,
+    bool,
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+);
+
+/// Runs one call and checks the events it appended: (action, has subject, field,
+/// decision, reason), all by the calling token, for its purpose and request id.
+#[allow(clippy::too_many_arguments)]
+async fn expect_events(
+    t: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    purpose: &str,
+    body: Option<Value>,
+    status: StatusCode,
+    expected: &[Expect],
+) -> (Value, Vec<AuditRow>) {
+    let before = t.events().await.len();
+    let (s, b, rid) = t
+        .call_rid(method.clone(), path, token, purpose, body.as_ref())
+        .await;
+    assert_eq!(s, status, "{method} {path}: {b}");
+    let after = t.events().await;
+    let new: Vec<AuditRow> = after[before..].to_vec();
+    let got: Vec<(String, bool, Option<String>, String, String)> = new
+        .iter()
+        .map(|e| {
+            (
+                e.action.clone(),
+                e.subject.is_some(),
+                e.field.clone(),
+                e.decision.clone(),
+                e.reason.clone(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, bool, Option<String>, String, String)> = expected
+        .iter()
+        .map(|(a, s, f, d, r)| {
+            (
+                a.to_string(),
+                *s,
+                f.map(str::to_owned),
+                d.to_string(),
+                r.to_string(),
+            )
+        })
+        .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got_sorted, want_sorted, "{method} {path}");
+    for e in &new {
+        assert_eq!(e.request_id, rid, "event carries the request id");
+        assert_eq!(e.purpose, purpose);
+        assert!(e.actor_token.starts_with("tok_"));
+    }
+    (b, new)
+}
+
+both_stores!(every_audited_action_produces_its_event, |db| async move {
+    let t = spawn_app(db).await;
+    let dsr = t.dsr().await;
+    let cs = t.token("customer_service", &["service"]).await;
+    let billing = t.token("billing", &["billing"]).await;
+    let admin = t.token("admin", &["admin"]).await;
+    let auditor = t.token("auditor", &["audit"]).await;
+    let ok = StatusCode::OK;
+
+    let (b, new) = expect_events(
+        &t,
+        Method::POST,
+        "/v1/subjects",
+        &dsr,
+        "dsr",
+        Some(json!({"fields": {"name": "蒋十四", "phone": "13611112222"}})),
+        StatusCode::CREATED,
+        &[
+            ("create", true, Some("name"), "allow", "ok"),
+            ("create", true, Some("phone"), "allow", "ok"),
+        ],
+    )
+    .await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    assert!(new
+        .iter()
+        .all(|e| e.subject.as_deref() == Some(id.as_str()) && e.actor_role == "dsr_handler"));
+
+    expect_events(
+        &t,
+        Method::GET,
+        &format!("/v1/subjects/{id}?fields=name,phone,id_number"),
+        &cs,
+        "service",
+        None,
+        ok,
+        &[
+            ("read_masked", true, Some("name"), "allow", "ok"),
+            ("read_masked", true, Some("phone"), "allow", "ok"),
+            ("read", true, Some("id_number"), "deny", "policy_denied"),
+        ],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::GET,
+        &format!("/v1/subjects/{id}?fields=phone"),
+        &billing,
+        "billing",
+        None,
+        StatusCode::FORBIDDEN,
+        &[("read", true, Some("phone"), "deny", "policy_denied")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::GET,
+        &format!("/v1/subjects/{id}?fields=name"),
+        &billing,
+        "dsr",
+        None,
+        StatusCode::FORBIDDEN,
+        &[("access", false, None, "deny", "purpose_not_allowed")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::PATCH,
+        &format!("/v1/subjects/{id}"),
+        &dsr,
+        "dsr",
+        Some(json!({"fields": {"phone": "13633334444"}})),
+        ok,
+        &[("correct", true, Some("phone"), "allow", "ok")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::PATCH,
+        &format!("/v1/subjects/{id}"),
+        &cs,
+        "service",
+        Some(json!({"fields": {"phone": "13633334444"}})),
+        StatusCode::FORBIDDEN,
+        &[("correct", true, Some("phone"), "deny", "policy_denied")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::POST,
+        "/v1/subjects/lookup",
+        &dsr,
+        "dsr",
+        Some(json!({"field": "phone", "value": "13633334444"})),
+        ok,
+        &[("lookup", true, Some("phone"), "allow", "ok")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::POST,
+        "/v1/subjects/lookup",
+        &dsr,
+        "dsr",
+        Some(json!({"field": "phone", "value": "13600000000"})),
+        ok,
+        &[("lookup", false, Some("phone"), "allow", "no_match")],
+    )
+    .await;
+    let (b, new) = expect_events(
+        &t,
+        Method::POST,
+        &format!("/v1/subjects/{id}/records/payments"),
+        &billing,
+        "billing",
+        Some(json!({"amount": "9.90"})),
+        StatusCode::CREATED,
+        &[("record.add", true, Some("payments"), "allow", "ok")],
+    )
+    .await;
+    assert_eq!(new[0].target.as_deref(), b["id"].as_str());
+    let (_, new) = expect_events(
+        &t,
+        Method::GET,
+        &format!("/v1/subjects/{id}/records/payments"),
+        &billing,
+        "billing",
+        None,
+        ok,
+        &[("record.read", true, Some("payments"), "allow", "ok")],
+    )
+    .await;
+    assert_eq!(new[0].target.as_deref(), b["id"].as_str());
+    expect_events(
+        &t,
+        Method::GET,
+        &format!("/v1/subjects/{id}/records/payments"),
+        &cs,
+        "service",
+        None,
+        StatusCode::FORBIDDEN,
+        &[(
+            "record.read",
+            true,
+            Some("payments"),
+            "deny",
+            "policy_denied",
+        )],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::DELETE,
+        &format!("/v1/subjects/{id}"),
+        &cs,
+        "service",
+        None,
+        StatusCode::FORBIDDEN,
+        &[("erase", true, None, "deny", "policy_denied")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::DELETE,
+        &format!("/v1/subjects/{id}"),
+        &dsr,
+        "dsr",
+        None,
+        ok,
+        &[("erase", true, None, "allow", "ok")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::GET,
+        &format!("/v1/subjects/{id}?fields=name"),
+        &dsr,
+        "dsr",
+        None,
+        StatusCode::NOT_FOUND,
+        &[("read", true, None, "error", "subject_not_found")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::POST,
+        "/v1/subjects",
+        &dsr,
+        "dsr",
+        Some(json!({"fields": {"phone": "12345"}})),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &[
+            ("create", true, Some("phone"), "allow", "ok"),
+            ("create", true, None, "error", "mobile_format"),
+        ],
+    )
+    .await;
+    let (b, new) = expect_events(
+        &t,
+        Method::POST,
+        "/v1/tokens",
+        &admin,
+        "admin",
+        Some(json!({"role": "billing", "purposes": ["billing"], "ttl_seconds": 60})),
+        StatusCode::CREATED,
+        &[("token.issue", false, None, "allow", "ok")],
+    )
+    .await;
+    let tok_id = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(new[0].target.as_deref(), Some(tok_id.as_str()));
+    let (_, new) = expect_events(
+        &t,
+        Method::DELETE,
+        &format!("/v1/tokens/{tok_id}"),
+        &admin,
+        "admin",
+        None,
+        ok,
+        &[("token.revoke", false, None, "allow", "ok")],
+    )
+    .await;
+    assert_eq!(new[0].target.as_deref(), Some(tok_id.as_str()));
+    expect_events(
+        &t,
+        Method::GET,
+        "/v1/audit/verify",
+        &auditor,
+        "audit",
+        None,
+        ok,
+        &[("audit.verify", false, None, "allow", "ok")],
+    )
+    .await;
+    expect_events(
+        &t,
+        Method::GET,
+        "/v1/audit/verify",
+        &dsr,
+        "dsr",
+        None,
+        StatusCode::FORBIDDEN,
+        &[("audit.verify", false, None, "deny", "policy_denied")],
+    )
+    .await;
+
+    // No event holds a value.
+    let all = format!("{:?}", t.events().await);
+    for value in ["蒋十四", "13611112222", "13633334444", "9.90"] {
+        assert!(!all.contains(value), "{value} in the audit trail");
+    }
+    let (s, b) = t
+        .call(
+            Method::GET,
+            "/v1/audit/verify",
+            Some(&auditor),
+            Some("audit"),
+            None,
+        )
+        .await;
+    assert_eq!(s, ok);
+    assert_eq!(b["ok"], true, "{b}");
+});
+
+async fn seeded(db: Db) -> (TestApp, String) {
+    let t = spawn_app(db).await;
+    let dsr = t.dsr().await;
+    for i in 0..5 {
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": format!("审计{i}"), "phone": "13711112222"}),
+            )
+            .await;
+        t.call(
+            Method::GET,
+            &format!("/v1/subjects/{id}"),
+            Some(&dsr),
+            Some("dsr"),
+            None,
+        )
+        .await;
+    }
+    assert!(t.app.audit.checkpoint_now().await.unwrap().is_some());
+    (t, dsr)
+}
+
+async fn unlock(t: &TestApp, raw: &AnyPool) {
+    match t.db {
+        Db::Sqlite => {
+            for trig in [
+                "audit_events_no_update",
+                "audit_events_no_delete",
+                "audit_checkpoints_no_update",
+                "audit_checkpoints_no_delete",
+            ] {
+                sqlx::query(&format!("DROP TRIGGER {trig}"))
+                    .execute(raw)
+                    .await
+                    .unwrap();
+            }
+        }
+        Db::Postgres => {
+            for table in ["audit_events", "audit_checkpoints"] {
+                sqlx::query(&format!("ALTER TABLE {table} DISABLE TRIGGER USER"))
+                    .execute(raw)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn report(t: &TestApp) -> piivault::audit::VerifyReport {
+    t.app.verify_audit().await.unwrap()
+}
+
+both_stores!(the_trail_refuses_update_and_delete, |db| async move {
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    assert!(
+        sqlx::query("UPDATE audit_events SET reason = 'x' WHERE seq = 1")
+            .execute(&raw)
+            .await
+            .is_err()
+    );
+    assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 1")
+        .execute(&raw)
+        .await
+        .is_err());
+    assert!(sqlx::query("DELETE FROM audit_checkpoints")
+        .execute(&raw)
+        .await
+        .is_err());
+    if db == Db::Postgres {
+        assert!(sqlx::query("TRUNCATE audit_events")
+            .execute(&raw)
+            .await
+            .is_err());
+    }
+    assert!(report(&t).await.ok);
+});
+
+both_stores!(tampering_is_detected_and_located, |db| async move {
+    // A changed field.
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    unlock(&t, &raw).await;
+    sqlx::query("UPDATE audit_events SET decision = 'deny' WHERE seq = 5")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let r = report(&t).await;
+    assert_eq!((r.ok, r.first_bad_seq), (false, Some(5)), "{r:?}");
+    assert!(r.reason.unwrap().contains("altered"));
+
+    // A deleted row.
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    unlock(&t, &raw).await;
+    sqlx::query("DELETE FROM audit_events WHERE seq = 7")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let r = report(&t).await;
+    assert_eq!((r.ok, r.first_bad_seq), (false, Some(7)), "{r:?}");
+
+    // Two rows swapped.
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    unlock(&t, &raw).await;
+    sqlx::query("UPDATE audit_events SET seq = -3 WHERE seq = 3")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET seq = 3 WHERE seq = 4")
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET seq = 4 WHERE seq = -3")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let r = report(&t).await;
+    assert_eq!((r.ok, r.first_bad_seq), (false, Some(3)), "{r:?}");
+
+    // A naively forged row at the end.
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    let events = t.events().await;
+    let last = events.last().unwrap();
+    let forged_seq = last.seq + 1;
+    sqlx::query(
+        "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, purpose, decision, reason, request_id, prev_hash, hash) \
+         VALUES ($1, $2, 'tok_x', 'auditor', 'read', 'audit', 'allow', 'ok', 'req_x', $3, $3)",
+    )
+    .bind(forged_seq)
+    .bind(last.ts)
+    .bind(vec![7u8; 32])
+    .execute(&raw)
+    .await
+    .unwrap();
+    let r = report(&t).await;
+    assert_eq!((r.ok, r.first_bad_seq), (false, Some(forged_seq)), "{r:?}");
+
+    // A forged row slipped into the middle by someone who recomputes the whole chain:
+    // every link is valid again, but the signed checkpoint disowns it.
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    unlock(&t, &raw).await;
+    let mut events = t.events().await;
+    let mut forged = events[4].clone();
+    forged.action = "erase".into();
+    forged.subject = Some("sub_00000000000000000000000000000000".into());
+    events.insert(5, forged);
+    sqlx::query("DELETE FROM audit_events")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let mut prev = vec![0u8; 32];
+    for (i, e) in events.iter_mut().enumerate() {
+        e.seq = i as i64 + 1;
+        e.prev_hash = prev.clone();
+        e.hash = piivault::audit::chain_hash(e);
+        prev = e.hash.clone();
+        sqlx::query(
+            "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, subject, field, target, purpose, decision, reason, request_id, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(e.seq).bind(e.ts).bind(&e.actor_token).bind(&e.actor_role).bind(&e.action)
+        .bind(e.subject.clone()).bind(e.field.clone()).bind(e.target.clone()).bind(&e.purpose)
+        .bind(&e.decision).bind(&e.reason).bind(&e.request_id).bind(e.prev_hash.clone()).bind(e.hash.clone())
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    let r = report(&t).await;
+    assert!(!r.ok, "{r:?}");
+    // Located to the stretch after the last checkpoint that still matches.
+    assert!(r.first_bad_seq.unwrap() <= 6, "{r:?}");
+    assert!(r.reason.as_deref().unwrap().contains("rewritten"), "{r:?}");
+
+    // The tail cut after a checkpoint, checkpoints in the database deleted too: the
+    // checkpoint file still catches it.
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    unlock(&t, &raw).await;
+    let head = t.events().await.last().unwrap().seq;
+    sqlx::query("DELETE FROM audit_events WHERE seq > $1")
+        .bind(head - 4)
+        .execute(&raw)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_checkpoints")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let r = report(&t).await;
+    assert_eq!((r.ok, r.first_bad_seq), (false, Some(head - 3)), "{r:?}");
+    assert!(r.reason.as_deref().unwrap().contains("cut"), "{r:?}");
+
+    // The command line agrees, with a non-zero exit status, from the public key alone.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(t.dir.path())
+        .arg("--database-url")
+        .arg(&t.database_url)
+        .env_remove("PIIVAULT_MASTER_KEY")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("BROKEN at event {}", head - 3)),
+        "{text}"
+    );
+    std::fs::remove_file(t.dir.path().join("master.key")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"))
+        .args(["audit", "verify", "--json", "--data-dir"])
+        .arg(t.dir.path())
+        .arg("--database-url")
+        .arg(&t.database_url)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "verify works without the master key: {v}");
+});
+
+both_stores!(
+    reads_fail_closed_when_the_audit_cannot_be_written,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": "韩十五", "id_number": "11010519491231002X"}),
+            )
+            .await;
+        let raw = t.raw().await;
+        match db {
+            Db::Sqlite => {
+                sqlx::query("CREATE TRIGGER block_audit BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'blocked'); END")
+                .execute(&raw).await.unwrap();
+            }
+            Db::Postgres => {
+                sqlx::query("CREATE FUNCTION block_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'blocked'; END; $$")
+                .execute(&raw).await.unwrap();
+                sqlx::query("CREATE TRIGGER block_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION block_audit()")
+                .execute(&raw).await.unwrap();
+            }
+        }
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+        assert_eq!(b["error"]["code"], "audit_unavailable");
+        assert_no_value(&b, "韩十五");
+        assert_no_value(&b, "11010519491231002X");
+        // No change without its event either.
+        let (n_before,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM subjects")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+        let (s, _) = t
+            .call(
+                Method::POST,
+                "/v1/subjects",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"fields": {"name": "x"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let (n_after,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM subjects WHERE erased_at IS NULL")
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+        assert_eq!(n_before, n_after);
+        // Once the trail is writable again, reads work.
+        let drop = match db {
+            Db::Sqlite => "DROP TRIGGER block_audit",
+            Db::Postgres => "DROP TRIGGER block_audit ON audit_events",
+        };
+        sqlx::query(drop).execute(&raw).await.unwrap();
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vault_nodes_on_one_postgres_build_one_valid_chain() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let a = spawn_app(Db::Postgres).await;
+    // A second node: same store and master key, its own audit signing key.
+    let mut settings_b = settings(a.dir.path(), a.database_url.clone());
+    let dir_b = tempfile::tempdir().unwrap();
+    settings_b.audit_key_file = dir_b.path().join("node-b.key");
+    let app_b = piivault::open(&settings_b).await.unwrap();
+    let mut opts = piivault::ServeOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.policy_reload = Duration::from_secs(60);
+    let server_b = piivault::start(&app_b, &settings_b, &opts).await.unwrap();
+    let base_b = format!("https://localhost:{}", server_b.addr.port());
+    let dsr = a.dsr().await;
+
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = a.client.clone();
+        let base = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            base_b.clone()
+        };
+        let dsr = dsr.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(format!("{base}/v1/subjects"))
+                .bearer_auth(&dsr)
+                .header("X-Purpose", "dsr")
+                .json(&json!({"fields": {"name": format!("节点{i}"), "phone": "13812345678"}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::CREATED);
+            let id: Value = resp.json().await.unwrap();
+            let id = id["id"].as_str().unwrap().to_owned();
+            let resp = client
+                .get(format!("{base}/v1/subjects/{id}"))
+                .bearer_auth(&dsr)
+                .header("X-Purpose", "dsr")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    a.app.audit.checkpoint_now().await.unwrap();
+    app_b.audit.checkpoint_now().await.unwrap();
+    let events = a.events().await;
+    assert_eq!(
+        events.len(),
+        40 * 2 + 40 * 2,
+        "2 creates + 2 reads per subject"
+    );
+    let keys = vec![
+        a.app.audit.key().unwrap().public().clone(),
+        app_b.audit.key().unwrap().public().clone(),
+    ];
+    let r = piivault::audit::verify(&a.app.store, &keys, &[])
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.events, 160);
+    assert!(r.checkpoints >= 2, "both nodes signed: {r:?}");
+    server_b.shutdown().await.unwrap();
+}

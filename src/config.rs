@@ -13,6 +13,7 @@ use crate::crypto::MasterKeySource;
 
 pub const DEFAULT_DATA_DIR: &str = "./piivault-data";
 pub const DEFAULT_POLICY_DIR: &str = "policies";
+pub const DEFAULT_REPORTS_DIR: &str = "audit";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8200";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -31,6 +32,9 @@ pub struct GlobalArgs {
     /// Directory with classification.toml (default ./policies, else the built-in copy).
     #[arg(long, global = true, env = "PIIVAULT_POLICY_DIR", value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
+    /// Directory of audit report definitions (default ./audit, else the built-in set).
+    #[arg(long, global = true, env = "PIIVAULT_REPORTS_DIR", value_name = "DIR")]
+    pub reports_dir: Option<PathBuf>,
     /// Master key file (default DATA_DIR/master.key). Alternatives: the environment
     /// variables PIIVAULT_MASTER_KEY (key text) or PIIVAULT_MASTER_PASSPHRASE[_FILE].
     #[arg(
@@ -76,6 +80,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub policy_dir: Option<PathBuf>,
+    pub reports_dir: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
     pub master_passphrase_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -107,6 +112,8 @@ pub struct Settings {
     pub database_url: String,
     /// None: use the classification compiled into the binary.
     pub policy_dir: Option<PathBuf>,
+    /// None: use the report definitions compiled into the binary.
+    pub reports_dir: Option<PathBuf>,
     pub master: MasterKeySource,
     pub log_format: LogFormat,
     /// Longest lifetime a token may be issued for.
@@ -164,6 +171,14 @@ impl Settings {
             Some(dir) => Some(dir),
             None => Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir()),
         };
+        let reports_dir = match args
+            .reports_dir
+            .clone()
+            .or_else(|| file.reports_dir.clone())
+        {
+            Some(dir) => Some(dir),
+            None => Some(PathBuf::from(DEFAULT_REPORTS_DIR)).filter(|d| d.is_dir()),
+        };
         let master = if let Some(text) = env_secret("PIIVAULT_MASTER_KEY") {
             MasterKeySource::Inline(text)
         } else if let Some(pass) = env_secret("PIIVAULT_MASTER_PASSPHRASE") {
@@ -211,6 +226,7 @@ impl Settings {
             data_dir,
             database_url,
             policy_dir,
+            reports_dir,
             master,
             file,
         })

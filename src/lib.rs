@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum_server::tls_rustls::RustlsConfig;
 
-use crate::audit::{Audit, AuditConfig};
+use crate::audit::{Audit, AuditConfig, Reports};
 use crate::authz::{FailureLimiter, LimitConfig, Policy, Tokens};
 use crate::classify::Catalogue;
 use crate::config::Settings;
@@ -38,6 +38,8 @@ pub struct App {
     pub tokens: Tokens,
     /// The audit trail.
     pub audit: Audit,
+    /// Audit report definitions.
+    pub reports: Arc<Reports>,
     /// Where checkpoints are appended outside the database.
     pub checkpoint_file: PathBuf,
     /// Whether opening this vault initialised it (first start).
@@ -70,6 +72,10 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         .create(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let catalogue = Arc::new(load_catalogue(settings)?);
+    let reports = Arc::new(
+        Reports::load(settings.reports_dir.as_deref(), &catalogue)
+            .context("loading the audit reports")?,
+    );
     let policy = Arc::new(
         Policy::load(settings.policy_dir.clone(), catalogue.clone())
             .await
@@ -126,6 +132,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         tokens: Tokens::new(store.clone(), keys, settings.max_token_ttl),
         policy,
         audit,
+        reports,
         checkpoint_file,
         store,
         initialised_now,
@@ -199,6 +206,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         audit: app.audit.clone(),
         trusted_keys: Arc::new(app.trusted_audit_keys()),
         checkpoint_file: app.checkpoint_file.clone(),
+        reports: app.reports.clone(),
         policy: app.policy.clone(),
         limiter: Arc::new(FailureLimiter::new(opts.bad_token_limit)),
     };

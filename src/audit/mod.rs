@@ -2,9 +2,11 @@
 //! group commits, anchored by signed checkpoints, verified by walking the chain.
 
 mod event;
+mod reports;
 mod trail;
 mod verify;
 
 pub use event::{chain_hash, Decision, Event};
+pub use reports::{parse_bound, ReportDef, ReportError, ReportResult, Reports};
 pub use trail::{Audit, AuditConfig, AuditError};
 pub use verify::{read_checkpoint_file, verify, VerifyReport};

@@ -3,6 +3,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use std::collections::BTreeMap;
+
+use crate::audit::{parse_bound, Audit, Reports};
 use crate::config::Settings;
 use crate::crypto::AuditPublicKey;
 use crate::store::Store;
@@ -24,6 +27,31 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run an audit report declared in audit/ over a time window.
+    Report {
+        /// The report's name (see `piivault audit reports`).
+        name: String,
+        /// Start of the window: YYYY-MM-DD (UTC) or RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End of the window: YYYY-MM-DD (inclusive day, UTC) or RFC 3339 (exclusive).
+        #[arg(long)]
+        to: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ReportFormat,
+        /// A report parameter, e.g. --param subject=sub_… or --param token=tok_…
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+    },
+    /// List the declared audit reports and their parameters.
+    Reports,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Json,
 }
 
 fn default_public_keys(settings: &Settings) -> Vec<PathBuf> {
@@ -44,11 +72,80 @@ fn default_public_keys(settings: &Settings) -> Vec<PathBuf> {
 }
 
 pub async fn run(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Verify {
-        public_keys,
-        checkpoints,
-        json,
-    } = cmd;
+    match cmd {
+        AuditCommand::Verify {
+            public_keys,
+            checkpoints,
+            json,
+        } => verify(settings, public_keys, checkpoints, json).await,
+        AuditCommand::Report {
+            name,
+            from,
+            to,
+            format,
+            params,
+        } => report(settings, &name, &from, &to, format, &params).await,
+        AuditCommand::Reports => {
+            let catalogue = crate::load_catalogue(settings)?;
+            let reports = Reports::load(settings.reports_dir.as_deref(), &catalogue)?;
+            for r in reports.list() {
+                let params: Vec<String> = std::iter::once("--from, --to".to_owned())
+                    .chain(r.parameters.iter().map(|p| format!("--param {p}=…")))
+                    .collect();
+                println!(
+                    "{}\n  {}\n  takes: {}",
+                    r.name,
+                    r.description,
+                    params.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn report(
+    settings: &Settings,
+    name: &str,
+    from: &str,
+    to: &str,
+    format: ReportFormat,
+    params: &[String],
+) -> anyhow::Result<ExitCode> {
+    let catalogue = crate::load_catalogue(settings)?;
+    let reports = Reports::load(settings.reports_dir.as_deref(), &catalogue)?;
+    let mut named = BTreeMap::new();
+    for p in params {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--param takes NAME=VALUE, not {p:?}"))?;
+        named.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    let from = parse_bound(from, false)?;
+    let to = parse_bound(to, true)?;
+    let store = Store::connect(&settings.database_url, 2)
+        .await
+        .context("opening the store")?;
+    let result = reports.run(&store, name, from, to, &named).await?;
+    // Running a report is itself an access to the trail.
+    let audit = Audit::start(store.clone(), None, Default::default());
+    let mut event = super::operator_event("audit.report").target(name);
+    event.purpose = "audit".into();
+    audit.record_one(event).await?;
+    store.close().await;
+    match format {
+        ReportFormat::Csv => print!("{}", result.to_csv()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&result.to_json())?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(
+    settings: &Settings,
+    public_keys: Vec<PathBuf>,
+    checkpoints: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let paths = if public_keys.is_empty() {
         default_public_keys(settings)
     } else {

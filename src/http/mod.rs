@@ -38,6 +38,7 @@ pub struct AppState {
     /// Public keys that verify audit checkpoints.
     pub trusted_keys: Arc<Vec<AuditPublicKey>>,
     pub checkpoint_file: PathBuf,
+    pub reports: Arc<crate::audit::Reports>,
     pub policy: Arc<Policy>,
     pub limiter: Arc<FailureLimiter>,
 }

@@ -171,3 +171,52 @@ impl Store {
             .collect())
     }
 }
+
+/// A value bound to a report query.
+#[derive(Debug, Clone)]
+pub enum ReportParam {
+    Int(i64),
+    Text(String),
+}
+
+impl Store {
+    /// Runs a report's SELECT (declared in `audit/`) and returns column names and rows,
+    /// each cell as JSON (integers, text, reals or null).
+    pub async fn run_report(
+        &self,
+        sql: &str,
+        binds: &[ReportParam],
+    ) -> Result<(Vec<String>, Vec<Vec<serde_json::Value>>), StoreError> {
+        use sqlx::Column;
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = match b {
+                ReportParam::Int(i) => q.bind(*i),
+                ReportParam::Text(s) => q.bind(s.clone()),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let columns = rows
+            .first()
+            .map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut cells = Vec::with_capacity(r.len());
+            for i in 0..r.len() {
+                let cell = if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
+                    v.map(serde_json::Value::from)
+                } else if let Ok(v) = r.try_get::<Option<String>, _>(i) {
+                    v.map(serde_json::Value::from)
+                } else if let Ok(v) = r.try_get::<Option<f64>, _>(i) {
+                    v.map(serde_json::Value::from)
+                } else {
+                    None
+                };
+                cells.push(cell.unwrap_or(serde_json::Value::Null));
+            }
+            out.push(cells);
+        }
+        Ok((columns, out))
+    }
+}

@@ -11,7 +11,7 @@ mod keys;
 mod subjects;
 mod tokens;
 
-pub use audit::{AuditRow, CheckpointRow};
+pub use audit::{AuditRow, CheckpointRow, ReportParam};
 pub use keys::{MasterKeyRow, SystemKeyRow};
 pub use subjects::{FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectWrite};
 pub use tokens::TokenRow;
@@ -48,6 +48,17 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+}
+
+/// A time in milliseconds as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -97,6 +97,7 @@ pub fn settings(dir: &Path, database_url: String) -> Settings {
         data_dir: dir.to_path_buf(),
         database_url,
         policy_dir: Some(policy_dir()),
+        reports_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("audit")),
         master: MasterKeySource::File {
             path: dir.join("master.key"),
             create: true,

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod audit_reports;
 mod audit_trail;
 mod canary;
 mod crypto_binding;

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::event::chain_hash;
 use crate::crypto::AuditPublicKey;
-use crate::store::{CheckpointRow, Store, StoreError};
+use crate::store::{AuditRow, CheckpointRow, Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -49,6 +49,122 @@ pub fn read_checkpoint_file(path: &Path) -> std::io::Result<Vec<CheckpointRow>> 
         .collect())
 }
 
+/// Checks links one event at a time, remembering the hashes checkpoints refer to.
+struct Walker {
+    at: i64,
+    prev: Vec<u8>,
+    hash_at: BTreeMap<i64, Option<Vec<u8>>>,
+    problems: Vec<(i64, String)>,
+    complete: bool,
+}
+
+impl Walker {
+    fn new(checkpoints: &[CheckpointRow], start: Option<(i64, Vec<u8>)>) -> Self {
+        let (at, prev) = start.unwrap_or((0, vec![0u8; 32]));
+        Self {
+            at,
+            prev,
+            hash_at: checkpoints.iter().map(|c| (c.seq, None)).collect(),
+            problems: Vec::new(),
+            complete: true,
+        }
+    }
+
+    /// Checks the next event; false once the chain is broken (the walk stops there).
+    fn push(&mut self, row: &AuditRow) -> bool {
+        let expected = self.at + 1;
+        let broken = if row.seq != expected {
+            Some(format!(
+                "sequence gap: expected event {expected}, found {}",
+                row.seq
+            ))
+        } else if row.prev_hash != self.prev {
+            Some(format!(
+                "event {expected} does not link to the event before it"
+            ))
+        } else if chain_hash(row) != row.hash {
+            Some(format!(
+                "event {expected} does not match its hash (altered)"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = broken {
+            self.problems.push((expected, reason));
+            self.complete = false;
+            return false;
+        }
+        if let Some(slot) = self.hash_at.get_mut(&row.seq) {
+            *slot = Some(row.hash.clone());
+        }
+        self.at = row.seq;
+        self.prev = row.hash.clone();
+        true
+    }
+
+    fn finish(mut self, checkpoints: &[CheckpointRow], trusted: &[AuditPublicKey]) -> VerifyReport {
+        let mut verified = 0usize;
+        let mut unknown = 0usize;
+        let mut last_good = 0i64;
+        for cp in checkpoints {
+            let Some(key) = trusted.iter().find(|k| k.key_id() == cp.key_id) else {
+                unknown += 1;
+                continue;
+            };
+            if !key.verify_checkpoint(cp.seq, cp.ts, &cp.hash, &cp.signature) {
+                self.problems.push((
+                    cp.seq,
+                    format!(
+                        "the checkpoint at event {} carries an invalid signature (forged)",
+                        cp.seq
+                    ),
+                ));
+                continue;
+            }
+            verified += 1;
+            match self.hash_at.get(&cp.seq).cloned().flatten() {
+                Some(h) if h == cp.hash => last_good = last_good.max(cp.seq),
+                Some(_) => self.problems.push((
+                    last_good + 1,
+                    format!(
+                        "events {}..={} do not match the signed checkpoint at event {} (rewritten)",
+                        last_good + 1,
+                        cp.seq,
+                        cp.seq
+                    ),
+                )),
+                None if self.complete && cp.seq > self.at => self.problems.push((
+                    self.at + 1,
+                    format!(
+                        "the trail ends at event {}, but a signed checkpoint covers event {}: events were cut",
+                        self.at, cp.seq
+                    ),
+                )),
+                None => {}
+            }
+        }
+        let first = self.problems.into_iter().min_by_key(|(seq, _)| *seq);
+        VerifyReport {
+            ok: first.is_none(),
+            events: self.at,
+            checkpoints: verified,
+            checkpoints_unknown_key: unknown,
+            first_bad_seq: first.as_ref().map(|(s, _)| *s),
+            reason: first.map(|(_, r)| r),
+        }
+    }
+}
+
+fn merge(mut checkpoints: Vec<CheckpointRow>, extra: &[CheckpointRow]) -> Vec<CheckpointRow> {
+    for cp in extra {
+        if !checkpoints.contains(cp) {
+            checkpoints.push(cp.clone());
+        }
+    }
+    checkpoints.sort_by_key(|c| c.seq);
+    checkpoints
+}
+
 /// Walks the whole chain and checks every checkpoint. The report names the first bad
 /// event: a broken link, or the start of a stretch that a signed checkpoint disowns.
 pub async fn verify(
@@ -56,102 +172,184 @@ pub async fn verify(
     trusted: &[AuditPublicKey],
     extra_checkpoints: &[CheckpointRow],
 ) -> Result<VerifyReport, StoreError> {
-    let mut checkpoints = store.checkpoints().await?;
-    for cp in extra_checkpoints {
-        if !checkpoints.contains(cp) {
-            checkpoints.push(cp.clone());
+    let checkpoints = merge(store.checkpoints().await?, extra_checkpoints);
+    let mut walker = Walker::new(&checkpoints, None);
+    'walk: loop {
+        let rows = store.audit_events(walker.at, 5000).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            if !walker.push(row) {
+                break 'walk;
+            }
         }
     }
-    checkpoints.sort_by_key(|c| c.seq);
-    let mut hash_at: BTreeMap<i64, Option<Vec<u8>>> =
-        checkpoints.iter().map(|c| (c.seq, None)).collect();
+    Ok(walker.finish(&checkpoints, trusted))
+}
 
-    let mut problems: Vec<(i64, String)> = Vec::new();
-    let (mut at, mut prev) = (0i64, vec![0u8; 32]);
-    let mut walk_complete = true;
-    'walk: loop {
+#[derive(Serialize, Deserialize)]
+struct ArchivedEvent {
+    seq: i64,
+    ts: i64,
+    actor_token: String,
+    actor_role: String,
+    action: String,
+    subject: Option<String>,
+    field: Option<String>,
+    target: Option<String>,
+    purpose: String,
+    decision: String,
+    reason: String,
+    request_id: String,
+    prev_hash: String,
+    hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ArchivedCheckpoint {
+    seq: i64,
+    hash: String,
+    ts: i64,
+    key_id: String,
+    signature: String,
+}
+
+/// Writes every event up to `until_ts` (and the checkpoints within) as JSON lines:
+/// a header, then `{"event": …}` lines, then `{"checkpoint": …}` lines. Returns the
+/// number of events written.
+pub async fn write_archive(
+    store: &Store,
+    until_ts: Option<i64>,
+    out: &mut impl std::io::Write,
+) -> Result<i64, ArchiveError> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({ "piivault_audit_archive": 1 })
+    )?;
+    let mut at = 0i64;
+    'page: loop {
         let rows = store.audit_events(at, 5000).await?;
         if rows.is_empty() {
             break;
         }
-        for row in rows {
-            let expected = at + 1;
-            let broken = if row.seq != expected {
-                Some(format!(
-                    "sequence gap: expected event {expected}, found {}",
-                    row.seq
-                ))
-            } else if row.prev_hash != prev {
-                Some(format!(
-                    "event {expected} does not link to the event before it"
-                ))
-            } else if chain_hash(&row) != row.hash {
-                Some(format!(
-                    "event {expected} does not match its hash (altered)"
-                ))
-            } else {
-                None
+        for r in rows {
+            if until_ts.is_some_and(|u| r.ts >= u) {
+                break 'page;
+            }
+            at = r.seq;
+            let e = ArchivedEvent {
+                seq: r.seq,
+                ts: r.ts,
+                actor_token: r.actor_token,
+                actor_role: r.actor_role,
+                action: r.action,
+                subject: r.subject,
+                field: r.field,
+                target: r.target,
+                purpose: r.purpose,
+                decision: r.decision,
+                reason: r.reason,
+                request_id: r.request_id,
+                prev_hash: hex::encode(&r.prev_hash),
+                hash: hex::encode(&r.hash),
             };
-            if let Some(reason) = broken {
-                problems.push((expected, reason));
-                walk_complete = false;
-                break 'walk;
-            }
-            if let Some(slot) = hash_at.get_mut(&row.seq) {
-                *slot = Some(row.hash.clone());
-            }
-            at = row.seq;
-            prev = row.hash;
+            writeln!(out, "{}", serde_json::json!({ "event": e }))?;
         }
     }
-
-    let mut verified = 0usize;
-    let mut unknown = 0usize;
-    let mut last_good = 0i64;
-    for cp in &checkpoints {
-        let Some(key) = trusted.iter().find(|k| k.key_id() == cp.key_id) else {
-            unknown += 1;
-            continue;
+    for cp in store
+        .checkpoints()
+        .await?
+        .into_iter()
+        .filter(|c| c.seq <= at)
+    {
+        let c = ArchivedCheckpoint {
+            seq: cp.seq,
+            hash: hex::encode(&cp.hash),
+            ts: cp.ts,
+            key_id: cp.key_id,
+            signature: B64.encode(&cp.signature),
         };
-        if !key.verify_checkpoint(cp.seq, cp.ts, &cp.hash, &cp.signature) {
-            problems.push((
-                cp.seq,
-                format!(
-                    "the checkpoint at event {} carries an invalid signature (forged)",
-                    cp.seq
-                ),
-            ));
+        writeln!(out, "{}", serde_json::json!({ "checkpoint": c }))?;
+    }
+    out.flush()?;
+    Ok(at)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("archive line {line}: {message}")]
+    Format { line: usize, message: String },
+}
+
+/// Verifies an archive file on its own: its chain from the first event, and its
+/// checkpoints against the trusted keys.
+pub fn verify_archive(
+    path: &Path,
+    trusted: &[AuditPublicKey],
+) -> Result<VerifyReport, ArchiveError> {
+    let text = std::fs::read_to_string(path)?;
+    let mut rows = Vec::new();
+    let mut checkpoints = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |message: &str| ArchiveError::Format {
+            line: i + 1,
+            message: message.to_owned(),
+        };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|_| bad("not JSON"))?;
+        if i == 0 {
+            if v["piivault_audit_archive"] != 1 {
+                return Err(bad("not a piivault audit archive"));
+            }
             continue;
         }
-        verified += 1;
-        match hash_at.get(&cp.seq).cloned().flatten() {
-            Some(h) if h == cp.hash => last_good = last_good.max(cp.seq),
-            Some(_) => problems.push((
-                last_good + 1,
-                format!(
-                    "events {}..={} do not match the signed checkpoint at event {} (rewritten)",
-                    last_good + 1,
-                    cp.seq,
-                    cp.seq
-                ),
-            )),
-            None if walk_complete && cp.seq > at => problems.push((
-                at + 1,
-                format!(
-                    "the trail ends at event {at}, but a signed checkpoint covers event {}: events were cut",
-                    cp.seq
-                ),
-            )),
-            None => {}
+        let unhex = |s: &str| hex::decode(s).map_err(|_| bad("hash is not hex"));
+        if let Some(e) = v.get("event") {
+            let e: ArchivedEvent =
+                serde_json::from_value(e.clone()).map_err(|_| bad("malformed event"))?;
+            rows.push(AuditRow {
+                seq: e.seq,
+                ts: e.ts,
+                actor_token: e.actor_token,
+                actor_role: e.actor_role,
+                action: e.action,
+                subject: e.subject,
+                field: e.field,
+                target: e.target,
+                purpose: e.purpose,
+                decision: e.decision,
+                reason: e.reason,
+                request_id: e.request_id,
+                prev_hash: unhex(&e.prev_hash)?,
+                hash: unhex(&e.hash)?,
+            });
+        } else if let Some(c) = v.get("checkpoint") {
+            let c: ArchivedCheckpoint =
+                serde_json::from_value(c.clone()).map_err(|_| bad("malformed checkpoint"))?;
+            checkpoints.push(CheckpointRow {
+                seq: c.seq,
+                hash: unhex(&c.hash)?,
+                ts: c.ts,
+                key_id: c.key_id,
+                signature: B64
+                    .decode(&c.signature)
+                    .map_err(|_| bad("signature is not base64"))?,
+            });
+        } else {
+            return Err(bad("neither an event nor a checkpoint"));
         }
     }
-    let first = problems.into_iter().min_by_key(|(seq, _)| *seq);
-    Ok(VerifyReport {
-        ok: first.is_none(),
-        events: at,
-        checkpoints: verified,
-        checkpoints_unknown_key: unknown,
-        first_bad_seq: first.as_ref().map(|(s, _)| *s),
-        reason: first.map(|(_, r)| r),
-    })
+    let checkpoints = merge(checkpoints, &[]);
+    let mut walker = Walker::new(&checkpoints, None);
+    for row in &rows {
+        if !walker.push(row) {
+            break;
+        }
+    }
+    Ok(walker.finish(&checkpoints, trusted))
 }

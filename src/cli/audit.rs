@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use std::collections::BTreeMap;
 
-use crate::audit::{parse_bound, Audit, Reports};
+use crate::audit::{parse_bound, verify_archive, write_archive, Audit, Reports};
 use crate::config::Settings;
 use crate::crypto::AuditPublicKey;
 use crate::store::Store;
@@ -26,6 +26,19 @@ pub enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Verify an archive file (from `piivault audit archive`) instead of the store.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+    },
+    /// Export the trail (events and their signed checkpoints) to an archive file that
+    /// `audit verify --archive` checks on its own.
+    Archive {
+        /// The file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Only events before this day (YYYY-MM-DD, UTC) or RFC 3339 time.
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Run an audit report declared in audit/ over a time window.
     Report {
@@ -77,7 +90,31 @@ pub async fn run(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<ExitC
             public_keys,
             checkpoints,
             json,
-        } => verify(settings, public_keys, checkpoints, json).await,
+            archive,
+        } => verify(settings, public_keys, checkpoints, json, archive).await,
+        AuditCommand::Archive { out, before } => {
+            let until = before
+                .as_deref()
+                .map(|b| parse_bound(b, false))
+                .transpose()?;
+            let store = Store::connect(&settings.database_url, 2)
+                .await
+                .context("opening the store")?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            let n = write_archive(&store, until, &mut writer).await?;
+            writer
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()?;
+            store.close().await;
+            eprintln!("archived events 1..={n} to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCommand::Report {
             name,
             from,
@@ -145,6 +182,7 @@ async fn verify(
     public_keys: Vec<PathBuf>,
     checkpoints: Option<PathBuf>,
     json: bool,
+    archive: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let paths = if public_keys.is_empty() {
         default_public_keys(settings)
@@ -162,18 +200,23 @@ async fn verify(
             "warning: no audit public key given; checkpoints cannot be checked, only the chain"
         );
     }
-    let checkpoint_file = checkpoints.unwrap_or_else(|| {
-        settings
-            .audit_key_file
-            .parent()
-            .unwrap_or(&settings.data_dir)
-            .join("checkpoints.log")
-    });
-    let store = Store::connect(&settings.database_url, 2)
-        .await
-        .context("opening the store")?;
-    let report = crate::verify_trail(&store, &keys, &checkpoint_file).await?;
-    store.close().await;
+    let report = if let Some(archive) = archive {
+        verify_archive(&archive, &keys).with_context(|| format!("{}", archive.display()))?
+    } else {
+        let checkpoint_file = checkpoints.unwrap_or_else(|| {
+            settings
+                .audit_key_file
+                .parent()
+                .unwrap_or(&settings.data_dir)
+                .join("checkpoints.log")
+        });
+        let store = Store::connect(&settings.database_url, 2)
+            .await
+            .context("opening the store")?;
+        let report = crate::verify_trail(&store, &keys, &checkpoint_file).await?;
+        store.close().await;
+        report
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.ok {

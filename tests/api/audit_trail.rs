@@ -721,3 +721,66 @@ async fn two_vault_nodes_on_one_postgres_build_one_valid_chain() {
     assert!(r.checkpoints >= 2, "both nodes signed: {r:?}");
     server_b.shutdown().await.unwrap();
 }
+
+both_stores!(archives_verify_on_their_own, |db| async move {
+    let (t, _) = seeded(db).await;
+    let bin = env!("CARGO_BIN_EXE_piivault");
+    let archive = t.dir.path().join("trail.jsonl");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--data-dir")
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let path = archive.to_str().unwrap();
+    let (ok, text) = run(&["audit", "archive", "--out", path]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["audit", "verify", "--archive", path]);
+    assert!(ok, "{text}");
+    assert!(text.starts_with("OK: "), "{text}");
+    // Refuses to overwrite.
+    assert!(!run(&["audit", "archive", "--out", path]).0);
+
+    let original = std::fs::read_to_string(&archive).unwrap();
+    // An altered event in the archive.
+    let altered: Vec<String> = original
+        .lines()
+        .map(|l| {
+            if l.contains("\"seq\":4,") && l.starts_with("{\"event\"") {
+                l.replace("\"allow\"", "\"deny\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&archive, altered.join("\n")).unwrap();
+    let (ok, text) = run(&["audit", "verify", "--archive", path]);
+    assert!(!ok);
+    assert!(text.contains("BROKEN at event 4"), "{text}");
+    // Events cut from the archive, its checkpoints kept.
+    let cut: Vec<&str> = original
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("{\"event\"")
+                && (l.contains("\"seq\":19,")
+                    || l.contains("\"seq\":20,")
+                    || l.contains("\"seq\":21,")))
+        })
+        .collect();
+    std::fs::write(&archive, cut.join("\n")).unwrap();
+    let (ok, text) = run(&["audit", "verify", "--archive", path]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("cut"), "{text}");
+});

@@ -1,0 +1,221 @@
+//! Audit costs: how fast `audit verify` walks the chain, and read throughput with and
+//! without the audit event, in-process and over HTTPS against a bare handler.
+//! Run: cargo bench --bench audit   (SQLite; PIIVAULT_TEST_DATABASE_URL adds nothing here)
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use piivault::audit::Event;
+use piivault::config::{LogFormat, Settings};
+use piivault::crypto::MasterKeySource;
+use piivault::vault::{SubjectId, View};
+
+const CONCURRENCY: usize = 32;
+
+async fn rate<F, Fut>(label: &str, secs: f64, f: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = Arc::new(f);
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (f, done) = (f.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                f().await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed) as f64;
+    println!("{label:<52} {:>10.0} /s", n / start.elapsed().as_secs_f64());
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let secs = if full { 5.0 } else { 0.2 };
+    let events: i64 = if full { 100_000 } else { 200 };
+    piivault::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            database_url: format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("bench.db").display()
+            ),
+            policy_dir: None,
+            reports_dir: None,
+            master: MasterKeySource::File {
+                path: dir.path().join("master.key"),
+                create: true,
+            },
+            log_format: LogFormat::Text,
+            max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
+            audit_key_file: dir.path().join("audit/signing.key"),
+            file: Default::default(),
+        };
+        let app = piivault::open(&settings).await.unwrap();
+        let id = SubjectId::generate();
+        let fields = serde_json::json!({"name": "压测", "phone": "13812345678"});
+        app.vault
+            .create(&id, fields.as_object().unwrap())
+            .await
+            .unwrap();
+
+        // In-process: the read alone, and the read plus its durable audit event.
+        let wanted = vec![("phone".to_owned(), View::Masked)];
+        {
+            let (vault, id, wanted) = (app.vault.clone(), id.clone(), wanted.clone());
+            rate("vault read, no audit (in-process)", secs, move || {
+                let (vault, id, wanted) = (vault.clone(), id.clone(), wanted.clone());
+                async move {
+                    vault.read(&id, &wanted).await.unwrap();
+                }
+            })
+            .await;
+        }
+        {
+            let (vault, audit, id, wanted) = (
+                app.vault.clone(),
+                app.audit.clone(),
+                id.clone(),
+                wanted.clone(),
+            );
+            rate(
+                "vault read + durable audit event (in-process)",
+                secs,
+                move || {
+                    let (vault, audit, id, wanted) =
+                        (vault.clone(), audit.clone(), id.clone(), wanted.clone());
+                    async move {
+                        vault.read(&id, &wanted).await.unwrap();
+                        let e = Event::new(
+                            "tok_bench",
+                            "customer_service",
+                            "service",
+                            "req_bench",
+                            "read_masked",
+                        )
+                        .subject(id.as_str())
+                        .field("phone");
+                        audit.record_one(e).await.unwrap();
+                    }
+                },
+            )
+            .await;
+        }
+
+        // Over HTTPS: a bare handler, and the full audited read path.
+        let mut opts = piivault::ServeOptions::new("127.0.0.1:0".parse().unwrap());
+        opts.policy_reload = Duration::from_secs(3600);
+        let server = piivault::start(&app, &settings, &opts).await.unwrap();
+        let base = format!("https://localhost:{}", server.addr.port());
+        let ca = std::fs::read(dir.path().join("tls/ca.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        let (_, token) = app
+            .tokens
+            .issue(
+                piivault::authz::IssueRequest {
+                    role: "customer_service".into(),
+                    purposes: vec!["service".into()],
+                    ttl: Duration::from_secs(3600),
+                    description: "bench".into(),
+                    created_by: "bench".into(),
+                },
+                &app.policy.current(),
+            )
+            .await
+            .unwrap();
+        let token = token.to_string();
+        {
+            let (client, url) = (client.clone(), format!("{base}/healthz"));
+            rate("HTTPS GET /healthz (bare handler)", secs, move || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let r = client.get(&url).send().await.unwrap();
+                    assert!(r.status().is_success());
+                    r.bytes().await.unwrap();
+                }
+            })
+            .await;
+        }
+        {
+            let (client, url, token) = (
+                client.clone(),
+                format!("{base}/v1/subjects/{id}?fields=phone"),
+                token.clone(),
+            );
+            rate(
+                "HTTPS GET /v1/subjects/{id}?fields=phone (audited)",
+                secs,
+                move || {
+                    let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                    async move {
+                        let r = client
+                            .get(&url)
+                            .bearer_auth(&token)
+                            .header("X-Purpose", "service")
+                            .send()
+                            .await
+                            .unwrap();
+                        assert!(r.status().is_success());
+                        r.bytes().await.unwrap();
+                    }
+                },
+            )
+            .await;
+        }
+        server.shutdown().await.unwrap();
+
+        // Verification speed over a long trail.
+        let have = app.store.audit_events(0, i64::MAX).await.unwrap().len() as i64;
+        let mut batch = Vec::new();
+        for i in have..events {
+            batch.push(
+                Event::new(
+                    "tok_bench",
+                    "billing",
+                    "billing",
+                    &format!("req_{i}"),
+                    "read",
+                )
+                .subject(id.as_str())
+                .field("bank_card"),
+            );
+            if batch.len() == 5000 {
+                app.audit.record(std::mem::take(&mut batch)).await.unwrap();
+            }
+        }
+        app.audit.record(batch).await.unwrap();
+        app.audit.checkpoint_now().await.unwrap();
+        let start = Instant::now();
+        let report = app.verify_audit().await.unwrap();
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(report.ok);
+        println!(
+            "{:<52} {:>10.0} events/s ({} events in {:.2} s)",
+            "audit verify (SQLite)",
+            report.events as f64 / elapsed,
+            report.events,
+            elapsed
+        );
+    });
+}

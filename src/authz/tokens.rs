@@ -64,16 +64,6 @@ pub struct TokenInfo {
     pub status: &'static str,
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl TokenInfo {
     fn from_row(row: TokenRow, now: i64) -> Self {
         let status = if row.revoked_at.is_some() {
@@ -89,9 +79,9 @@ impl TokenInfo {
             role: row.role,
             description: row.description,
             created_by: row.created_by,
-            created_at: rfc3339(row.created_at),
-            expires_at: rfc3339(row.expires_at),
-            revoked_at: row.revoked_at.map(rfc3339),
+            created_at: crate::store::rfc3339(row.created_at),
+            expires_at: crate::store::rfc3339(row.expires_at),
+            revoked_at: row.revoked_at.map(crate::store::rfc3339),
             status,
         }
     }

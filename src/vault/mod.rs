@@ -80,16 +80,6 @@ struct WriteKey {
     new_row: Option<SubjectKeyRow>,
 }
 
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 impl Vault {
     pub fn new(store: Store, keys: Arc<Keys>, catalogue: Arc<Catalogue>) -> Self {
         Self {
@@ -460,7 +450,7 @@ impl Vault {
                     what: format!("record {}", row.id),
                 })?;
                 Ok(RecordOut {
-                    created_at: rfc3339_ms(row.created_at),
+                    created_at: crate::store::rfc3339(row.created_at),
                     id: row.id,
                     document,
                 })

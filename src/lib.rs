@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod pipl;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
@@ -38,6 +39,8 @@ pub struct App {
     pub tokens: Tokens,
     /// The audit trail.
     pub audit: Audit,
+    /// Consent per subject and purpose.
+    pub consents: pipl::Consents,
     /// Audit report definitions.
     pub reports: Arc<Reports>,
     /// Where checkpoints are appended outside the database.
@@ -132,6 +135,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         tokens: Tokens::new(store.clone(), keys, settings.max_token_ttl),
         policy,
         audit,
+        consents: pipl::Consents::new(store.clone()),
         reports,
         checkpoint_file,
         store,
@@ -204,6 +208,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         tokens: app.tokens.clone(),
         store: app.store.clone(),
         audit: app.audit.clone(),
+        consents: app.consents.clone(),
         trusted_keys: Arc::new(app.trusted_audit_keys()),
         checkpoint_file: app.checkpoint_file.clone(),
         reports: app.reports.clone(),

@@ -8,6 +8,6 @@ mod tokens;
 pub use limit::{FailureLimiter, LimitConfig, Verdict};
 pub use policy::{
     Explanation, FieldAccess, LegalBasis, Policy, PolicyError, PolicySet, PurposeSpec, Reload,
-    ACTIONS, SPECIAL_OBJECTS,
+    SeparateConsent, ACTIONS, SPECIAL_OBJECTS,
 };
 pub use tokens::{parse_ttl, Caller, IssueRequest, TokenError, TokenInfo, Tokens, DEFAULT_MAX_TTL};

@@ -72,6 +72,32 @@ pub enum PolicyError {
 pub struct PurposeSpec {
     pub description: String,
     pub legal_basis: LegalBasis,
+    /// Raised when the purpose's scope changes; consents to earlier versions no longer
+    /// count (PIPL Art. 14) until the subject consents again.
+    #[serde(default = "first_version")]
+    pub version: i64,
+    /// When a consent-based purpose needs separate consent: for sensitive personal
+    /// information (Art. 29, the default) or always (e.g. transfer abroad, Art. 39).
+    #[serde(default)]
+    pub separate_consent: SeparateConsent,
+}
+
+fn first_version() -> i64 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeparateConsent {
+    #[default]
+    Sensitive,
+    Always,
+}
+
+impl PurposeSpec {
+    pub fn requires_consent(&self) -> bool {
+        self.legal_basis == LegalBasis::Consent
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

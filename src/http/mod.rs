@@ -1,6 +1,7 @@
 //! The HTTP API: one router per domain, merged here; request ids, body limits, TLS.
 
 mod audit;
+mod consents;
 mod error;
 mod extract;
 mod health;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub tokens: Tokens,
     pub store: Store,
     pub audit: Audit,
+    pub consents: crate::pipl::Consents,
     /// Public keys that verify audit checkpoints.
     pub trusted_keys: Arc<Vec<AuditPublicKey>>,
     pub checkpoint_file: PathBuf,
@@ -89,6 +91,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(subjects::router())
         .merge(tokens::router())
         .merge(audit::router())
+        .merge(consents::router())
         .fallback(|| async {
             ApiError::NotFound {
                 code: "not_found",

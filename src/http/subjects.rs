@@ -17,6 +17,7 @@ use super::extract::{ApiJson, Authorized};
 use super::AppState;
 use crate::audit::{Decision, Event};
 use crate::authz::FieldAccess;
+use crate::pipl::ConsentGate;
 use crate::vault::{SubjectId, VaultError, View};
 
 pub fn router() -> Router<AppState> {
@@ -35,6 +36,20 @@ fn subject_id(raw: &str) -> Result<SubjectId, ApiError> {
         code: "subject_not_found",
         message: "no such subject",
     })
+}
+
+/// The subject's consent to the request's purpose, when that purpose rests on consent.
+async fn consent_gate(
+    state: &AppState,
+    who: &Authorized,
+    id: &SubjectId,
+) -> Result<Option<ConsentGate>, ApiError> {
+    match who.policy.purposes().get(&who.purpose) {
+        Some(spec) if spec.requires_consent() => {
+            Ok(Some(state.consents.gate(id, &who.purpose, spec).await?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Records that an operation the audit trail already shows as allowed then failed,
@@ -134,39 +149,54 @@ async fn read(
             .map(|f| f.name.clone())
             .collect(),
     };
+    let gate = consent_gate(&state, &who, &id).await?;
     let mut wanted = Vec::new();
-    let mut denied = Vec::new();
+    let mut denied: Vec<(String, &'static str)> = Vec::new();
     for name in requested {
-        catalogue.field(&name).map_err(ApiError::Invalid)?;
+        let spec = catalogue.field(&name).map_err(ApiError::Invalid)?;
+        if let Some(code) = gate.as_ref().and_then(|g| g.check(spec.sensitive).code()) {
+            if who.field_access(&name).is_some() {
+                denied.push((name, code));
+                continue;
+            }
+        }
         match who.field_access(&name) {
             Some(FieldAccess::Clear) if !masked.contains(name.as_str()) => {
                 wanted.push((name, View::Clear))
             }
             Some(_) => wanted.push((name, View::Masked)),
-            None => denied.push(name),
+            None => denied.push((name, "policy_denied")),
         }
     }
     let denials: Vec<Event> = denied
         .iter()
-        .map(|f| {
+        .map(|(f, code)| {
             who.event("read")
                 .subject(id.as_str())
                 .field(f)
-                .outcome(Decision::Deny, "policy_denied")
+                .outcome(Decision::Deny, code)
         })
         .collect();
     if wanted.is_empty() {
-        let fields = denied.join(",");
+        let fields: Vec<&str> = denied.iter().map(|(f, _)| f.as_str()).collect();
+        let fields = fields.join(",");
         state.audit.record(denials).await?;
-        tracing::info!(fields = %fields, "read denied by policy");
-        return Err(ApiError::denied(
-            if explicit {
+        tracing::info!(fields = %fields, "read denied");
+        let code = denied.first().map_or("policy_denied", |(_, c)| *c);
+        let message = match code {
+            "policy_denied" if explicit => {
                 "the policy does not allow reading these fields for this role and purpose"
-            } else {
-                "this role may read no field for this purpose"
-            },
-            (!fields.is_empty()).then_some(fields.as_str()),
-        ));
+            }
+            "policy_denied" => "this role may read no field for this purpose",
+            "consent_outdated" => "the subject consented to an earlier version of this purpose",
+            "separate_consent_missing" => "this read needs the subject's separate consent",
+            _ => "this purpose needs the subject's consent, and there is none in force",
+        };
+        return Err(ApiError::Forbidden {
+            code,
+            message: message.into(),
+            field: (!fields.is_empty()).then_some(fields),
+        });
     }
     let fields = match state.vault.read(&id, &wanted).await {
         Ok(f) => f,
@@ -182,12 +212,16 @@ async fn read(
         events.push(who.event(action).subject(id.as_str()).field(name));
     }
     state.audit.record(events).await?;
-    tracing::info!(fields = ?fields.keys().collect::<Vec<_>>(), denied = ?denied, "subject read");
+    tracing::info!(fields = ?fields.keys().collect::<Vec<_>>(), denied = denied.len(), "subject read");
     let mut answer = serde_json::to_value(&fields).map_err(ApiError::internal)?;
-    for name in &denied {
+    for (name, code) in &denied {
         answer[name] = json!({ "error": {
-            "code": "policy_denied",
-            "message": "the policy does not allow reading this field for this role and purpose",
+            "code": code,
+            "message": if *code == "policy_denied" {
+                "the policy does not allow reading this field for this role and purpose"
+            } else {
+                "the subject's consent does not cover this field for this purpose"
+            },
         }});
     }
     Ok(Json(json!({ "id": id.as_str(), "fields": answer })))
@@ -252,10 +286,35 @@ async fn lookup(
         who.require(&state, &body.field, "read_masked", event.clone())
             .await?;
     }
-    let ids = match state.vault.lookup(&body.field, &body.value).await {
+    let mut ids = match state.vault.lookup(&body.field, &body.value).await {
         Ok(ids) => ids,
         Err(e) => return Err(failed(&state, event, e).await),
     };
+    // For a consent-based purpose, only subjects whose consent covers the field are found.
+    if who
+        .policy
+        .purposes()
+        .get(&who.purpose)
+        .is_some_and(|p| p.requires_consent())
+    {
+        let sensitive = state
+            .vault
+            .catalogue()
+            .field(&body.field)
+            .is_ok_and(|f| f.sensitive);
+        let mut kept = Vec::with_capacity(ids.len());
+        for sid in ids {
+            let Some(sid) = SubjectId::parse(&sid) else {
+                continue;
+            };
+            if let Some(gate) = consent_gate(&state, &who, &sid).await? {
+                if gate.check(sensitive).code().is_none() {
+                    kept.push(sid.as_str().to_owned());
+                }
+            }
+        }
+        ids = kept;
+    }
     // One event per subject found (which subjects a caller located is itself an access).
     let mut events: Vec<Event> = ids.iter().map(|s| event.clone().subject(s)).collect();
     if events.is_empty() {

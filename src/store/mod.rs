@@ -7,11 +7,13 @@
 //! Migrations stay per backend (`migrations/sqlite`, `migrations/postgres`).
 
 mod audit;
+mod consent;
 mod keys;
 mod subjects;
 mod tokens;
 
 pub use audit::{AuditRow, CheckpointRow, ReportParam};
+pub use consent::ConsentRow;
 pub use keys::{MasterKeyRow, SystemKeyRow};
 pub use subjects::{FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectWrite};
 pub use tokens::TokenRow;

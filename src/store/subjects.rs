@@ -267,7 +267,13 @@ impl Store {
         if found.rows_affected() == 0 {
             return Ok(false);
         }
-        for table in ["subject_keys", "blind_index", "subject_fields", "records"] {
+        for table in [
+            "subject_keys",
+            "blind_index",
+            "subject_fields",
+            "records",
+            "consent_events",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE subject_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)

@@ -105,6 +105,17 @@ both_stores!(every_role_field_action_and_purpose, |db| async move {
             .await;
         assert_eq!(s, StatusCode::CREATED);
     }
+    // Marketing reads need the subject's consent (tested on their own in consent.rs).
+    let (s, b) = t
+        .call(
+            Method::PUT,
+            &format!("/v1/subjects/{id}/consents/marketing"),
+            Some(&dsr),
+            Some("dsr"),
+            Some(&json!({"notice_version": "2026-01", "separate": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     let clear = |f: &str| -> Value {
         let v = &subject[f];
         if f == "tags" {

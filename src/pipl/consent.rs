@@ -1,0 +1,356 @@
+//! Consent per subject and purpose: granted with the privacy-notice version shown and the
+//! channel it came through, separate consent flagged (Art. 29, 39), withdrawable at any
+//! time (Art. 15), history never rewritten; a purpose's new version voids older consents
+//! (Art. 14).
+
+use serde::Serialize;
+
+use crate::authz::{PurposeSpec, SeparateConsent};
+use crate::store::{now_ms, rfc3339, ConsentRow, Store, StoreError};
+use crate::vault::SubjectId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("no such subject")]
+    NotFound,
+    #[error("purpose {0:?} does not rest on consent; nothing to grant or withdraw")]
+    NotConsentBased(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("there is no active consent to withdraw")]
+    NothingToWithdraw,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a grant records.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The privacy-notice version the subject was shown.
+    pub notice_version: String,
+    /// How the consent came in: app, web, phone, paper, …
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// Separate consent (PIPL Art. 29 for sensitive PI, Art. 39 for transfer abroad).
+    #[serde(default)]
+    pub separate: bool,
+    /// Given by a parent or guardian (PIPL Art. 31).
+    #[serde(default)]
+    pub guardian: bool,
+}
+
+fn default_channel() -> String {
+    "api".into()
+}
+
+/// The outcome of a consent check for one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentCheck {
+    /// The purpose does not rest on consent, or consent covers this read.
+    Covered,
+    Missing,
+    /// Consent was given to an earlier version of the purpose.
+    Outdated,
+    /// Sensitive PI (or a purpose that always needs it) without separate consent.
+    SeparateMissing,
+}
+
+impl ConsentCheck {
+    /// The stable reason code for a refusal.
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            Self::Covered => None,
+            Self::Missing => Some("consent_missing"),
+            Self::Outdated => Some("consent_outdated"),
+            Self::SeparateMissing => Some("separate_consent_missing"),
+        }
+    }
+}
+
+/// One purpose's current state for a subject.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentState {
+    pub purpose: String,
+    pub active: bool,
+    pub purpose_version: i64,
+    pub current_purpose_version: i64,
+    pub notice_version: String,
+    pub channel: String,
+    pub separate: bool,
+    pub guardian: bool,
+    pub since: String,
+}
+
+/// One entry of the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentEvent {
+    pub purpose: String,
+    pub kind: String,
+    pub purpose_version: i64,
+    pub notice_version: String,
+    pub channel: String,
+    pub separate: bool,
+    pub guardian: bool,
+    pub by: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Consents {
+    store: Store,
+}
+
+fn check_text(what: &str, s: &str) -> Result<(), ConsentError> {
+    if s.is_empty() || s.chars().count() > 64 || s.chars().any(char::is_control) {
+        return Err(ConsentError::Invalid(format!(
+            "{what} must be 1 to 64 characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Consents {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub async fn grant(
+        &self,
+        subject: &SubjectId,
+        purpose: &str,
+        spec: &PurposeSpec,
+        req: &GrantRequest,
+        actor_token: &str,
+    ) -> Result<ConsentState, ConsentError> {
+        if !spec.requires_consent() {
+            return Err(ConsentError::NotConsentBased(purpose.to_owned()));
+        }
+        check_text("notice_version", &req.notice_version)?;
+        check_text("channel", &req.channel)?;
+        let row = ConsentRow {
+            seq: 0,
+            subject_id: subject.as_str().to_owned(),
+            purpose: purpose.to_owned(),
+            kind: "grant".into(),
+            purpose_version: spec.version,
+            notice_version: req.notice_version.clone(),
+            channel: req.channel.clone(),
+            separate: req.separate,
+            guardian: req.guardian,
+            actor_token: actor_token.to_owned(),
+            at: now_ms(),
+        };
+        if !self.store.append_consent(&row).await? {
+            return Err(ConsentError::NotFound);
+        }
+        Ok(state(&row, spec))
+    }
+
+    pub async fn withdraw(
+        &self,
+        subject: &SubjectId,
+        purpose: &str,
+        spec: &PurposeSpec,
+        channel: &str,
+        actor_token: &str,
+    ) -> Result<(), ConsentError> {
+        if !spec.requires_consent() {
+            return Err(ConsentError::NotConsentBased(purpose.to_owned()));
+        }
+        check_text("channel", channel)?;
+        let current = self
+            .store
+            .current_consent(subject.as_str(), purpose)
+            .await?;
+        let Some(current) = current.filter(|c| c.kind == "grant") else {
+            if !self.store.subject_active(subject.as_str()).await? {
+                return Err(ConsentError::NotFound);
+            }
+            return Err(ConsentError::NothingToWithdraw);
+        };
+        let row = ConsentRow {
+            kind: "withdraw".into(),
+            channel: channel.to_owned(),
+            actor_token: actor_token.to_owned(),
+            at: now_ms(),
+            ..current
+        };
+        if !self.store.append_consent(&row).await? {
+            return Err(ConsentError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// The consent in force for one subject and purpose, to check reads against.
+    pub async fn gate(
+        &self,
+        subject: &SubjectId,
+        purpose: &str,
+        spec: &PurposeSpec,
+    ) -> Result<ConsentGate, ConsentError> {
+        let current = if spec.requires_consent() {
+            self.store
+                .current_consent(subject.as_str(), purpose)
+                .await?
+        } else {
+            None
+        };
+        Ok(ConsentGate {
+            spec: spec.clone(),
+            current,
+        })
+    }
+
+    /// The current state per purpose and the whole history.
+    pub async fn list(
+        &self,
+        subject: &SubjectId,
+        purposes: &std::collections::BTreeMap<String, PurposeSpec>,
+    ) -> Result<(Vec<ConsentState>, Vec<ConsentEvent>), ConsentError> {
+        if !self.store.subject_active(subject.as_str()).await? {
+            return Err(ConsentError::NotFound);
+        }
+        let history = self.store.consent_history(subject.as_str()).await?;
+        let mut latest: std::collections::BTreeMap<&str, &ConsentRow> = Default::default();
+        for row in &history {
+            latest.insert(row.purpose.as_str(), row);
+        }
+        let states = latest
+            .values()
+            .filter_map(|row| purposes.get(&row.purpose).map(|spec| state(row, spec)))
+            .collect();
+        let events = history
+            .iter()
+            .map(|r| ConsentEvent {
+                purpose: r.purpose.clone(),
+                kind: r.kind.clone(),
+                purpose_version: r.purpose_version,
+                notice_version: r.notice_version.clone(),
+                channel: r.channel.clone(),
+                separate: r.separate,
+                guardian: r.guardian,
+                by: r.actor_token.clone(),
+                at: rfc3339(r.at),
+            })
+            .collect();
+        Ok((states, events))
+    }
+}
+
+/// The consent in force for one subject and purpose.
+#[derive(Debug, Clone)]
+pub struct ConsentGate {
+    spec: PurposeSpec,
+    current: Option<ConsentRow>,
+}
+
+impl ConsentGate {
+    /// Whether reading a field (sensitive or not) is covered.
+    pub fn check(&self, sensitive: bool) -> ConsentCheck {
+        if !self.spec.requires_consent() {
+            return ConsentCheck::Covered;
+        }
+        evaluate(self.current.as_ref(), &self.spec, sensitive)
+    }
+}
+
+fn evaluate(current: Option<&ConsentRow>, spec: &PurposeSpec, sensitive: bool) -> ConsentCheck {
+    let Some(c) = current.filter(|c| c.kind == "grant") else {
+        return ConsentCheck::Missing;
+    };
+    if c.purpose_version != spec.version {
+        return ConsentCheck::Outdated;
+    }
+    let needs_separate = sensitive || spec.separate_consent == SeparateConsent::Always;
+    if needs_separate && !c.separate {
+        return ConsentCheck::SeparateMissing;
+    }
+    ConsentCheck::Covered
+}
+
+fn state(row: &ConsentRow, spec: &PurposeSpec) -> ConsentState {
+    ConsentState {
+        purpose: row.purpose.clone(),
+        active: row.kind == "grant" && row.purpose_version == spec.version,
+        purpose_version: row.purpose_version,
+        current_purpose_version: spec.version,
+        notice_version: row.notice_version.clone(),
+        channel: row.channel.clone(),
+        separate: row.separate,
+        guardian: row.guardian,
+        since: rfc3339(row.at),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::authz::LegalBasis;
+
+    fn spec(version: i64, separate: SeparateConsent) -> PurposeSpec {
+        PurposeSpec {
+            description: String::new(),
+            legal_basis: LegalBasis::Consent,
+            version,
+            separate_consent: separate,
+        }
+    }
+
+    fn row(kind: &str, version: i64, separate: bool) -> ConsentRow {
+        ConsentRow {
+            seq: 1,
+            subject_id: "sub_x".into(),
+            purpose: "marketing".into(),
+            kind: kind.into(),
+            purpose_version: version,
+            notice_version: "v1".into(),
+            channel: "app".into(),
+            separate,
+            guardian: false,
+            actor_token: "tok_x".into(),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn consent_rules() {
+        let s = spec(2, SeparateConsent::Sensitive);
+        assert_eq!(evaluate(None, &s, false), ConsentCheck::Missing);
+        assert_eq!(
+            evaluate(Some(&row("withdraw", 2, true)), &s, false),
+            ConsentCheck::Missing
+        );
+        assert_eq!(
+            evaluate(Some(&row("grant", 1, true)), &s, false),
+            ConsentCheck::Outdated
+        );
+        assert_eq!(
+            evaluate(Some(&row("grant", 2, false)), &s, false),
+            ConsentCheck::Covered
+        );
+        assert_eq!(
+            evaluate(Some(&row("grant", 2, false)), &s, true),
+            ConsentCheck::SeparateMissing
+        );
+        assert_eq!(
+            evaluate(Some(&row("grant", 2, true)), &s, true),
+            ConsentCheck::Covered
+        );
+        let abroad = spec(1, SeparateConsent::Always);
+        assert_eq!(
+            evaluate(Some(&row("grant", 1, false)), &abroad, false),
+            ConsentCheck::SeparateMissing
+        );
+        let contract = PurposeSpec {
+            legal_basis: LegalBasis::Contract,
+            ..spec(1, SeparateConsent::Sensitive)
+        };
+        let gate = ConsentGate {
+            spec: contract,
+            current: None,
+        };
+        assert_eq!(gate.check(true), ConsentCheck::Covered);
+    }
+}

@@ -86,6 +86,17 @@ async fn grant(
         .target(&purpose);
     who.require(&state, "consent", "write", event.clone())
         .await?;
+    if let Err(e) = state
+        .consents
+        .precheck_grant(&id, &purpose, &spec, &body)
+        .await
+    {
+        state
+            .audit
+            .record_one(event.outcome(Decision::Error, code(&e)))
+            .await?;
+        return Err(e.into());
+    }
     state.audit.record_one(event.clone()).await?;
     match state
         .consents
@@ -135,8 +146,19 @@ async fn withdraw(
         .target(&purpose);
     who.require(&state, "consent", "write", event.clone())
         .await?;
-    state.audit.record_one(event.clone()).await?;
     let channel = body.channel.unwrap_or_else(|| "api".into());
+    if let Err(e) = state
+        .consents
+        .precheck_withdraw(&id, &purpose, &spec, &channel)
+        .await
+    {
+        state
+            .audit
+            .record_one(event.outcome(Decision::Error, code(&e)))
+            .await?;
+        return Err(e.into());
+    }
+    state.audit.record_one(event.clone()).await?;
     match state
         .consents
         .withdraw(&id, &purpose, &spec, &channel, &who.caller.token_id)

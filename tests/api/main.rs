@@ -8,6 +8,7 @@ mod helpers;
 mod audit_reports;
 mod audit_trail;
 mod canary;
+mod consent;
 mod crypto_binding;
 mod erasure;
 mod lifecycle;

@@ -1,0 +1,437 @@
+//! Consent: required or not per purpose, separate consent for sensitive PI and transfer
+//! abroad, withdrawal at once, new purpose versions, history never rewritten.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+fn policies_with(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "classification.toml",
+        "model.conf",
+        "policy.csv",
+        "purposes.toml",
+    ] {
+        std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let csv = dir.path().join("policy.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, format!("{text}\n{extra}\n")).unwrap();
+    dir
+}
+
+async fn consent(
+    t: &TestApp,
+    tok: &str,
+    purpose_hdr: &str,
+    id: &str,
+    purpose: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    t.call(
+        Method::PUT,
+        &format!("/v1/subjects/{id}/consents/{purpose}"),
+        Some(tok),
+        Some(purpose_hdr),
+        Some(&body),
+    )
+    .await
+}
+
+both_stores!(
+    consent_gates_reads_for_consent_based_purposes,
+    |db| async move {
+        let pol = policies_with("p, marketing, id_number, read_masked, marketing\np, marketing, tier, read, cross_border");
+        let t = spawn_app_with(
+            db,
+            Options {
+                policy_dir: Some(pol.path().to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let dsr = t.dsr().await;
+        let cs = t.token("customer_service", &["service"]).await;
+        let mkt = t.token("marketing", &["marketing", "cross_border"]).await;
+        let id = t.create(&dsr, full_subject()).await;
+        let read = |tok: &str, purpose: &str, fields: &str| {
+            let (tok, purpose, path) = (
+                tok.to_owned(),
+                purpose.to_owned(),
+                format!("/v1/subjects/{id}?fields={fields}"),
+            );
+            let t = &t;
+            async move {
+                t.call(Method::GET, &path, Some(&tok), Some(&purpose), None)
+                    .await
+            }
+        };
+
+        // Contract purposes need no consent.
+        let (s, _) = read(&cs, "service", "name").await;
+        assert_eq!(s, StatusCode::OK);
+        // Marketing does: refused, and the refusal is audited.
+        let (s, b) = read(&mkt, "marketing", "tier").await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("consent_missing")),
+            "{b}"
+        );
+        let last = t.events().await.pop().unwrap();
+        assert_eq!(
+            (
+                last.action.as_str(),
+                last.decision.as_str(),
+                last.reason.as_str()
+            ),
+            ("read", "deny", "consent_missing")
+        );
+
+        // Customer service records the consent given on the phone (not separate).
+        let (s, b) = consent(
+            &t,
+            &cs,
+            "service",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-03", "channel": "phone"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["consent"]["active"], true);
+        let (s, b) = read(&mkt, "marketing", "tier,tags,phone").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["fields"]["tier"]["value"], "gold");
+        assert_eq!(b["fields"]["phone"]["masked"], true);
+        // Sensitive PI needs separate consent (Art. 29).
+        let (s, b) = read(&mkt, "marketing", "tier,id_number").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            b["fields"]["id_number"]["error"]["code"],
+            "separate_consent_missing"
+        );
+        let (s, b) = read(&mkt, "marketing", "id_number").await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("separate_consent_missing"))
+        );
+        let (s, _) = consent(
+            &t,
+            &cs,
+            "service",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-03", "separate": true}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b) = read(&mkt, "marketing", "id_number").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["fields"]["id_number"]["value"], "110***********002X");
+
+        // Lookup for a consent-based purpose finds only consenting subjects.
+        let other = t
+            .create(&dsr, json!({"name": "沈十八", "phone": "13912345678"}))
+            .await;
+        let (_, b) = t
+            .call(
+                Method::POST,
+                "/v1/subjects/lookup",
+                Some(&mkt),
+                Some("marketing"),
+                Some(&json!({"field": "phone", "value": "13912345678"})),
+            )
+            .await;
+        assert_eq!(b["ids"], json!([id]), "{other} has not consented");
+
+        // Withdrawal takes effect on the very next request.
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{id}/consents/marketing"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b) = read(&mkt, "marketing", "tier").await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("consent_missing"))
+        );
+        let (s, b) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{id}/consents/marketing"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("no_active_consent"))
+        );
+
+        // Transfer abroad always needs separate consent (Art. 39).
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "cross_border",
+            json!({"notice_version": "x-1"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b) = read(&mkt, "cross_border", "tier").await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("separate_consent_missing"))
+        );
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "cross_border",
+            json!({"notice_version": "x-1", "separate": true}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(read(&mkt, "cross_border", "tier").await.0, StatusCode::OK);
+
+        // Purposes that do not rest on consent take no consent; bad input is refused.
+        let (s, b) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "service",
+            json!({"notice_version": "1"}),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::UNPROCESSABLE_ENTITY, json!("not_consent_based"))
+        );
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": ""}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "astrology",
+            json!({"notice_version": "1"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            "sub_00000000000000000000000000000000",
+            "marketing",
+            json!({"notice_version": "1"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        // Billing may not record consents.
+        let billing = t.token("billing", &["billing"]).await;
+        let (s, _) = consent(
+            &t,
+            &billing,
+            "billing",
+            &id,
+            "marketing",
+            json!({"notice_version": "1"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // The history, in order, never rewritten; customer service may write but not read it.
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/consents"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/consents"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let kinds: Vec<(String, String, bool)> = b["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["purpose"].as_str().unwrap().to_owned(),
+                    e["kind"].as_str().unwrap().to_owned(),
+                    e["separate"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        let k = |p: &str, kind: &str, sep: bool| (p.to_owned(), kind.to_owned(), sep);
+        assert_eq!(
+            kinds,
+            vec![
+                k("marketing", "grant", false),
+                k("marketing", "grant", true),
+                k("marketing", "withdraw", true),
+                k("cross_border", "grant", false),
+                k("cross_border", "grant", true),
+            ]
+        );
+        let states = b["consents"].as_array().unwrap();
+        assert!(states
+            .iter()
+            .any(|c| c["purpose"] == "marketing" && c["active"] == false));
+        assert!(states
+            .iter()
+            .any(|c| c["purpose"] == "cross_border" && c["active"] == true));
+        let raw = t.raw().await;
+        assert!(sqlx::query("UPDATE consent_events SET kind = 'grant'")
+            .execute(&raw)
+            .await
+            .is_err());
+
+        // The consent_changes report lists every change.
+        let auditor = t.token("auditor", &["audit"]).await;
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/audit/reports/consent_changes?from=2000-01-01&to=2999-12-31",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let count = |action: &str, decision: &str| {
+            b["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["action"] == action && r["decision"] == decision)
+                .count()
+        };
+        assert_eq!(count("consent.grant", "allow"), 4, "{b}");
+        assert_eq!(count("consent.withdraw", "allow"), 1);
+        assert_eq!(
+            count("consent.withdraw", "error"),
+            1,
+            "nothing left to withdraw"
+        );
+        assert_eq!(
+            count("consent.grant", "error"),
+            3,
+            "not consent-based, invalid, no such subject"
+        );
+        assert_eq!(count("consent.grant", "deny"), 1, "billing");
+        assert_eq!(count("consent.read", "deny"), 1, "customer service");
+        assert_eq!(count("consent.read", "allow"), 1);
+    }
+);
+
+both_stores!(
+    a_new_purpose_version_voids_older_consents,
+    |db| async move {
+        let pol = policies_with("");
+        let t = spawn_app_with(
+            db,
+            Options {
+                policy_dir: Some(pol.path().to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let dsr = t.dsr().await;
+        let mkt = t.token("marketing", &["marketing"]).await;
+        let id = t.create(&dsr, full_subject()).await;
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-01"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let path = format!("/v1/subjects/{id}?fields=tier");
+        assert_eq!(
+            t.call(Method::GET, &path, Some(&mkt), Some("marketing"), None)
+                .await
+                .0,
+            StatusCode::OK
+        );
+
+        let purposes = pol.path().join("purposes.toml");
+        let text = std::fs::read_to_string(&purposes).unwrap();
+        assert!(text.contains("legal_basis = \"consent\"\nversion = 1"));
+        std::fs::write(
+            &purposes,
+            text.replacen(
+                "legal_basis = \"consent\"\nversion = 1",
+                "legal_basis = \"consent\"\nversion = 2",
+                1,
+            ),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, b) = t
+                .call(Method::GET, &path, Some(&mkt), Some("marketing"), None)
+                .await;
+            if s == StatusCode::FORBIDDEN {
+                assert_eq!(b["error"]["code"], "consent_outdated");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the new version never applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (s, b) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-06"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b["consent"]["purpose_version"], 2);
+        assert_eq!(
+            t.call(Method::GET, &path, Some(&mkt), Some("marketing"), None)
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+);

@@ -89,6 +89,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub max_token_ttl: Option<String>,
     pub audit_key_file: Option<PathBuf>,
+    /// Working days a data-subject request is due in (default 15).
+    pub dsr_due_working_days: Option<u32>,
     /// Sign an audit checkpoint after this many events (default 1000)…
     pub audit_checkpoint_events: Option<i64>,
     /// …or after this many seconds with new events (default 10).

@@ -41,6 +41,8 @@ pub struct App {
     pub audit: Audit,
     /// Consent per subject and purpose.
     pub consents: pipl::Consents,
+    /// Data-subject requests.
+    pub requests: pipl::Requests,
     /// Audit report definitions.
     pub reports: Arc<Reports>,
     /// Where checkpoints are appended outside the database.
@@ -136,6 +138,15 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         policy,
         audit,
         consents: pipl::Consents::new(store.clone()),
+        requests: pipl::Requests::new(
+            store.clone(),
+            pipl::WorkCalendar::load(settings.policy_dir.as_deref())
+                .context("loading policies/holidays.toml")?,
+            settings
+                .file
+                .dsr_due_working_days
+                .unwrap_or(pipl::DEFAULT_DUE_WORKING_DAYS),
+        ),
         reports,
         checkpoint_file,
         store,
@@ -209,6 +220,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         store: app.store.clone(),
         audit: app.audit.clone(),
         consents: app.consents.clone(),
+        requests: app.requests.clone(),
         trusted_keys: Arc::new(app.trusted_audit_keys()),
         checkpoint_file: app.checkpoint_file.clone(),
         reports: app.reports.clone(),

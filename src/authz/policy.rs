@@ -36,6 +36,7 @@ pub const SPECIAL_OBJECTS: &[&str] = &[
     "keys",
     "policies",
     "audit_trail",
+    "requests",
 ];
 
 const CATEGORIES: &[Category] = &[

@@ -2,6 +2,7 @@
 //! store for an operator who holds the master key.
 
 mod audit;
+mod dsr;
 mod policy;
 mod serve;
 mod token;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Verify the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The data-subject request queue.
+    #[command(subcommand)]
+    Dsr(dsr::DsrCommand),
     /// Inspect the access policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -53,6 +57,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token(cmd) => token::run(&settings, cmd).await,
         Command::Policy(cmd) => policy::run(&settings, cmd).await,
         Command::Audit(cmd) => audit::run(&settings, cmd).await,
+        Command::Dsr(cmd) => dsr::run(&settings, cmd).await,
     };
     match result {
         Ok(code) => code,

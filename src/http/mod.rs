@@ -2,6 +2,7 @@
 
 mod audit;
 mod consents;
+mod dsr;
 mod error;
 mod extract;
 mod health;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub store: Store,
     pub audit: Audit,
     pub consents: crate::pipl::Consents,
+    pub requests: crate::pipl::Requests,
     /// Public keys that verify audit checkpoints.
     pub trusted_keys: Arc<Vec<AuditPublicKey>>,
     pub checkpoint_file: PathBuf,
@@ -92,6 +94,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(consents::router())
+        .merge(dsr::router())
         .fallback(|| async {
             ApiError::NotFound {
                 code: "not_found",

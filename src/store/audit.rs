@@ -138,6 +138,27 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Up to `limit` events about `subject` after `after_seq`, in order.
+    pub async fn audit_events_about(
+        &self,
+        subject: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE subject = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(subject)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(row_to_event)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
     pub async fn insert_checkpoint(&self, cp: &CheckpointRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5) \

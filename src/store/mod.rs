@@ -9,12 +9,14 @@
 mod audit;
 mod consent;
 mod keys;
+mod requests;
 mod subjects;
 mod tokens;
 
 pub use audit::{AuditRow, CheckpointRow, ReportParam};
 pub use consent::ConsentRow;
 pub use keys::{MasterKeyRow, SystemKeyRow};
+pub use requests::RequestRow;
 pub use subjects::{FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectWrite};
 pub use tokens::TokenRow;
 

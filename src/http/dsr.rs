@@ -1,0 +1,245 @@
+//! Data-subject requests and the portable export bundle (role `dsr_handler`).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Authorized};
+use super::AppState;
+use crate::audit::Decision;
+use crate::classify::ValidationError;
+use crate::pipl::RequestError;
+use crate::vault::{SubjectId, View};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/requests", get(list).post(create))
+        .route("/v1/requests/{id}", get(show).patch(update))
+        .route("/v1/subjects/{id}/export", get(export))
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::SubjectNotFound => ApiError::NotFound {
+                code: "subject_not_found",
+                message: "no such subject",
+            },
+            RequestError::NotFound => ApiError::NotFound {
+                code: "request_not_found",
+                message: "no such request",
+            },
+            RequestError::Invalid(m) => {
+                ApiError::Invalid(ValidationError::new("request", "invalid", m))
+            }
+            RequestError::BadTransition { .. } => {
+                ApiError::bad_request("bad_transition", e.to_string())
+            }
+            RequestError::Store(s) => ApiError::internal(s),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    subject: String,
+    kind: String,
+}
+
+#[tracing::instrument(skip_all, fields(role = %who.caller.role))]
+async fn create(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let subject = SubjectId::parse(&body.subject).ok_or(ApiError::NotFound {
+        code: "subject_not_found",
+        message: "no such subject",
+    })?;
+    let event = who.event("request.create").subject(subject.as_str());
+    who.require(&state, "requests", "write", event.clone())
+        .await?;
+    match state
+        .requests
+        .create(&subject, &body.kind, &who.caller.token_id)
+        .await
+    {
+        Ok(r) => {
+            state.audit.record_one(event.target(&r.id)).await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(serde_json::to_value(r).map_err(ApiError::internal)?),
+            ))
+        }
+        Err(e) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, "invalid"))
+                .await?;
+            Err(e.into())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    overdue: bool,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    who: Authorized,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let event = who.event("request.list");
+    who.require(&state, "requests", "read", event.clone())
+        .await?;
+    let requests = state.requests.list(q.overdue).await?;
+    state.audit.record_one(event).await?;
+    Ok(Json(json!({ "requests": requests })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    who: Authorized,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let event = who.event("request.read").target(&id);
+    who.require(&state, "requests", "read", event.clone())
+        .await?;
+    let request = state.requests.get(&id).await?;
+    state
+        .audit
+        .record_one(event.subject(&request.subject))
+        .await?;
+    Ok(Json(
+        serde_json::to_value(request).map_err(ApiError::internal)?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(role = %who.caller.role, request = %id))]
+async fn update(
+    State(state): State<AppState>,
+    who: Authorized,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let event = who.event("request.update").target(&id);
+    who.require(&state, "requests", "write", event.clone())
+        .await?;
+    match state
+        .requests
+        .transition(&id, &body.status, body.reason.as_deref())
+        .await
+    {
+        Ok(r) => {
+            let reason = format!(
+                "{}{}",
+                r.status,
+                r.reason
+                    .as_deref()
+                    .map(|x| format!(":{x}"))
+                    .unwrap_or_default()
+            );
+            state
+                .audit
+                .record_one(event.subject(&r.subject).outcome(Decision::Allow, &reason))
+                .await?;
+            Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
+        }
+        Err(e) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, "invalid"))
+                .await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// The portable bundle: every value held about the subject in clear, every record,
+/// consents with history, and the subject's own access history from the audit trail
+/// (who by role, when, what, for what purpose; no token ids or request ids).
+#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+async fn export(
+    State(state): State<AppState>,
+    who: Authorized,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
+        code: "subject_not_found",
+        message: "no such subject",
+    })?;
+    let event = who.event("export").subject(id.as_str());
+    who.require(&state, "subject", "export", event.clone())
+        .await?;
+    let catalogue = state.vault.catalogue();
+    let wanted: Vec<(String, View)> = catalogue
+        .fields()
+        .map(|f| (f.name.clone(), View::Clear))
+        .collect();
+    let fields = match state.vault.read(&id, &wanted).await {
+        Ok(f) => f,
+        Err(e) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, super::error::reason_code(&e)))
+                .await?;
+            return Err(e.into());
+        }
+    };
+    let mut records = BTreeMap::new();
+    for c in catalogue.collections() {
+        records.insert(c.name.clone(), state.vault.records(&id, &c.name).await?);
+    }
+    let (consents, consent_history) = state.consents.list(&id, who.policy.purposes()).await?;
+    let history: Vec<Value> = state
+        .store
+        .audit_events_for_subject(id.as_str())
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "time": crate::store::rfc3339(e.ts),
+                "by_role": e.actor_role,
+                "action": e.action,
+                "field": e.field,
+                "purpose": e.purpose,
+                "decision": e.decision,
+            })
+        })
+        .collect();
+    // Durable before the bundle leaves.
+    state.audit.record_one(event).await?;
+    let values: BTreeMap<&String, &Value> = fields.iter().map(|(k, v)| (k, &v.value)).collect();
+    let bundle = json!({
+        "format": "piivault-export/1",
+        "subject": id.as_str(),
+        "exported_at": crate::store::rfc3339(crate::store::now_ms()),
+        "fields": values,
+        "records": records,
+        "consents": { "current": consents, "history": consent_history },
+        "access_history": history,
+    });
+    let disposition = format!("attachment; filename=\"{}-export.json\"", id.as_str());
+    Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(bundle)).into_response())
+}

@@ -211,6 +211,17 @@ async fn export(
         records.insert(c.name.clone(), state.vault.records(&id, &c.name).await?);
     }
     let (consents, consent_history) = state.consents.list(&id, who.policy.purposes()).await?;
+    // Which internal token recorded a consent is not the subject's business.
+    let consent_history: Vec<Value> = consent_history
+        .into_iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .map(|mut e| {
+            if let Some(o) = e.as_object_mut() {
+                o.remove("by");
+            }
+            e
+        })
+        .collect();
     let history: Vec<Value> = state
         .store
         .audit_events_for_subject(id.as_str())

@@ -10,6 +10,7 @@ mod audit_trail;
 mod canary;
 mod consent;
 mod crypto_binding;
+mod dsr;
 mod erasure;
 mod lifecycle;
 mod policy_admin;

@@ -1,0 +1,369 @@
+//! Data-subject requests and the export bundle.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+both_stores!(
+    requests_have_due_dates_statuses_and_reasons,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t.create(&dsr, json!({"name": "许十九"})).await;
+        let post = |kind: &str| json!({"subject": id, "kind": kind});
+        let (s, r) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&post("export")),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        assert_eq!(r["status"], "open");
+        let today = time::OffsetDateTime::now_utc().date();
+        let calendar = piivault::pipl::WorkCalendar::load(Some(&policy_dir())).unwrap();
+        assert_eq!(
+            r["due"],
+            json!(calendar.add_working_days(today, 15).to_string())
+        );
+        let rid = r["id"].as_str().unwrap().to_owned();
+        assert!(rid.starts_with("dsr_"));
+
+        let patch = |status: &str, reason: Option<&str>| {
+            let mut b = json!({"status": status});
+            if let Some(r) = reason {
+                b["reason"] = json!(r);
+            }
+            b
+        };
+        let path = format!("/v1/requests/{rid}");
+        let (s, r) = t
+            .call(
+                Method::PATCH,
+                &path,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&patch("in_progress", None)),
+            )
+            .await;
+        assert_eq!(
+            (s, r["status"].clone()),
+            (StatusCode::OK, json!("in_progress"))
+        );
+        let (s, r) = t
+            .call(
+                Method::PATCH,
+                &path,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&patch("done", None)),
+            )
+            .await;
+        assert_eq!((s, r["status"].clone()), (StatusCode::OK, json!("done")));
+        assert!(r["closed"].is_string());
+        let (s, r) = t
+            .call(
+                Method::PATCH,
+                &path,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&patch("rejected", Some("duplicate_request"))),
+            )
+            .await;
+        assert_eq!(
+            (s, r["error"]["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("bad_transition"))
+        );
+
+        // A rejection always states its reason, from the declared list.
+        let (_, r) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&post("delete")),
+            )
+            .await;
+        let path2 = format!("/v1/requests/{}", r["id"].as_str().unwrap());
+        let (s, _) = t
+            .call(
+                Method::PATCH,
+                &path2,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&patch("rejected", None)),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = t
+            .call(
+                Method::PATCH,
+                &path2,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&patch("rejected", Some("because I said so"))),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, r) = t
+            .call(
+                Method::PATCH,
+                &path2,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&patch("rejected", Some("identity_not_verified"))),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(r["reason"], "identity_not_verified");
+
+        // Bad requests.
+        let (s, _) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&post("gossip")),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"subject": "sub_00000000000000000000000000000000", "kind": "access"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let cs = t.token("customer_service", &["service"]).await;
+        let (s, _) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&cs),
+                Some("service"),
+                Some(&post("access")),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // Overdue: one received long ago and still open.
+        let raw = t.raw().await;
+        sqlx::query(
+        "INSERT INTO dsr_requests (id, subject_id, kind, received_at, due_date, status, created_by, updated_at) \
+         VALUES ('dsr_late', $1, 'access', 0, '2020-01-22', 'open', 'tok_x', 0)",
+    )
+    .bind(&id)
+    .execute(&raw)
+    .await
+    .unwrap();
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/requests?overdue=true",
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let ids: Vec<&str> = b["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["dsr_late"]);
+        assert_eq!(b["requests"][0]["overdue"], true);
+        let (_, b) = t
+            .call(Method::GET, "/v1/requests", Some(&dsr), Some("dsr"), None)
+            .await;
+        assert_eq!(b["requests"].as_array().unwrap().len(), 3);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(["dsr", "list", "--overdue", "--data-dir"])
+            .arg(t.dir.path())
+            .args(["--database-url", &t.database_url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "overdue requests exit non-zero");
+        assert!(
+            text.contains("dsr_late") && text.contains("OVERDUE"),
+            "{text}"
+        );
+        assert!(!text.contains(&rid), "{text}");
+    }
+);
+
+both_stores!(
+    export_bundle_holds_everything_about_the_subject_and_nothing_else,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let cs = t.token("customer_service", &["service"]).await;
+        let id = t.create(&dsr, full_subject()).await;
+        let other = t
+            .create(&dsr, json!({"name": "他人二十", "phone": "13600009999"}))
+            .await;
+        for (c, doc) in [
+            ("payments", json!({"amount": "88.00"})),
+            ("service_tickets", json!({"text": "发票问题"})),
+        ] {
+            let (s, _) = t
+                .call(
+                    Method::POST,
+                    &format!("/v1/subjects/{id}/records/{c}"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&doc),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED);
+        }
+        let (s, _) = t
+            .call(
+                Method::POST,
+                &format!("/v1/subjects/{other}/records/payments"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"amount": "1.23"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, _) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/subjects/{id}/consents/marketing"),
+                Some(&cs),
+                Some("service"),
+                Some(&json!({"notice_version": "2026-01", "channel": "phone"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields=phone"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+
+        // Only the DSR handler may export.
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/export"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let resp = t
+            .client
+            .get(format!("{}/v1/subjects/{id}/export", t.base))
+            .bearer_auth(&dsr)
+            .header("X-Purpose", "dsr")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()[reqwest::header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains("attachment"));
+        let b: Value = resp.json().await.unwrap();
+        assert_eq!(b["format"], "piivault-export/1");
+        assert_eq!(b["subject"], json!(id));
+        let expected = full_subject();
+        for (k, v) in expected.as_object().unwrap() {
+            let want = if k == "tags" {
+                json!(["churn_risk", "vip"])
+            } else {
+                v.clone()
+            };
+            assert_eq!(b["fields"][k], want, "{k}");
+        }
+        assert_eq!(
+            b["records"]["payments"][0]["document"],
+            json!({"amount": "88.00"})
+        );
+        assert_eq!(
+            b["records"]["service_tickets"][0]["document"],
+            json!({"text": "发票问题"})
+        );
+        assert_eq!(b["records"]["feedback"], json!([]));
+        assert_eq!(b["consents"]["current"][0]["purpose"], "marketing");
+        assert_eq!(b["consents"]["history"][0]["channel"], "phone");
+        let history = b["access_history"].as_array().unwrap();
+        assert!(history.iter().any(|e| e["by_role"] == "customer_service"
+            && e["action"] == "read_masked"
+            && e["field"] == "phone"));
+        assert!(history.iter().any(|e| e["action"] == "create"));
+        // Nothing about anyone else; no token or request ids.
+        let text = b.to_string();
+        for foreign in [
+            other.as_str(),
+            "他人二十",
+            "13600009999",
+            "1.23",
+            "tok_",
+            "req_",
+        ] {
+            assert!(!text.contains(foreign), "export holds {foreign}");
+        }
+        // The consents history names no token either.
+        assert!(b["consents"]["history"][0].get("by").is_none());
+
+        // After deletion nothing readable is left, and the trail still verifies.
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/export"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let raw = t.raw().await;
+        for table in [
+            "subject_keys",
+            "subject_fields",
+            "blind_index",
+            "records",
+            "consent_events",
+        ] {
+            let (n,): (i64,) = sqlx::query_as(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE subject_id = $1"
+            ))
+            .bind(&id)
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+            assert_eq!(n, 0, "{table}");
+        }
+        assert!(t.app.verify_audit().await.unwrap().ok);
+    }
+);

@@ -43,6 +43,8 @@ pub struct App {
     pub consents: pipl::Consents,
     /// Data-subject requests.
     pub requests: pipl::Requests,
+    /// The retention sweeper.
+    pub retention: pipl::Retention,
     /// Audit report definitions.
     pub reports: Arc<Reports>,
     /// Where checkpoints are appended outside the database.
@@ -133,11 +135,12 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         "vault opened"
     );
     Ok(App {
-        vault: Vault::new(store.clone(), keys.clone(), catalogue),
+        vault: Vault::new(store.clone(), keys.clone(), catalogue.clone()),
         tokens: Tokens::new(store.clone(), keys, settings.max_token_ttl),
         policy,
-        audit,
         consents: pipl::Consents::new(store.clone()),
+        retention: pipl::Retention::new(store.clone(), catalogue.clone(), audit.clone()),
+        audit,
         requests: pipl::Requests::new(
             store.clone(),
             pipl::WorkCalendar::load(settings.policy_dir.as_deref())
@@ -165,6 +168,8 @@ pub struct ServeOptions {
     pub policy_reload: std::time::Duration,
     /// Budget of bad tokens per client address.
     pub bad_token_limit: LimitConfig,
+    /// How often the server sweeps expired data (None: never; the CLI can).
+    pub retention_sweep: Option<std::time::Duration>,
 }
 
 impl ServeOptions {
@@ -175,6 +180,7 @@ impl ServeOptions {
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             policy_reload: std::time::Duration::from_secs(5),
             bad_token_limit: LimitConfig::default(),
+            retention_sweep: Some(std::time::Duration::from_secs(3600)),
         }
     }
 }
@@ -230,6 +236,19 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
     app.policy
         .clone()
         .watch(opts.policy_reload, app.audit.clone());
+    if let Some(every) = opts.retention_sweep {
+        let retention = app.retention.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = retention.sweep(store::now_ms(), false).await {
+                    tracing::error!(error = %e, "retention sweep failed");
+                }
+            }
+        });
+    }
     let router = http::router(state, opts.max_body_bytes);
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;

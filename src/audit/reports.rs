@@ -22,6 +22,7 @@ const BUILTIN: &[&str] = &[
     include_str!("../../audit/consent_changes.toml"),
     include_str!("../../audit/token_lifecycle.toml"),
     include_str!("../../audit/incident.toml"),
+    include_str!("../../audit/retention_sweeps.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -399,7 +400,7 @@ mod tests {
     #[test]
     fn builtin_reports_load() {
         let r = Reports::load(None, &Catalogue::builtin().unwrap()).unwrap();
-        assert_eq!(r.list().count(), 8);
+        assert_eq!(r.list().count(), 9);
         assert_eq!(r.sensitive, vec!["bank_card", "id_number", "payments"]);
     }
 

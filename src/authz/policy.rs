@@ -37,6 +37,7 @@ pub const SPECIAL_OBJECTS: &[&str] = &[
     "policies",
     "audit_trail",
     "requests",
+    "legal_hold",
 ];
 
 const CATEGORIES: &[Category] = &[

@@ -4,6 +4,7 @@
 mod audit;
 mod dsr;
 mod policy;
+mod retention;
 mod serve;
 mod token;
 
@@ -34,6 +35,9 @@ pub enum Command {
     /// Verify the audit trail.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Erase what has outlived its retention period.
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
     /// The data-subject request queue.
     #[command(subcommand)]
     Dsr(dsr::DsrCommand),
@@ -58,6 +62,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => policy::run(&settings, cmd).await,
         Command::Audit(cmd) => audit::run(&settings, cmd).await,
         Command::Dsr(cmd) => dsr::run(&settings, cmd).await,
+        Command::Retention(cmd) => retention::run(&settings, cmd).await,
     };
     match result {
         Ok(code) => code,

@@ -23,6 +23,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/requests", get(list).post(create))
         .route("/v1/requests/{id}", get(show).patch(update))
         .route("/v1/subjects/{id}/export", get(export))
+        .route(
+            "/v1/subjects/{id}/hold",
+            axum::routing::put(place_hold).delete(lift_hold),
+        )
 }
 
 impl From<RequestError> for ApiError {
@@ -253,4 +257,95 @@ async fn export(
     });
     let disposition = format!("attachment; filename=\"{}-export.json\"", id.as_str());
     Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(bundle)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    /// An opaque case reference (letters, digits, `-`, `_`; at most 64), never a description.
+    case: String,
+}
+
+fn valid_case(case: &str) -> bool {
+    (1..=64).contains(&case.len())
+        && case
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Places a legal hold (PIPL Art. 47 ¶2): retention sweeps skip the subject and its data
+/// is restricted to storage.
+#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+async fn place_hold(
+    State(state): State<AppState>,
+    who: Authorized,
+    Path(raw_id): Path<String>,
+    ApiJson(body): ApiJson<HoldBody>,
+) -> Result<Json<Value>, ApiError> {
+    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
+        code: "subject_not_found",
+        message: "no such subject",
+    })?;
+    if !valid_case(&body.case) {
+        return Err(ApiError::Invalid(ValidationError::new(
+            "case",
+            "case_format",
+            "a case reference is 1 to 64 letters, digits, - or _",
+        )));
+    }
+    let event = who
+        .event("hold.place")
+        .subject(id.as_str())
+        .target(&body.case);
+    who.require(&state, "legal_hold", "write", event.clone())
+        .await?;
+    state.audit.record_one(event.clone()).await?;
+    if !state
+        .store
+        .set_legal_hold(id.as_str(), Some(&body.case))
+        .await
+        .map_err(ApiError::internal)?
+    {
+        state
+            .audit
+            .record_one(event.outcome(Decision::Error, "subject_not_found"))
+            .await?;
+        return Err(ApiError::NotFound {
+            code: "subject_not_found",
+            message: "no such subject",
+        });
+    }
+    Ok(Json(json!({ "id": id.as_str(), "legal_hold": body.case })))
+}
+
+#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+async fn lift_hold(
+    State(state): State<AppState>,
+    who: Authorized,
+    Path(raw_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
+        code: "subject_not_found",
+        message: "no such subject",
+    })?;
+    let event = who.event("hold.lift").subject(id.as_str());
+    who.require(&state, "legal_hold", "write", event.clone())
+        .await?;
+    state.audit.record_one(event.clone()).await?;
+    if !state
+        .store
+        .set_legal_hold(id.as_str(), None)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        state
+            .audit
+            .record_one(event.outcome(Decision::Error, "subject_not_found"))
+            .await?;
+        return Err(ApiError::NotFound {
+            code: "subject_not_found",
+            message: "no such subject",
+        });
+    }
+    Ok(Json(json!({ "id": id.as_str(), "legal_hold": null })))
 }

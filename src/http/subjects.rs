@@ -38,6 +38,35 @@ fn subject_id(raw: &str) -> Result<SubjectId, ApiError> {
     })
 }
 
+/// Art. 47 ¶2: a subject under legal hold is restricted to storage. Reads need the
+/// policy's `legal_hold` read grant; changes are refused for everyone.
+async fn hold_check(
+    state: &AppState,
+    who: &Authorized,
+    id: &SubjectId,
+    event: &Event,
+    reading: bool,
+) -> Result<(), ApiError> {
+    let held = state
+        .store
+        .legal_hold(id.as_str())
+        .await
+        .map_err(ApiError::internal)?
+        .is_some();
+    if held && !(reading && who.may("legal_hold", "read")) {
+        state
+            .audit
+            .record_one(event.clone().outcome(Decision::Deny, "legal_hold"))
+            .await?;
+        return Err(ApiError::Forbidden {
+            code: "legal_hold",
+            message: "this subject is under a legal hold: its data is kept in storage only".into(),
+            field: None,
+        });
+    }
+    Ok(())
+}
+
 /// The subject's consent to the request's purpose, when that purpose rests on consent.
 async fn consent_gate(
     state: &AppState,
@@ -149,6 +178,14 @@ async fn read(
             .map(|f| f.name.clone())
             .collect(),
     };
+    hold_check(
+        &state,
+        &who,
+        &id,
+        &who.event("read").subject(id.as_str()),
+        true,
+    )
+    .await?;
     let gate = consent_gate(&state, &who, &id).await?;
     let mut wanted = Vec::new();
     let mut denied: Vec<(String, &'static str)> = Vec::new();
@@ -235,6 +272,14 @@ async fn correct(
     ApiJson(body): ApiJson<FieldsBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = subject_id(&raw_id)?;
+    hold_check(
+        &state,
+        &who,
+        &id,
+        &who.event("correct").subject(id.as_str()),
+        false,
+    )
+    .await?;
     authorise_writes(&state, &who, "correct", &id, &body.fields).await?;
     if let Err(e) = state.vault.correct(&id, &body.fields).await {
         return Err(failed(&state, who.event("correct").subject(id.as_str()), e).await);
@@ -254,6 +299,7 @@ async fn erase(
     let event = who.event("erase").subject(id.as_str());
     who.require(&state, "subject", "delete", event.clone())
         .await?;
+    hold_check(&state, &who, &id, &event, false).await?;
     state.audit.record_one(event.clone()).await?;
     if let Err(e) = state.vault.erase(&id).await {
         return Err(failed(&state, event, e).await);
@@ -350,6 +396,7 @@ async fn add_record(
         .field(&collection);
     who.require(&state, &collection, "write", event.clone())
         .await?;
+    hold_check(&state, &who, &id, &event, false).await?;
     let record = crate::vault::RecordId::generate();
     let event = event.target(record.as_str());
     state.audit.record_one(event.clone()).await?;
@@ -378,6 +425,7 @@ async fn list_records(
         .field(&collection);
     who.require(&state, &collection, "read", event.clone())
         .await?;
+    hold_check(&state, &who, &id, &event, true).await?;
     let records = match state.vault.records(&id, &collection).await {
         Ok(r) => r,
         Err(e) => return Err(failed(&state, event, e).await),

@@ -1,8 +1,9 @@
-//! PIPL obligations: consent, data-subject requests and their deadlines (retention to come).
+//! PIPL obligations: consent, data-subject requests and their deadlines and retention.
 
 mod calendar;
 mod consent;
 mod requests;
+mod retention;
 
 pub use calendar::{CalendarError, WorkCalendar};
 pub use consent::{
@@ -11,3 +12,4 @@ pub use consent::{
 pub use requests::{
     Request, RequestError, Requests, DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
 };
+pub use retention::{Retention, RetentionError, SweepItem, SweepReport};

@@ -10,6 +10,7 @@ mod audit;
 mod consent;
 mod keys;
 mod requests;
+mod retention;
 mod subjects;
 mod tokens;
 
@@ -17,6 +18,7 @@ pub use audit::{AuditRow, CheckpointRow, ReportParam};
 pub use consent::ConsentRow;
 pub use keys::{MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;
+pub use retention::ExpiredRow;
 pub use subjects::{FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectWrite};
 pub use tokens::TokenRow;
 

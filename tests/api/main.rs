@@ -15,6 +15,7 @@ mod erasure;
 mod lifecycle;
 mod policy_admin;
 mod policy_matrix;
+mod retention;
 mod subjects;
 mod tokens;
 mod validation;

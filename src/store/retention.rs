@@ -1,0 +1,132 @@
+use super::{now_ms, Store, StoreError};
+
+/// Something past its retention period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredRow {
+    pub subject_id: String,
+    /// The record id, for record documents.
+    pub record_id: Option<String>,
+    pub held: bool,
+}
+
+impl Store {
+    /// Places (`Some(case)`) or lifts (`None`) a legal hold. False if no such subject.
+    pub async fn set_legal_hold(
+        &self,
+        subject: &str,
+        case: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE subjects SET legal_hold_at = $2, legal_hold_case = $3, updated_at = $4 \
+             WHERE id = $1 AND erased_at IS NULL",
+        )
+        .bind(subject)
+        .bind(case.map(|_| now))
+        .bind(case)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The case a subject is held for, if any.
+    pub async fn legal_hold(&self, subject: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT legal_hold_case FROM subjects WHERE id = $1 AND erased_at IS NULL",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(c,)| c))
+    }
+
+    /// Values of `field` last written before `cutoff`.
+    pub async fn expired_fields(
+        &self,
+        field: &str,
+        cutoff: i64,
+    ) -> Result<Vec<ExpiredRow>, StoreError> {
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT f.subject_id, s.legal_hold_at FROM subject_fields f JOIN subjects s ON s.id = f.subject_id \
+             WHERE f.field = $1 AND f.updated_at < $2 AND s.erased_at IS NULL ORDER BY f.subject_id",
+        )
+        .bind(field)
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(subject_id, hold)| ExpiredRow {
+                subject_id,
+                record_id: None,
+                held: hold.is_some(),
+            })
+            .collect())
+    }
+
+    /// Documents of `collection` created before `cutoff`.
+    pub async fn expired_records(
+        &self,
+        collection: &str,
+        cutoff: i64,
+    ) -> Result<Vec<ExpiredRow>, StoreError> {
+        let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT r.id, r.subject_id, s.legal_hold_at FROM records r JOIN subjects s ON s.id = r.subject_id \
+             WHERE r.collection = $1 AND r.created_at < $2 AND s.erased_at IS NULL ORDER BY r.subject_id, r.id",
+        )
+        .bind(collection)
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, subject_id, hold)| ExpiredRow {
+                subject_id,
+                record_id: Some(id),
+                held: hold.is_some(),
+            })
+            .collect())
+    }
+
+    /// Erases one expired field value and its blind-index entry, unless the subject was
+    /// put on hold or the value rewritten since (`cutoff`). True if something was erased.
+    pub async fn erase_expired_field(
+        &self,
+        subject: &str,
+        field: &str,
+        cutoff: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2 AND updated_at < $3 \
+             AND subject_id IN (SELECT id FROM subjects WHERE legal_hold_at IS NULL)",
+        )
+        .bind(subject)
+        .bind(field)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        if gone.rows_affected() == 1 {
+            sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
+                .bind(subject)
+                .bind(field)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(gone.rows_affected() == 1)
+    }
+
+    /// Erases one expired record unless its subject was put on hold meanwhile.
+    pub async fn erase_expired_record(&self, record: &str) -> Result<bool, StoreError> {
+        let gone = sqlx::query(
+            "DELETE FROM records WHERE id = $1 \
+             AND subject_id IN (SELECT id FROM subjects WHERE legal_hold_at IS NULL)",
+        )
+        .bind(record)
+        .execute(&self.pool)
+        .await?;
+        Ok(gone.rows_affected() == 1)
+    }
+}

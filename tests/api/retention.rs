@@ -1,0 +1,316 @@
+//! Retention sweeps with a clock the test controls, legal holds, dry runs.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::*;
+
+const DAY: i64 = 86_400_000;
+
+fn items(r: &[piivault::pipl::SweepItem]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r
+        .iter()
+        .map(|i| (i.subject.clone(), i.name.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+both_stores!(
+    sweeps_erase_exactly_what_expired_and_respect_holds,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let cs = t.token("customer_service", &["service"]).await;
+        let a = t.create(&dsr, full_subject()).await;
+        let c = t
+            .create(&dsr, json!({"name": "孔二一", "tags": ["vip"]}))
+            .await;
+        for (who, col) in [(&a, "payments"), (&a, "feedback")] {
+            let (s, _) = t
+                .call(
+                    Method::POST,
+                    &format!("/v1/subjects/{who}/records/{col}"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&json!({"n": 1})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED);
+        }
+        // Hold C.
+        let (s, b) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/subjects/{c}/hold"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"case": "CASE-2026-017"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, _) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/subjects/{c}/hold"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"case": "张三的案子"})),
+            )
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "case references are codes"
+        );
+        let (s, _) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/subjects/{a}/hold"),
+                Some(&cs),
+                Some("service"),
+                Some(&json!({"case": "X"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // While held: storage only, and only the roles the policy names may read.
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{c}?fields=name"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("legal_hold"))
+        );
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{c}?fields=name"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b) = t
+            .call(
+                Method::PATCH,
+                &format!("/v1/subjects/{c}"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"fields": {"name": "改"}})),
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("legal_hold"))
+        );
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{c}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a hold stops erasure");
+
+        let now = piivault::store::now_ms();
+        let sweep = |days: i64, dry: bool| {
+            let r = t.app.retention.clone();
+            async move { r.sweep(now + days * DAY, dry).await.unwrap() }
+        };
+        // Nothing has expired today.
+        let r = sweep(0, false).await;
+        assert!(r.erased.is_empty() && r.held.is_empty());
+
+        // Two years and a day on: tags and tier (2y) and feedback (2y) are due.
+        let events_before = t.events().await.len();
+        let dry = sweep(731, true).await;
+        assert_eq!(items(&dry.erased), {
+            let mut v = vec![
+                (a.clone(), "tags".to_owned()),
+                (a.clone(), "tier".to_owned()),
+                (a.clone(), "feedback".to_owned()),
+            ];
+            v.sort();
+            v
+        });
+        assert_eq!(items(&dry.held), vec![(c.clone(), "tags".to_owned())]);
+        // A dry run records only its summary and changes nothing.
+        let new = &t.events().await[events_before..];
+        assert_eq!(new.len(), 1);
+        assert_eq!(
+            (new[0].action.as_str(), new[0].reason.as_str()),
+            ("retention.sweep", "dry_run")
+        );
+        let (_, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{a}?fields=tags,tier"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(b["fields"]["tier"]["value"], "gold");
+
+        let real = sweep(731, false).await;
+        assert_eq!(items(&real.erased), items(&dry.erased));
+        assert_eq!(items(&real.held), items(&dry.held));
+        let (_, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{a}?fields=tags,tier,name"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert!(
+            b["fields"].get("tags").is_none() && b["fields"].get("tier").is_none(),
+            "{b}"
+        );
+        assert_eq!(b["fields"]["name"]["value"], "欧阳明月");
+        let (_, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{a}/records/feedback"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(b["records"], json!([]));
+        let (_, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{a}/records/payments"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(b["records"].as_array().unwrap().len(), 1);
+        let (_, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{c}?fields=tags"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            b["fields"]["tags"]["value"],
+            json!(["vip"]),
+            "held data is kept"
+        );
+        // Sweeping again finds nothing new to erase.
+        assert!(sweep(731, false).await.erased.is_empty());
+
+        // Five years on, the rest of A is due (payments and bank card at 3y, the rest at 5y).
+        let r = sweep(5 * 365 + 1, false).await;
+        let names: Vec<String> = r
+            .erased
+            .iter()
+            .filter(|i| i.subject == a)
+            .map(|i| i.name.clone())
+            .collect();
+        for f in [
+            "name",
+            "id_number",
+            "phone",
+            "email",
+            "address",
+            "birth_date",
+            "bank_card",
+            "payments",
+        ] {
+            assert!(names.contains(&f.to_owned()), "{f} not erased: {names:?}");
+        }
+        assert!(r.held.iter().all(|i| i.subject == c));
+        // The erased blind index goes with the value.
+        let (_, b) = t
+            .call(
+                Method::POST,
+                "/v1/subjects/lookup",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"field": "phone", "value": "13912345678"})),
+            )
+            .await;
+        assert_eq!(b["ids"], json!([]));
+
+        // Lifting the hold lets the next sweep erase C's expired data.
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{c}/hold"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let r = sweep(5 * 365 + 1, false).await;
+        assert_eq!(items(&r.erased), {
+            let mut v = vec![
+                (c.clone(), "name".to_owned()),
+                (c.clone(), "tags".to_owned()),
+            ];
+            v.sort();
+            v
+        });
+
+        // Every sweep is audited and reported; the trail still verifies.
+        let auditor = t.token("auditor", &["audit"]).await;
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/audit/reports/retention_sweeps?from=2000-01-01&to=2999-12-31",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let rows = b["rows"].as_array().unwrap();
+        let count = |action: &str| rows.iter().filter(|r| r["action"] == action).count();
+        assert_eq!(count("retention.erase"), 3 + 8 + 2);
+        assert_eq!(count("retention.hold"), 1 + 1 + 2);
+        assert_eq!(count("retention.sweep"), 6);
+        assert_eq!(
+            count("hold.place"),
+            2,
+            "one placed, one refused to customer service"
+        );
+        assert_eq!(count("hold.lift"), 1);
+        assert!(t.app.verify_audit().await.unwrap().ok);
+
+        // The command line's dry run, against today: nothing due.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(["retention", "sweep", "--dry-run", "--json", "--data-dir"])
+            .arg(t.dir.path())
+            .args(["--database-url", &t.database_url, "--policy-dir"])
+            .arg(policy_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["dry_run"], true);
+        assert_eq!(v["erased"], json!([]));
+    }
+);

@@ -401,7 +401,10 @@ mod tests {
     fn builtin_reports_load() {
         let r = Reports::load(None, &Catalogue::builtin().unwrap()).unwrap();
         assert_eq!(r.list().count(), 9);
-        assert_eq!(r.sensitive, vec!["bank_card", "id_number", "payments"]);
+        assert_eq!(
+            r.sensitive,
+            vec!["bank_card", "id_number", "is_minor", "payments"]
+        );
     }
 
     #[test]

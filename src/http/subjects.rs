@@ -75,7 +75,15 @@ async fn consent_gate(
 ) -> Result<Option<ConsentGate>, ApiError> {
     match who.policy.purposes().get(&who.purpose) {
         Some(spec) if spec.requires_consent() => {
-            Ok(Some(state.consents.gate(id, &who.purpose, spec).await?))
+            let today = time::OffsetDateTime::now_utc().date();
+            let minor = match state.vault.is_minor(id, today).await {
+                Ok(m) => m,
+                Err(VaultError::NotFound) => false,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Some(
+                state.consents.gate(id, &who.purpose, spec, minor).await?,
+            ))
         }
         _ => Ok(None),
     }
@@ -227,6 +235,9 @@ async fn read(
             "policy_denied" => "this role may read no field for this purpose",
             "consent_outdated" => "the subject consented to an earlier version of this purpose",
             "separate_consent_missing" => "this read needs the subject's separate consent",
+            "guardian_consent_missing" => {
+                "the subject is a minor: this read needs a parent's or guardian's consent"
+            }
             _ => "this purpose needs the subject's consent, and there is none in force",
         };
         return Err(ApiError::Forbidden {

@@ -54,6 +54,8 @@ pub enum ConsentCheck {
     Outdated,
     /// Sensitive PI (or a purpose that always needs it) without separate consent.
     SeparateMissing,
+    /// A minor's data without a parent's or guardian's consent (Art. 31).
+    GuardianMissing,
 }
 
 impl ConsentCheck {
@@ -64,6 +66,7 @@ impl ConsentCheck {
             Self::Missing => Some("consent_missing"),
             Self::Outdated => Some("consent_outdated"),
             Self::SeparateMissing => Some("separate_consent_missing"),
+            Self::GuardianMissing => Some("guardian_consent_missing"),
         }
     }
 }
@@ -232,6 +235,7 @@ impl Consents {
         subject: &SubjectId,
         purpose: &str,
         spec: &PurposeSpec,
+        minor: bool,
     ) -> Result<ConsentGate, ConsentError> {
         let current = if spec.requires_consent() {
             self.store
@@ -243,6 +247,7 @@ impl Consents {
         Ok(ConsentGate {
             spec: spec.clone(),
             current,
+            minor,
         })
     }
 
@@ -287,6 +292,7 @@ impl Consents {
 pub struct ConsentGate {
     spec: PurposeSpec,
     current: Option<ConsentRow>,
+    minor: bool,
 }
 
 impl ConsentGate {
@@ -295,7 +301,14 @@ impl ConsentGate {
         if !self.spec.requires_consent() {
             return ConsentCheck::Covered;
         }
-        evaluate(self.current.as_ref(), &self.spec, sensitive)
+        match evaluate(self.current.as_ref(), &self.spec, sensitive) {
+            ConsentCheck::Covered
+                if self.minor && !self.current.as_ref().is_some_and(|c| c.guardian) =>
+            {
+                ConsentCheck::GuardianMissing
+            }
+            other => other,
+        }
     }
 }
 
@@ -394,7 +407,19 @@ mod tests {
         let gate = ConsentGate {
             spec: contract,
             current: None,
+            minor: true,
         };
         assert_eq!(gate.check(true), ConsentCheck::Covered);
+        let minor = ConsentGate {
+            spec: spec(2, SeparateConsent::Sensitive),
+            current: Some(row("grant", 2, true)),
+            minor: true,
+        };
+        assert_eq!(minor.check(false), ConsentCheck::GuardianMissing);
+        let mut with_guardian = minor.clone();
+        if let Some(c) = with_guardian.current.as_mut() {
+            c.guardian = true;
+        }
+        assert_eq!(with_guardian.check(false), ConsentCheck::Covered);
     }
 }

@@ -297,6 +297,35 @@ impl Vault {
         Ok(out)
     }
 
+    /// Whether the subject is a minor under PIPL Art. 31 (under 14) on `today`: the
+    /// explicit `is_minor` field when set, else the `birth_date` field. Unknown counts as
+    /// not a minor.
+    pub async fn is_minor(&self, id: &SubjectId, today: time::Date) -> Result<bool, VaultError> {
+        let wanted: Vec<(String, View)> = ["is_minor", "birth_date"]
+            .iter()
+            .filter(|f| self.catalogue.field(f).is_ok())
+            .map(|f| ((*f).to_owned(), View::Clear))
+            .collect();
+        let fields = self.read(id, &wanted).await?;
+        if let Some(flag) = fields.get("is_minor").and_then(|f| f.value.as_str()) {
+            return Ok(flag == "yes");
+        }
+        let Some(birth) = fields.get("birth_date").and_then(|f| f.value.as_str()) else {
+            return Ok(false);
+        };
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        let Ok(birth) = time::Date::parse(birth, &fmt) else {
+            return Ok(false);
+        };
+        let fourteenth = time::Date::from_calendar_date(birth.year() + 14, birth.month(), 1)
+            .ok()
+            .and_then(|d| {
+                d.replace_day(birth.day().min(d.month().length(d.year())))
+                    .ok()
+            });
+        Ok(fourteenth.is_some_and(|d| today < d))
+    }
+
     /// Corrects fields; a `null` value removes the field.
     pub async fn correct(
         &self,

@@ -435,3 +435,83 @@ both_stores!(
         );
     }
 );
+
+both_stores!(minors_need_a_guardians_consent, |db| async move {
+    let t = spawn_app(db).await;
+    let dsr = t.dsr().await;
+    let mkt = t.token("marketing", &["marketing"]).await;
+    let ten_years_ago = time::OffsetDateTime::now_utc()
+        .date()
+        .replace_year(time::OffsetDateTime::now_utc().year() - 10)
+        .unwrap();
+    let child = t
+        .create(
+            &dsr,
+            json!({"name": "小明", "birth_date": ten_years_ago.to_string(), "tier": "basic"}),
+        )
+        .await;
+    let flagged = t
+        .create(
+            &dsr,
+            json!({"name": "小红", "birth_date": "1990-01-01", "is_minor": "yes", "tier": "basic"}),
+        )
+        .await;
+    let adult = t
+        .create(
+            &dsr,
+            json!({"name": "大人", "birth_date": "1990-01-01", "tier": "basic"}),
+        )
+        .await;
+    for id in [&child, &flagged, &adult] {
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            id,
+            "marketing",
+            json!({"notice_version": "2026-01"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let read = |id: &str| {
+        let path = format!("/v1/subjects/{id}?fields=tier");
+        let (t, mkt) = (&t, mkt.clone());
+        async move {
+            t.call(Method::GET, &path, Some(&mkt), Some("marketing"), None)
+                .await
+        }
+    };
+    assert_eq!(read(&adult).await.0, StatusCode::OK);
+    for id in [&child, &flagged] {
+        let (s, b) = read(id).await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("guardian_consent_missing")),
+            "{b}"
+        );
+        let (s, _) = consent(
+            &t,
+            &dsr,
+            "dsr",
+            id,
+            "marketing",
+            json!({"notice_version": "2026-01", "guardian": true, "channel": "paper"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(read(id).await.0, StatusCode::OK);
+    }
+    // Contract purposes do not ask.
+    let cs = t.token("customer_service", &["service"]).await;
+    let (s, _) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{child}?fields=name"),
+            Some(&cs),
+            Some("service"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+});

@@ -364,7 +364,8 @@ pub fn full_subject() -> Value {
         "birth_date": "1949-12-31",
         "bank_card": "6222021234567894",
         "tags": ["vip", "churn_risk"],
-        "tier": "gold"
+        "tier": "gold",
+        "is_minor": "no"
     })
 }
 

@@ -285,7 +285,7 @@ both_stores!(
         assert_eq!(s, StatusCode::OK);
         let rows = b["rows"].as_array().unwrap();
         let count = |action: &str| rows.iter().filter(|r| r["action"] == action).count();
-        assert_eq!(count("retention.erase"), 3 + 8 + 2);
+        assert_eq!(count("retention.erase"), 3 + 9 + 2);
         assert_eq!(count("retention.hold"), 1 + 1 + 2);
         assert_eq!(count("retention.sweep"), 6);
         assert_eq!(

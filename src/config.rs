@@ -29,7 +29,8 @@ pub struct GlobalArgs {
     /// Optional TOML configuration file (lowest precedence after defaults).
     #[arg(long, global = true, env = "PIIVAULT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Directory with classification.toml (default ./policies, else the built-in copy).
+    /// Directory with classification.toml, model.conf, policy.csv, purposes.toml and
+    /// holidays.toml (default ./policies, else the built-in copies).
     #[arg(long, global = true, env = "PIIVAULT_POLICY_DIR", value_name = "DIR")]
     pub policy_dir: Option<PathBuf>,
     /// Directory of audit report definitions (default ./audit, else the built-in set).

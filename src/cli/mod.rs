@@ -32,7 +32,7 @@ pub enum Command {
     /// Issue, list and revoke bearer tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Verify the audit trail.
+    /// Verify, report on and archive the audit trail (store and public key only).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Erase what has outlived its retention period.

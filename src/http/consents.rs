@@ -26,10 +26,7 @@ pub fn router() -> Router<AppState> {
 impl From<ConsentError> for ApiError {
     fn from(e: ConsentError) -> Self {
         match e {
-            ConsentError::NotFound => ApiError::NotFound {
-                code: "subject_not_found",
-                message: "no such subject",
-            },
+            ConsentError::NotFound => ApiError::subject_not_found(),
             ConsentError::NotConsentBased(_) => ApiError::Invalid(ValidationError::new(
                 "purpose",
                 "not_consent_based",
@@ -58,10 +55,7 @@ fn code(e: &ConsentError) -> &'static str {
 }
 
 fn parse(who: &Authorized, raw: &str, purpose: &str) -> Result<(SubjectId, PurposeSpec), ApiError> {
-    let id = SubjectId::parse(raw).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })?;
+    let id = super::subject_id(raw)?;
     let spec = who.policy.purposes().get(purpose).cloned().ok_or_else(|| {
         ApiError::Invalid(ValidationError::new(
             "purpose",
@@ -183,10 +177,7 @@ async fn list(
     who: Authorized,
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })?;
+    let id = super::subject_id(&raw_id)?;
     let event = who.event("consent.read").subject(id.as_str());
     who.require(&state, "consent", "read", event.clone())
         .await?;

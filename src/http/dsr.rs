@@ -16,7 +16,7 @@ use super::AppState;
 use crate::audit::Decision;
 use crate::classify::ValidationError;
 use crate::pipl::RequestError;
-use crate::vault::{SubjectId, View};
+use crate::vault::View;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,10 +32,7 @@ pub fn router() -> Router<AppState> {
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         match e {
-            RequestError::SubjectNotFound => ApiError::NotFound {
-                code: "subject_not_found",
-                message: "no such subject",
-            },
+            RequestError::SubjectNotFound => ApiError::subject_not_found(),
             RequestError::NotFound => ApiError::NotFound {
                 code: "request_not_found",
                 message: "no such request",
@@ -64,10 +61,7 @@ async fn create(
     who: Authorized,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let subject = SubjectId::parse(&body.subject).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })?;
+    let subject = super::subject_id(&body.subject)?;
     let event = who.event("request.create").subject(subject.as_str());
     who.require(&state, "requests", "write", event.clone())
         .await?;
@@ -188,10 +182,7 @@ async fn export(
     who: Authorized,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })?;
+    let id = super::subject_id(&raw_id)?;
     let event = who.event("export").subject(id.as_str());
     who.require(&state, "subject", "export", event.clone())
         .await?;
@@ -282,10 +273,7 @@ async fn place_hold(
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<HoldBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })?;
+    let id = super::subject_id(&raw_id)?;
     if !valid_case(&body.case) {
         return Err(ApiError::Invalid(ValidationError::new(
             "case",
@@ -310,10 +298,7 @@ async fn place_hold(
             .audit
             .record_one(event.outcome(Decision::Error, "subject_not_found"))
             .await?;
-        return Err(ApiError::NotFound {
-            code: "subject_not_found",
-            message: "no such subject",
-        });
+        return Err(ApiError::subject_not_found());
     }
     Ok(Json(json!({ "id": id.as_str(), "legal_hold": body.case })))
 }
@@ -324,10 +309,7 @@ async fn lift_hold(
     who: Authorized,
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = SubjectId::parse(&raw_id).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })?;
+    let id = super::subject_id(&raw_id)?;
     let event = who.event("hold.lift").subject(id.as_str());
     who.require(&state, "legal_hold", "write", event.clone())
         .await?;
@@ -342,10 +324,7 @@ async fn lift_hold(
             .audit
             .record_one(event.outcome(Decision::Error, "subject_not_found"))
             .await?;
-        return Err(ApiError::NotFound {
-            code: "subject_not_found",
-            message: "no such subject",
-        });
+        return Err(ApiError::subject_not_found());
     }
     Ok(Json(json!({ "id": id.as_str(), "legal_hold": null })))
 }

@@ -44,6 +44,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    pub fn subject_not_found() -> Self {
+        Self::NotFound {
+            code: "subject_not_found",
+            message: "no such subject",
+        }
+    }
+
     /// Denied by the access policy; names the field or object when there is one.
     pub fn denied(message: impl Into<String>, field: Option<&str>) -> Self {
         Self::Forbidden {

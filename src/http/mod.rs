@@ -86,6 +86,11 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// A subject id from a path or body; a malformed id is simply a subject that does not exist.
+fn subject_id(raw: &str) -> Result<crate::vault::SubjectId, ApiError> {
+    crate::vault::SubjectId::parse(raw).ok_or_else(ApiError::subject_not_found)
+}
+
 /// The whole API.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()

@@ -31,12 +31,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn subject_id(raw: &str) -> Result<SubjectId, ApiError> {
-    SubjectId::parse(raw).ok_or(ApiError::NotFound {
-        code: "subject_not_found",
-        message: "no such subject",
-    })
-}
+use super::subject_id;
 
 /// Art. 47 ¶2: a subject under legal hold is restricted to storage. Reads need the
 /// policy's `legal_hold` read grant; changes are refused for everyone.

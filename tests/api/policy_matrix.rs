@@ -345,22 +345,41 @@ both_stores!(every_role_field_action_and_purpose, |db| async move {
     }
     assert!(checked > 2000, "{checked}");
 
-    // export and audit have no HTTP endpoint yet (data-subject requests and the audit
-    // trail come later); their decisions are checked on the loaded policy.
-    let policy = t.app.policy.current();
+    // Actions that are not about one field: export (the DSR bundle) and audit (the
+    // trail's verification), for every role and purpose, over HTTP.
     for (role, own) in ROLES {
+        let tok = t.token(role, &[own]).await;
         for purpose in PURPOSES {
             let mine = purpose == own;
-            assert_eq!(
-                policy.allows(role, "subject", "export", purpose),
-                mine && *role == "dsr_handler",
-                "{role} export"
-            );
-            assert_eq!(
-                policy.allows(role, "audit_trail", "audit", purpose),
-                mine && *role == "auditor",
-                "{role} audit"
-            );
+            for (path, allowed_role) in [
+                (format!("/v1/subjects/{id}/export"), "dsr_handler"),
+                ("/v1/audit/verify".to_owned(), "auditor"),
+            ] {
+                let (s, b) = t
+                    .call(Method::GET, &path, Some(&tok), Some(purpose), None)
+                    .await;
+                if !mine {
+                    assert_eq!(
+                        (s, code(&b)),
+                        (StatusCode::FORBIDDEN, "purpose_not_allowed"),
+                        "{role} {path}"
+                    );
+                } else if *role == allowed_role {
+                    assert_eq!(s, StatusCode::OK, "{role} {path}: {b}");
+                } else {
+                    assert_eq!(
+                        (s, code(&b)),
+                        (StatusCode::FORBIDDEN, "policy_denied"),
+                        "{role} {path}"
+                    );
+                }
+            }
+        }
+    }
+    // No role may export, audit, administer or erase through a field or collection.
+    let policy = t.app.policy.current();
+    for (role, _) in ROLES {
+        for purpose in PURPOSES {
             for object in FIELDS.iter().chain(COLLECTIONS) {
                 for action in ["export", "audit", "admin", "delete"] {
                     assert!(

@@ -90,6 +90,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub max_token_ttl: Option<String>,
     pub audit_key_file: Option<PathBuf>,
+    /// Days audit events are kept before `audit prune` may remove them (default 1095).
+    pub audit_retention_days: Option<u32>,
     /// Working days a data-subject request is due in (default 15).
     pub dsr_due_working_days: Option<u32>,
     /// Sign an audit checkpoint after this many events (default 1000)…

@@ -147,7 +147,15 @@ impl Audit {
                         .verify_checkpoint(c.seq, c.ts, &c.hash, &c.signature)
                 })
                 .max_by_key(|c| c.seq);
-            state.last = mine.map(|c| (c.seq, c.hash));
+            state.last = match mine {
+                Some(c) => Some((c.seq, c.hash)),
+                // A pruned trail starts after its anchor.
+                None => self
+                    .store
+                    .audit_anchor()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?,
+            };
         }
         let Some((head, head_hash)) = self
             .store

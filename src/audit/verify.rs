@@ -102,6 +102,30 @@ impl Walker {
         true
     }
 
+    /// A pruned trail starts after an anchor, which must be a signed checkpoint.
+    fn check_anchor(
+        &mut self,
+        anchor: Option<&(i64, Vec<u8>)>,
+        checkpoints: &[CheckpointRow],
+        trusted: &[AuditPublicKey],
+    ) {
+        let Some((seq, hash)) = anchor else { return };
+        let signed = checkpoints.iter().any(|cp| {
+            cp.seq == *seq
+                && cp.hash == *hash
+                && trusted.iter().any(|k| {
+                    k.key_id() == cp.key_id
+                        && k.verify_checkpoint(cp.seq, cp.ts, &cp.hash, &cp.signature)
+                })
+        });
+        if !signed {
+            self.problems.push((
+                *seq,
+                format!("the trail was pruned up to event {seq}, but no signed checkpoint vouches for that point (forged anchor)"),
+            ));
+        }
+    }
+
     fn finish(mut self, checkpoints: &[CheckpointRow], trusted: &[AuditPublicKey]) -> VerifyReport {
         let mut verified = 0usize;
         let mut unknown = 0usize;
@@ -173,7 +197,9 @@ pub async fn verify(
     extra_checkpoints: &[CheckpointRow],
 ) -> Result<VerifyReport, StoreError> {
     let checkpoints = merge(store.checkpoints().await?, extra_checkpoints);
-    let mut walker = Walker::new(&checkpoints, None);
+    let anchor = store.audit_anchor().await?;
+    let mut walker = Walker::new(&checkpoints, anchor.clone());
+    walker.check_anchor(anchor.as_ref(), &checkpoints, trusted);
     'walk: loop {
         let rows = store.audit_events(walker.at, 5000).await?;
         if rows.is_empty() {
@@ -221,21 +247,24 @@ struct ArchivedCheckpoint {
 pub async fn write_archive(
     store: &Store,
     until_ts: Option<i64>,
+    until_seq: Option<i64>,
     out: &mut impl std::io::Write,
 ) -> Result<i64, ArchiveError> {
-    writeln!(
-        out,
-        "{}",
-        serde_json::json!({ "piivault_audit_archive": 1 })
-    )?;
-    let mut at = 0i64;
+    let anchor = store.audit_anchor().await?;
+    let mut header = serde_json::json!({ "piivault_audit_archive": 1 });
+    if let Some((seq, hash)) = &anchor {
+        header["after_seq"] = serde_json::json!(seq);
+        header["after_hash"] = serde_json::json!(hex::encode(hash));
+    }
+    writeln!(out, "{header}")?;
+    let mut at = anchor.map_or(0, |(s, _)| s);
     'page: loop {
         let rows = store.audit_events(at, 5000).await?;
         if rows.is_empty() {
             break;
         }
         for r in rows {
-            if until_ts.is_some_and(|u| r.ts >= u) {
+            if until_ts.is_some_and(|u| r.ts >= u) || until_seq.is_some_and(|u| r.seq > u) {
                 break 'page;
             }
             at = r.seq;
@@ -296,6 +325,7 @@ pub fn verify_archive(
     let text = std::fs::read_to_string(path)?;
     let mut rows = Vec::new();
     let mut checkpoints = Vec::new();
+    let mut anchor = None;
     for (i, line) in text.lines().enumerate() {
         let bad = |message: &str| ArchiveError::Format {
             line: i + 1,
@@ -305,6 +335,12 @@ pub fn verify_archive(
         if i == 0 {
             if v["piivault_audit_archive"] != 1 {
                 return Err(bad("not a piivault audit archive"));
+            }
+            if let (Some(seq), Some(hash)) = (v["after_seq"].as_i64(), v["after_hash"].as_str()) {
+                anchor = Some((
+                    seq,
+                    hex::decode(hash).map_err(|_| bad("after_hash is not hex"))?,
+                ));
             }
             continue;
         }
@@ -345,7 +381,8 @@ pub fn verify_archive(
         }
     }
     let checkpoints = merge(checkpoints, &[]);
-    let mut walker = Walker::new(&checkpoints, None);
+    let mut walker = Walker::new(&checkpoints, anchor.clone());
+    walker.check_anchor(anchor.as_ref(), &checkpoints, trusted);
     for row in &rows {
         if !walker.push(row) {
             break;

@@ -40,6 +40,20 @@ pub enum AuditCommand {
         #[arg(long)]
         before: Option<String>,
     },
+    /// Archive and then remove events older than the audit retention period (default 3
+    /// years, `audit_retention_days`). The trail must verify; pruning stops at the newest
+    /// signed checkpoint before the cut-off, which anchors what remains.
+    Prune {
+        /// Remove events before this day (YYYY-MM-DD, UTC) or RFC 3339 time.
+        #[arg(long)]
+        before: String,
+        /// Where the removed events are archived first (must not exist).
+        #[arg(long, value_name = "FILE")]
+        archive: PathBuf,
+        /// Override the retention period in days (events younger than it are never removed).
+        #[arg(long, value_name = "DAYS")]
+        retention_days: Option<u32>,
+    },
     /// Run an audit report declared in audit/ over a time window.
     Report {
         /// The report's name (see `piivault audit reports`).
@@ -106,7 +120,7 @@ pub async fn run(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<ExitC
                 .open(&out)
                 .with_context(|| format!("creating {}", out.display()))?;
             let mut writer = std::io::BufWriter::new(file);
-            let n = write_archive(&store, until, &mut writer).await?;
+            let n = write_archive(&store, until, None, &mut writer).await?;
             writer
                 .into_inner()
                 .map_err(|e| e.into_error())?
@@ -122,6 +136,11 @@ pub async fn run(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<ExitC
             format,
             params,
         } => report(settings, &name, &from, &to, format, &params).await,
+        AuditCommand::Prune {
+            before,
+            archive,
+            retention_days,
+        } => prune(settings, &before, &archive, retention_days).await,
         AuditCommand::Reports => {
             let catalogue = crate::load_catalogue(settings)?;
             let reports = Reports::load(settings.reports_dir.as_deref(), &catalogue)?;
@@ -236,4 +255,93 @@ async fn verify(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Default audit retention: three years.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 3 * 365;
+
+async fn prune(
+    settings: &Settings,
+    before: &str,
+    archive: &std::path::Path,
+    retention_days: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let days = retention_days
+        .or(settings.file.audit_retention_days)
+        .unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS);
+    let cutoff = parse_bound(before, false)?;
+    let oldest_allowed = crate::store::now_ms() - i64::from(days) * 86_400_000;
+    if cutoff > oldest_allowed {
+        anyhow::bail!(
+            "events younger than {days} days must be kept: --before must be on or before {}",
+            crate::store::rfc3339(oldest_allowed)
+        );
+    }
+    let mut keys = Vec::new();
+    for path in default_public_keys(settings) {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        keys.push(AuditPublicKey::parse(&text)?);
+    }
+    let checkpoint_file = settings
+        .audit_key_file
+        .parent()
+        .unwrap_or(&settings.data_dir)
+        .join("checkpoints.log");
+    let store = Store::connect(&settings.database_url, 2)
+        .await
+        .context("opening the store")?;
+    let report = crate::verify_trail(&store, &keys, &checkpoint_file).await?;
+    if !report.ok {
+        anyhow::bail!(
+            "the trail does not verify (event {}: {}); refusing to prune",
+            report.first_bad_seq.unwrap_or_default(),
+            report.reason.unwrap_or_default()
+        );
+    }
+    // The newest trusted checkpoint whose event is older than the cut-off.
+    let floor = store.audit_anchor().await?.map_or(0, |(s, _)| s);
+    let mut point = None;
+    for cp in store.checkpoints().await? {
+        let trusted = keys.iter().any(|k| {
+            k.key_id() == cp.key_id && k.verify_checkpoint(cp.seq, cp.ts, &cp.hash, &cp.signature)
+        });
+        if !trusted || cp.seq <= floor {
+            continue;
+        }
+        let event = store.audit_events(cp.seq - 1, 1).await?;
+        if event
+            .first()
+            .is_some_and(|e| e.seq == cp.seq && e.ts < cutoff && e.hash == cp.hash)
+        {
+            point = point.max(Some((cp.seq, cp.hash)));
+        }
+    }
+    let Some((seq, hash)) = point else {
+        eprintln!("nothing to prune: no signed checkpoint before the cut-off");
+        store.close().await;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(archive)
+        .with_context(|| format!("creating {}", archive.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    write_archive(&store, None, Some(seq), &mut writer).await?;
+    writer
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    let audit = Audit::start(store.clone(), None, Default::default());
+    audit
+        .record_one(super::operator_event("audit.prune").target(&seq.to_string()))
+        .await?;
+    let removed = store.prune_audit(seq, &hash).await?;
+    store.close().await;
+    eprintln!(
+        "archived and removed {removed} events up to event {seq} (archive: {})",
+        archive.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -241,3 +241,38 @@ impl Store {
         Ok((columns, out))
     }
 }
+
+impl Store {
+    /// The newest pruning anchor: events up to its seq were archived and removed.
+    pub async fn audit_anchor(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT seq, hash FROM audit_anchors ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records the anchor and removes every event up to it, in one transaction.
+    /// Returns the number of events removed.
+    pub async fn prune_audit(&self, seq: i64, hash: &[u8]) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CHAIN_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO audit_anchors (seq, hash, pruned_at) VALUES ($1, $2, $3)")
+            .bind(seq)
+            .bind(hash)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone.rows_affected())
+    }
+}

@@ -784,3 +784,101 @@ both_stores!(archives_verify_on_their_own, |db| async move {
     assert!(!ok, "{text}");
     assert!(text.contains("cut"), "{text}");
 });
+
+both_stores!(
+    pruning_archives_then_removes_and_keeps_the_chain_verifiable,
+    |db| async move {
+        let (t, dsr) = seeded(db).await;
+        let head_at_checkpoint = t.events().await.last().unwrap().seq;
+        // Later events that stay.
+        let id = t.create(&dsr, json!({"name": "留下"})).await;
+        let bin = env!("CARGO_BIN_EXE_piivault");
+        let archive = t.dir.path().join("pruned.jsonl");
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(bin)
+                .args(args)
+                .arg("--data-dir")
+                .arg(t.dir.path())
+                .arg("--database-url")
+                .arg(&t.database_url)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        };
+        let path = archive.to_str().unwrap();
+        // Within the retention period (3 years by default): refused, nothing written.
+        let (ok, text) = run(&["audit", "prune", "--before", &now, "--archive", path]);
+        assert!(!ok && text.contains("must be kept"), "{text}");
+        assert!(!archive.exists());
+        // With the retention lowered to zero days: archived up to the checkpoint, then removed.
+        let (ok, text) = run(&[
+            "audit",
+            "prune",
+            "--before",
+            &now,
+            "--archive",
+            path,
+            "--retention-days",
+            "0",
+        ]);
+        assert!(ok, "{text}");
+        let remaining = t.events().await;
+        assert_eq!(
+            remaining.first().unwrap().seq,
+            head_at_checkpoint + 1,
+            "pruned exactly up to the checkpoint"
+        );
+        let r = t.app.verify_audit().await.unwrap();
+        assert!(r.ok, "{r:?}");
+        let (ok, text) = run(&["audit", "verify", "--archive", path]);
+        assert!(ok, "{text}");
+        // The vault goes on appending and signing.
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(t.app.audit.checkpoint_now().await.unwrap().is_some());
+        assert!(t.app.verify_audit().await.unwrap().ok);
+        // Rows above the anchor still cannot be deleted.
+        let raw = t.raw().await;
+        assert!(sqlx::query("DELETE FROM audit_events")
+            .execute(&raw)
+            .await
+            .is_err());
+        // An anchor planted by hand, to make a deletion look like pruning, is caught.
+        let last = t.events().await.last().unwrap().clone();
+        sqlx::query("INSERT INTO audit_anchors (seq, hash, pruned_at) VALUES ($1, $2, 0)")
+            .bind(last.seq)
+            .bind(vec![9u8; 32])
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
+            .bind(last.seq)
+            .execute(&raw)
+            .await
+            .unwrap();
+        let r = t.app.verify_audit().await.unwrap();
+        assert!(!r.ok);
+        assert!(
+            r.reason.as_deref().unwrap().contains("forged anchor"),
+            "{r:?}"
+        );
+    }
+);

@@ -724,26 +724,8 @@ async fn two_vault_nodes_on_one_postgres_build_one_valid_chain() {
 
 both_stores!(archives_verify_on_their_own, |db| async move {
     let (t, _) = seeded(db).await;
-    let bin = env!("CARGO_BIN_EXE_piivault");
     let archive = t.dir.path().join("trail.jsonl");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .arg("--data-dir")
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let run = |args: &[&str]| t.cli(args);
     let path = archive.to_str().unwrap();
     let (ok, text) = run(&["audit", "archive", "--out", path]);
     assert!(ok, "{text}");
@@ -792,29 +774,11 @@ both_stores!(
         let head_at_checkpoint = t.events().await.last().unwrap().seq;
         // Later events that stay.
         let id = t.create(&dsr, json!({"name": "留下"})).await;
-        let bin = env!("CARGO_BIN_EXE_piivault");
         let archive = t.dir.path().join("pruned.jsonl");
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new(bin)
-                .args(args)
-                .arg("--data-dir")
-                .arg(t.dir.path())
-                .arg("--database-url")
-                .arg(&t.database_url)
-                .output()
-                .unwrap();
-            (
-                out.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
-        };
+        let run = |args: &[&str]| t.cli(args);
         let path = archive.to_str().unwrap();
         // Within the retention period (3 years by default): refused, nothing written.
         let (ok, text) = run(&["audit", "prune", "--before", &now, "--archive", path]);

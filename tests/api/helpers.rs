@@ -296,6 +296,27 @@ impl TestApp {
         (status, json, rid)
     }
 
+    /// Runs the piivault binary on this vault's data directory and store; returns
+    /// whether it succeeded and its standard output followed by standard error.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--database-url")
+            .arg(&self.database_url)
+            .output()
+            .expect("piivault runs");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Every audit event so far.
     pub async fn events(&self) -> Vec<piivault::store::AuditRow> {
         self.app

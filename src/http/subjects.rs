@@ -342,6 +342,22 @@ async fn lookup(
         Ok(ids) => ids,
         Err(e) => return Err(failed(&state, event, e).await),
     };
+    // Subjects under a legal hold are found only by roles that may read held data.
+    if !ids.is_empty() && !who.may("legal_hold", "read") {
+        let mut kept = Vec::with_capacity(ids.len());
+        for sid in ids {
+            if state
+                .store
+                .legal_hold(&sid)
+                .await
+                .map_err(ApiError::internal)?
+                .is_none()
+            {
+                kept.push(sid);
+            }
+        }
+        ids = kept;
+    }
     // For a consent-based purpose, only subjects whose consent covers the field are found.
     if who
         .policy

@@ -123,6 +123,62 @@ both_stores!(
             .await;
         assert_eq!(s, StatusCode::FORBIDDEN, "a hold stops erasure");
 
+        // A held subject is not found by roles that may not read held data.
+        let d = t
+            .create(&dsr, json!({"name": "周二二", "phone": "13755556666"}))
+            .await;
+        let (s, _) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/subjects/{d}/hold"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"case": "CASE-2026-018"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let find = json!({"field": "phone", "value": "13755556666"});
+        let (_, b) = t
+            .call(
+                Method::POST,
+                "/v1/subjects/lookup",
+                Some(&cs),
+                Some("service"),
+                Some(&find),
+            )
+            .await;
+        assert_eq!(b["ids"], json!([]));
+        let (_, b) = t
+            .call(
+                Method::POST,
+                "/v1/subjects/lookup",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&find),
+            )
+            .await;
+        assert_eq!(b["ids"], json!([d]));
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{d}/hold"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{d}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+
         let now = piivault::store::now_ms();
         let sweep = |days: i64, dry: bool| {
             let r = t.app.retention.clone();
@@ -290,10 +346,10 @@ both_stores!(
         assert_eq!(count("retention.sweep"), 6);
         assert_eq!(
             count("hold.place"),
-            2,
-            "one placed, one refused to customer service"
+            3,
+            "two placed, one refused to customer service"
         );
-        assert_eq!(count("hold.lift"), 1);
+        assert_eq!(count("hold.lift"), 2);
         assert!(t.app.verify_audit().await.unwrap().ok);
 
         // The command line's dry run, against today: nothing due.

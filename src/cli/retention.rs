@@ -26,27 +26,14 @@ pub async fn run(settings: &Settings, cmd: RetentionCommand) -> anyhow::Result<E
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let verb = if dry_run { "would erase" } else { "erased" };
-        for i in &report.erased {
-            println!(
-                "{verb}  {}  {}{}",
-                i.subject,
-                i.name,
-                i.record
-                    .as_deref()
-                    .map(|r| format!("  {r}"))
-                    .unwrap_or_default()
-            );
-        }
-        for i in &report.held {
-            println!(
-                "held    {}  {}{}",
-                i.subject,
-                i.name,
-                i.record
-                    .as_deref()
-                    .map(|r| format!("  {r}"))
-                    .unwrap_or_default()
-            );
+        let rows = report.erased.iter().map(|i| (verb, i));
+        for (what, i) in rows.chain(report.held.iter().map(|i| ("held", i))) {
+            let record = i
+                .record
+                .as_deref()
+                .map(|r| format!("  {r}"))
+                .unwrap_or_default();
+            println!("{what}  {}  {}{record}", i.subject, i.name);
         }
         eprintln!(
             "{verb} {} item(s); {} held by legal hold",

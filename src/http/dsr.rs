@@ -273,7 +273,7 @@ async fn place_hold(
     Path(raw_id): Path<String>,
     ApiJson(body): ApiJson<HoldBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = super::subject_id(&raw_id)?;
+    super::subject_id(&raw_id)?;
     if !valid_case(&body.case) {
         return Err(ApiError::Invalid(ValidationError::new(
             "case",
@@ -281,26 +281,7 @@ async fn place_hold(
             "a case reference is 1 to 64 letters, digits, - or _",
         )));
     }
-    let event = who
-        .event("hold.place")
-        .subject(id.as_str())
-        .target(&body.case);
-    who.require(&state, "legal_hold", "write", event.clone())
-        .await?;
-    state.audit.record_one(event.clone()).await?;
-    if !state
-        .store
-        .set_legal_hold(id.as_str(), Some(&body.case))
-        .await
-        .map_err(ApiError::internal)?
-    {
-        state
-            .audit
-            .record_one(event.outcome(Decision::Error, "subject_not_found"))
-            .await?;
-        return Err(ApiError::subject_not_found());
-    }
-    Ok(Json(json!({ "id": id.as_str(), "legal_hold": body.case })))
+    set_hold(&state, &who, &raw_id, Some(&body.case)).await
 }
 
 #[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
@@ -309,14 +290,29 @@ async fn lift_hold(
     who: Authorized,
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = super::subject_id(&raw_id)?;
-    let event = who.event("hold.lift").subject(id.as_str());
-    who.require(&state, "legal_hold", "write", event.clone())
+    set_hold(&state, &who, &raw_id, None).await
+}
+
+/// Places (`Some(case)`) or lifts a hold: authorised, audited before it is made, and
+/// audited again as an error if there is no such subject.
+async fn set_hold(
+    state: &AppState,
+    who: &Authorized,
+    raw_id: &str,
+    case: Option<&str>,
+) -> Result<Json<Value>, ApiError> {
+    let id = super::subject_id(raw_id)?;
+    let event = match case {
+        Some(case) => who.event("hold.place").target(case),
+        None => who.event("hold.lift"),
+    }
+    .subject(id.as_str());
+    who.require(state, "legal_hold", "write", event.clone())
         .await?;
     state.audit.record_one(event.clone()).await?;
     if !state
         .store
-        .set_legal_hold(id.as_str(), None)
+        .set_legal_hold(id.as_str(), case)
         .await
         .map_err(ApiError::internal)?
     {
@@ -326,5 +322,5 @@ async fn lift_hold(
             .await?;
         return Err(ApiError::subject_not_found());
     }
-    Ok(Json(json!({ "id": id.as_str(), "legal_hold": null })))
+    Ok(Json(json!({ "id": id.as_str(), "legal_hold": case })))
 }

@@ -63,86 +63,61 @@ impl Retention {
             dry_run,
             ..Default::default()
         };
+        // Everything past its period: (field or collection, cut-off, row).
+        let mut due = Vec::new();
         for f in self.catalogue.fields() {
             let cutoff = now_ms - i64::from(f.retention.days) * DAY_MS;
             for row in self.store.expired_fields(&f.name, cutoff).await? {
-                let item = SweepItem {
-                    subject: row.subject_id.clone(),
-                    name: f.name.clone(),
-                    record: None,
-                };
-                if row.held {
-                    if !dry_run {
-                        self.audit
-                            .record_one(
-                                event("retention.hold")
-                                    .subject(&row.subject_id)
-                                    .field(&f.name)
-                                    .outcome(Decision::Deny, "legal_hold"),
-                            )
-                            .await?;
-                    }
-                    report.held.push(item);
-                    continue;
-                }
-                if !dry_run {
-                    self.audit
-                        .record_one(
-                            event("retention.erase")
-                                .subject(&row.subject_id)
-                                .field(&f.name),
-                        )
-                        .await?;
-                    if !self
-                        .store
-                        .erase_expired_field(&row.subject_id, &f.name, cutoff)
-                        .await?
-                    {
-                        continue;
-                    }
-                }
-                report.erased.push(item);
+                due.push((f.name.as_str(), cutoff, row));
             }
         }
         for c in self.catalogue.collections() {
             let cutoff = now_ms - i64::from(c.retention.days) * DAY_MS;
             for row in self.store.expired_records(&c.name, cutoff).await? {
-                let record = row.record_id.clone().unwrap_or_default();
-                let item = SweepItem {
-                    subject: row.subject_id.clone(),
-                    name: c.name.clone(),
-                    record: Some(record.clone()),
-                };
-                if row.held {
-                    if !dry_run {
-                        self.audit
-                            .record_one(
-                                event("retention.hold")
-                                    .subject(&row.subject_id)
-                                    .field(&c.name)
-                                    .target(&record)
-                                    .outcome(Decision::Deny, "legal_hold"),
-                            )
-                            .await?;
-                    }
-                    report.held.push(item);
-                    continue;
-                }
+                due.push((c.name.as_str(), cutoff, row));
+            }
+        }
+        for (name, cutoff, row) in due {
+            let item = SweepItem {
+                subject: row.subject_id.clone(),
+                name: name.to_owned(),
+                record: row.record_id.clone(),
+            };
+            let mut e = event(if row.held {
+                "retention.hold"
+            } else {
+                "retention.erase"
+            })
+            .subject(&row.subject_id)
+            .field(name);
+            if let Some(record) = &row.record_id {
+                e = e.target(record);
+            }
+            if row.held {
                 if !dry_run {
                     self.audit
-                        .record_one(
-                            event("retention.erase")
-                                .subject(&row.subject_id)
-                                .field(&c.name)
-                                .target(&record),
-                        )
+                        .record_one(e.outcome(Decision::Deny, "legal_hold"))
                         .await?;
-                    if !self.store.erase_expired_record(&record).await? {
-                        continue;
-                    }
                 }
-                report.erased.push(item);
+                report.held.push(item);
+                continue;
             }
+            if !dry_run {
+                // Recorded before it is done: no erasure without its event.
+                self.audit.record_one(e).await?;
+                let erased = match &row.record_id {
+                    Some(record) => self.store.erase_expired_record(record).await?,
+                    None => {
+                        self.store
+                            .erase_expired_field(&row.subject_id, name, cutoff)
+                            .await?
+                    }
+                };
+                if !erased {
+                    continue;
+                }
+            }
+            report.erased.push(item);
         }
         let summary = format!("erased={},held={}", report.erased.len(), report.held.len());
         self.audit

@@ -125,34 +125,45 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(row_to_event)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+        self.audit_page(None, after_seq, limit).await
     }
 
-    /// Up to `limit` events about `subject` after `after_seq`, in order.
-    pub async fn audit_events_about(
+    /// Every audit event about one subject, oldest first (for its own access history).
+    pub async fn audit_events_for_subject(
         &self,
         subject: &str,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |e: &AuditRow| e.seq);
+            let page = self.audit_page(Some(subject), after, 5000).await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+
+    /// One page of events after `after_seq`, optionally only those about `subject`.
+    async fn audit_page(
+        &self,
+        subject: Option<&str>,
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM audit_events WHERE subject = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        ))
-        .bind(subject)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let filter = if subject.is_some() {
+            "subject = $3 AND "
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE {filter}seq > $1 ORDER BY seq LIMIT $2"
+        );
+        let mut query = sqlx::query(&sql).bind(after_seq).bind(limit);
+        if let Some(s) = subject {
+            query = query.bind(s);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(row_to_event)
             .collect::<Result<_, _>>()

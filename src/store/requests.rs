@@ -123,20 +123,4 @@ impl Store {
         }
         Ok(q.execute(&self.pool).await?.rows_affected() == 1)
     }
-
-    /// Every audit event about one subject, oldest first (for its own access history).
-    pub async fn audit_events_for_subject(
-        &self,
-        subject: &str,
-    ) -> Result<Vec<super::AuditRow>, StoreError> {
-        let mut out = Vec::new();
-        let mut after = 0i64;
-        loop {
-            let page = self.audit_events_about(subject, after, 5000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            out.extend(page);
-        }
-        Ok(out)
-    }
 }

@@ -72,7 +72,14 @@ fn main() {
         let id = SubjectId::generate();
         let fields = serde_json::json!({"name": "压测", "phone": "13812345678"});
         app.vault
-            .create(&id, fields.as_object().unwrap())
+            .create(
+                &id,
+                fields.as_object().unwrap(),
+                vec![
+                    piivault::audit::Event::new("test", "operator", "dsr", "test", "create")
+                        .subject(id.as_str()),
+                ],
+            )
             .await
             .unwrap();
 
@@ -141,6 +148,7 @@ fn main() {
                     created_by: "bench".into(),
                 },
                 &app.policy.current(),
+                piivault::audit::Event::new("test", "operator", "admin", "test", "token.issue"),
             )
             .await
             .unwrap();

@@ -100,6 +100,10 @@ pub struct FileConfig {
     pub audit_checkpoint_secs: Option<u64>,
     /// How often the policy files are checked for changes, in seconds.
     pub policy_reload_secs: Option<u64>,
+    /// How often each process reads the change feed that keeps its caches honest, in
+    /// milliseconds (default 250): the bound within which a token revoked or a consent
+    /// withdrawn on one node is honoured on the others.
+    pub cache_sync_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

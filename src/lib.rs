@@ -3,6 +3,8 @@
 
 pub mod audit;
 pub mod authz;
+pub mod cache;
+pub mod changes;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -47,6 +49,8 @@ pub struct App {
     pub retention: pipl::Retention,
     /// Audit report definitions.
     pub reports: Arc<Reports>,
+    /// Keeps this process's caches in step with changes made by other processes.
+    pub changes: changes::ChangeFeed,
     /// Where checkpoints are appended outside the database.
     pub checkpoint_file: PathBuf,
     /// Whether opening this vault initialised it (first start).
@@ -134,11 +138,27 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         initialised_now,
         "vault opened"
     );
+    let tokens = Tokens::new(
+        store.clone(),
+        audit.clone(),
+        keys.clone(),
+        settings.max_token_ttl,
+    );
+    let consents = pipl::Consents::new(store.clone(), audit.clone());
+    let changes = changes::ChangeFeed::new(store.clone(), tokens.clone(), consents.clone());
+    changes.sync().await.context("reading the change feed")?;
+    changes.clone().start(
+        file.cache_sync_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(changes::DEFAULT_SYNC_INTERVAL)
+            .max(std::time::Duration::from_millis(10)),
+    );
     Ok(App {
-        vault: Vault::new(store.clone(), keys.clone(), catalogue.clone()),
-        tokens: Tokens::new(store.clone(), keys, settings.max_token_ttl),
+        vault: Vault::new(store.clone(), audit.clone(), keys, catalogue.clone()),
+        tokens,
         policy,
-        consents: pipl::Consents::new(store.clone()),
+        consents,
+        changes,
         retention: pipl::Retention::new(store.clone(), catalogue.clone(), audit.clone()),
         audit,
         requests: pipl::Requests::new(

@@ -8,7 +8,7 @@ mod verify;
 
 pub use event::{chain_hash, Decision, Event};
 pub use reports::{parse_bound, ReportDef, ReportError, ReportResult, Reports};
-pub use trail::{Audit, AuditConfig, AuditError};
+pub use trail::{Audit, AuditConfig, AuditError, CommitError};
 pub use verify::{
     read_checkpoint_file, verify, verify_archive, write_archive, ArchiveError, VerifyReport,
 };

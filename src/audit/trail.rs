@@ -1,9 +1,16 @@
-//! Appending to the trail: callers hand over events and wait until they are durable;
-//! a single writer task commits whatever has queued up in one transaction (group
-//! commit), so one fsync covers many requests. A separate task signs checkpoints.
+//! Appending to the trail: callers hand over events, and optionally the change they
+//! describe, and wait until they are durable. A single writer task commits whatever has
+//! queued up in one transaction (group commit): each change inside a savepoint, then
+//! every event of the batch in multi-row inserts, then one commit, so one fsync covers
+//! many requests and a change never lands without its events (nor its events without
+//! it). The writer runs in a task of its own, on a connection of its own: a client that
+//! hangs up cannot cut a batch short. When the store fails, the batch's callers get an
+//! error (and fail closed); the next batch starts on a fresh connection, so the trail
+//! opens again by itself once the store answers. A separate task signs checkpoints.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::event::{chain_hash, Event};
 use crate::crypto::AuditKey;
-use crate::store::{now_ms, AuditRow, CheckpointRow, Store};
+use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp, Writer};
 
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -46,9 +53,25 @@ pub enum AuditError {
     Checkpoint(String),
 }
 
+/// Why a change handed to [`Audit::record_with`] was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Neither the change nor its events were written (the trail is unavailable).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The change itself failed and was undone; its events were not written either.
+    #[error(transparent)]
+    Change(StoreError),
+}
+
+type Answer = Result<(), CommitError>;
+
 struct Pending {
     rows: Vec<AuditRow>,
-    done: oneshot::Sender<Result<(), String>>,
+    op: Option<WriteOp>,
+    /// Set when this job's change failed inside the batch.
+    failed: Option<StoreError>,
+    done: oneshot::Sender<Answer>,
 }
 
 struct CheckpointState {
@@ -64,6 +87,8 @@ pub struct Audit {
     key: Option<Arc<AuditKey>>,
     config: Arc<AuditConfig>,
     state: Arc<Mutex<CheckpointState>>,
+    /// Whether the last batch committed (for `/readyz`).
+    healthy: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -88,8 +113,15 @@ impl Audit {
                 last: None,
                 at: Instant::now(),
             })),
+            healthy: Arc::new(AtomicBool::new(true)),
         };
-        tokio::spawn(writer(store, rx, head_tx, audit.config.max_batch));
+        tokio::spawn(writer(
+            store,
+            rx,
+            head_tx,
+            audit.config.max_batch,
+            audit.healthy.clone(),
+        ));
         if audit.key.is_some() {
             tokio::spawn(signer(audit.clone(), head_rx));
         }
@@ -102,23 +134,53 @@ impl Audit {
         if events.is_empty() {
             return Ok(());
         }
-        let (done, wait) = oneshot::channel();
-        let rows = events.into_iter().map(Event::into_row).collect();
-        self.queue
-            .send(Pending { rows, done })
-            .await
-            .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Unavailable(e)),
-            Err(_) => Err(AuditError::Unavailable(
-                "the audit writer has stopped".into(),
-            )),
+        match self.submit(events, None).await {
+            Ok(()) => Ok(()),
+            Err(CommitError::Audit(e)) => Err(e),
+            // No change was handed over, so none can have failed.
+            Err(CommitError::Change(e)) => Err(AuditError::Unavailable(e.to_string())),
         }
     }
 
     pub async fn record_one(&self, event: Event) -> Result<(), AuditError> {
         self.record(vec![event]).await
+    }
+
+    /// Makes `change` and appends `events` in one transaction, and returns once both are
+    /// committed; on error neither was.
+    pub async fn record_with(&self, events: Vec<Event>, change: WriteOp) -> Answer {
+        self.submit(events, Some(change)).await
+    }
+
+    async fn submit(&self, events: Vec<Event>, op: Option<WriteOp>) -> Answer {
+        let (done, wait) = oneshot::channel();
+        let rows = events.into_iter().map(Event::into_row).collect();
+        let stopped = || {
+            CommitError::Audit(AuditError::Unavailable(
+                "the audit writer has stopped".into(),
+            ))
+        };
+        self.queue
+            .send(Pending {
+                rows,
+                op,
+                failed: None,
+                done,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        wait.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Whether the trail can be written now: runs an empty batch through the writer.
+    /// Used by `/readyz`; a trail that failed opens again here once the store answers.
+    pub async fn probe(&self) -> bool {
+        self.submit(Vec::new(), None).await.is_ok()
+    }
+
+    /// Whether the last batch committed.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     pub fn key(&self) -> Option<&AuditKey> {
@@ -256,6 +318,7 @@ async fn writer(
     mut rx: mpsc::Receiver<Pending>,
     head: watch::Sender<i64>,
     max_batch: usize,
+    healthy: Arc<AtomicBool>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -269,27 +332,64 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let mut rows: Vec<AuditRow> = batch
-            .iter_mut()
-            .flat_map(|p| std::mem::take(&mut p.rows))
-            .collect();
-        let result = store.append_audit(&mut rows, chain_hash).await;
-        let answer = match &result {
-            Ok(()) => {
-                if let Some(last) = rows.last() {
-                    let _ = head.send(last.seq);
+        match commit_batch(&store, &mut batch).await {
+            Ok(last) => {
+                if !healthy.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("audit trail writable again; serving");
                 }
-                Ok(())
+                if let Some(seq) = last {
+                    let _ = head.send(seq);
+                }
+                for p in batch {
+                    let answer = match p.failed {
+                        None => Ok(()),
+                        Some(e) => Err(CommitError::Change(e)),
+                    };
+                    let _ = p.done.send(answer);
+                }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = rows.len(), "audit events could not be written");
-                Err(e.to_string())
+                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, events = n, "audit events could not be written; failing closed");
+                let message = e.to_string();
+                for p in batch {
+                    let _ = p
+                        .done
+                        .send(Err(AuditError::Unavailable(message.clone()).into()));
+                }
             }
-        };
-        for p in batch {
-            let _ = p.done.send(answer.clone());
         }
     }
+}
+
+/// Commits one batch: each job's change in a savepoint (a failed change is undone and
+/// its events dropped), then the events of the rest, chained after the head. Returns
+/// the new head's sequence number, if events were written.
+async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64>, StoreError> {
+    let changes = batch.iter().any(|p| p.op.is_some());
+    let mut tx = store.begin_write(Writer::Audit, changes).await?;
+    let (mut seq, mut prev) = tx.lock_chain().await?.unwrap_or((0, vec![0u8; 32]));
+    for p in batch.iter_mut() {
+        if let Some(op) = p.op.take() {
+            if let Err(e) = tx.apply(op).await? {
+                p.failed = Some(e);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for p in batch.iter_mut().filter(|p| p.failed.is_none()) {
+        for mut row in std::mem::take(&mut p.rows) {
+            seq += 1;
+            row.seq = seq;
+            row.prev_hash = prev;
+            row.hash = chain_hash(&row);
+            prev = row.hash.clone();
+            rows.push(row);
+        }
+    }
+    tx.insert_audit(&rows).await?;
+    tx.commit().await?;
+    Ok(rows.last().map(|r| r.seq))
 }
 
 async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {

@@ -7,6 +7,8 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::PolicySet;
+use crate::audit::{Audit, AuditError, CommitError, Event};
+use crate::cache::Cache;
 use crate::crypto::{ct_eq, random_bytes, random_id, Keys};
 use crate::store::{now_ms, Store, StoreError, TokenRow};
 
@@ -37,6 +39,18 @@ pub enum TokenError {
     BadRequest(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The audit event could not be written, so nothing was changed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl From<CommitError> for TokenError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Audit(a) => Self::Audit(a),
+            CommitError::Change(s) => Self::Store(s),
+        }
+    }
 }
 
 /// What an administrator asks for when issuing a token.
@@ -87,29 +101,56 @@ impl TokenInfo {
     }
 }
 
+/// A verified token as cached: who it is and until when.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Caller,
+    expires_at: i64,
+}
+
+/// How long a verified token is trusted without asking the store again. Revocation does
+/// not wait for this: it is forgotten at once here and through the change feed elsewhere.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+const TOKEN_CACHE_MAX: usize = 10_000;
+
 /// Issues and checks bearer tokens. Secrets are 256-bit random, shown once, stored
-/// only as a keyed HMAC-SHA256 hash.
+/// only as a keyed HMAC-SHA256 hash. Verified tokens are cached by that hash.
 #[derive(Debug, Clone)]
 pub struct Tokens {
     store: Store,
+    audit: Audit,
     keys: Arc<Keys>,
     max_ttl: Duration,
+    cache: Arc<Cache<Vec<u8>, Verified>>,
 }
 
 impl Tokens {
-    pub fn new(store: Store, keys: Arc<Keys>, max_ttl: Duration) -> Self {
+    pub fn new(store: Store, audit: Audit, keys: Arc<Keys>, max_ttl: Duration) -> Self {
         Self {
             store,
+            audit,
             keys,
             max_ttl,
+            cache: Arc::new(Cache::new(TOKEN_CACHE_MAX, TOKEN_CACHE_TTL)),
         }
     }
 
-    /// Issues a token for a role the policy knows, for purposes that role may claim.
+    /// Forgets a token (revoked here or elsewhere).
+    pub fn forget(&self, token_id: &str) {
+        self.cache.forget(|_, v| v.caller.token_id == token_id);
+    }
+
+    pub(crate) fn cache_enabled(&self, on: bool) {
+        self.cache.set_enabled(on);
+    }
+
+    /// Issues a token for a role the policy knows, for purposes that role may claim;
+    /// `event` (completed with the new token's id) is committed with it.
     pub async fn issue(
         &self,
         req: IssueRequest,
         policy: &PolicySet,
+        event: Event,
     ) -> Result<(TokenInfo, Zeroizing<String>), TokenError> {
         let Some(claimable) = policy.claimable(&req.role) else {
             let roles: Vec<&str> = policy.roles().map(String::as_str).collect();
@@ -160,9 +201,11 @@ impl Tokens {
             expires_at: now.saturating_add(req.ttl.as_millis() as i64),
             revoked_at: None,
         };
-        self.store
-            .insert_token(&row, &self.keys.token_hash(&secret))
-            .await?;
+        let event = event.target(&row.id);
+        let op = self
+            .store
+            .insert_token_op(row.clone(), self.keys.token_hash(&secret));
+        self.audit.record_with(vec![event], op).await?;
         Ok((TokenInfo::from_row(row, now), secret))
     }
 
@@ -175,6 +218,13 @@ impl Tokens {
             return Err(TokenError::Invalid);
         }
         let hash = self.keys.token_hash(secret);
+        if let Some(v) = self.cache.get(&hash) {
+            if v.expires_at <= now_ms() {
+                return Err(TokenError::Expired);
+            }
+            return Ok(v.caller);
+        }
+        let generation = self.cache.generation();
         let (row, stored) = self
             .store
             .token_by_hash(&hash)
@@ -189,11 +239,20 @@ impl Tokens {
         if row.expires_at <= now_ms() {
             return Err(TokenError::Expired);
         }
-        Ok(Caller {
+        let caller = Caller {
             purposes: serde_json::from_str(&row.purposes).unwrap_or_default(),
             token_id: row.id,
             role: row.role,
-        })
+        };
+        self.cache.insert(
+            generation,
+            hash,
+            Verified {
+                caller: caller.clone(),
+                expires_at: row.expires_at,
+            },
+        );
+        Ok(caller)
     }
 
     pub async fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
@@ -207,9 +266,20 @@ impl Tokens {
             .collect())
     }
 
-    /// Revokes a token; false if there is no unrevoked token with that id.
-    pub async fn revoke(&self, id: &str) -> Result<bool, TokenError> {
-        Ok(self.store.revoke_token(id).await?)
+    /// Revokes a token, committed with `event`; false if there is no unrevoked token
+    /// with that id (then nothing is recorded). Refused at once on this node, and on
+    /// others within the change feed's bound.
+    pub async fn revoke(&self, id: &str, event: Event) -> Result<bool, TokenError> {
+        let result = self
+            .audit
+            .record_with(vec![event], self.store.revoke_token_op(id))
+            .await;
+        self.forget(id);
+        match result {
+            Ok(()) => Ok(true),
+            Err(CommitError::Change(StoreError::NotFound)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

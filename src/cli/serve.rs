@@ -51,15 +51,10 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
                     created_by: "bootstrap".into(),
                 },
                 &app.policy.current(),
+                crate::audit::Event::new("bootstrap", "vault", "admin", "bootstrap", "token.issue"),
             )
             .await
             .context("issuing the bootstrap admin token")?;
-        app.audit
-            .record_one(
-                crate::audit::Event::new("bootstrap", "vault", "admin", "bootstrap", "token.issue")
-                    .target(&info.id),
-            )
-            .await?;
         println!(
             "First start: vault initialised in {}.\n\
              Bootstrap admin token ({}, expires {}; shown only this once):\n{}",

@@ -59,16 +59,9 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
                         created_by: "cli".into(),
                     },
                     &app.policy.current(),
+                    super::operator_event("token.issue"),
                 )
                 .await?;
-            if let Err(e) = app
-                .audit
-                .record_one(super::operator_event("token.issue").target(&info.id))
-                .await
-            {
-                let _ = app.tokens.revoke(&info.id).await;
-                return Err(e.into());
-            }
             eprintln!(
                 "issued {} (role {}, purposes {}, expires {})",
                 info.id,
@@ -89,13 +82,14 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
             ExitCode::SUCCESS
         }
         TokenCommand::Revoke { id } => {
-            app.audit
-                .record_one(super::operator_event("token.revoke").target(&id))
-                .await?;
-            if app.tokens.revoke(&id).await? {
+            let event = super::operator_event("token.revoke").target(&id);
+            if app.tokens.revoke(&id, event.clone()).await? {
                 eprintln!("revoked {id}");
                 ExitCode::SUCCESS
             } else {
+                app.audit
+                    .record_one(event.outcome(crate::audit::Decision::Error, "token_not_found"))
+                    .await?;
                 eprintln!("error: no active token with id {id}");
                 ExitCode::FAILURE
             }

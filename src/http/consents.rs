@@ -40,6 +40,7 @@ impl From<ConsentError> for ApiError {
                 "there is no active consent to withdraw",
             ),
             ConsentError::Store(s) => ApiError::internal(s),
+            ConsentError::Audit(a) => a.into(),
         }
     }
 }
@@ -51,6 +52,7 @@ fn code(e: &ConsentError) -> &'static str {
         ConsentError::Invalid(_) => "invalid",
         ConsentError::NothingToWithdraw => "no_active_consent",
         ConsentError::Store(_) => "internal",
+        ConsentError::Audit(_) => "audit_unavailable",
     }
 }
 
@@ -91,13 +93,20 @@ async fn grant(
             .await?;
         return Err(e.into());
     }
-    state.audit.record_one(event.clone()).await?;
     match state
         .consents
-        .grant(&id, &purpose, &spec, &body, &who.caller.token_id)
+        .grant(
+            &id,
+            &purpose,
+            &spec,
+            &body,
+            &who.caller.token_id,
+            event.clone(),
+        )
         .await
     {
         Ok(consent) => Ok(Json(json!({ "id": id.as_str(), "consent": consent }))),
+        Err(e @ ConsentError::Audit(_)) => Err(e.into()),
         Err(e) => {
             state
                 .audit
@@ -152,15 +161,22 @@ async fn withdraw(
             .await?;
         return Err(e.into());
     }
-    state.audit.record_one(event.clone()).await?;
     match state
         .consents
-        .withdraw(&id, &purpose, &spec, &channel, &who.caller.token_id)
+        .withdraw(
+            &id,
+            &purpose,
+            &spec,
+            &channel,
+            &who.caller.token_id,
+            event.clone(),
+        )
         .await
     {
         Ok(()) => Ok(Json(
             json!({ "id": id.as_str(), "purpose": purpose, "withdrawn": true }),
         )),
+        Err(e @ ConsentError::Audit(_)) => Err(e.into()),
         Err(e) => {
             state
                 .audit

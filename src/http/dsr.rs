@@ -309,18 +309,20 @@ async fn set_hold(
     .subject(id.as_str());
     who.require(state, "legal_hold", "write", event.clone())
         .await?;
-    state.audit.record_one(event.clone()).await?;
-    if !state
-        .store
-        .set_legal_hold(id.as_str(), case)
+    match state
+        .vault
+        .set_legal_hold(&id, case, vec![event.clone()])
         .await
-        .map_err(ApiError::internal)?
     {
-        state
-            .audit
-            .record_one(event.outcome(Decision::Error, "subject_not_found"))
-            .await?;
-        return Err(ApiError::subject_not_found());
+        Ok(()) => {}
+        Err(crate::vault::VaultError::NotFound) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, "subject_not_found"))
+                .await?;
+            return Err(ApiError::subject_not_found());
+        }
+        Err(e) => return Err(e.into()),
     }
     Ok(Json(json!({ "id": id.as_str(), "legal_hold": case })))
 }

@@ -86,6 +86,7 @@ pub fn reason_code(e: &VaultError) -> &'static str {
         VaultError::UnknownCollection => "collection_not_found",
         VaultError::Invalid(v) => v.rule,
         VaultError::Integrity { .. } => "integrity_error",
+        VaultError::Audit(_) => "audit_unavailable",
         _ => "internal",
     }
 }
@@ -103,6 +104,7 @@ impl From<VaultError> for ApiError {
             },
             VaultError::Invalid(v) => Self::Invalid(v),
             VaultError::Integrity { .. } => Self::Integrity,
+            VaultError::Audit(a) => a.into(),
             VaultError::Store(crate::store::StoreError::Db(sqlx::Error::PoolTimedOut)) => {
                 Self::Unavailable
             }
@@ -135,6 +137,7 @@ impl From<TokenError> for ApiError {
                 Self::Unavailable
             }
             TokenError::Store(s) => Self::internal(s),
+            TokenError::Audit(a) => a.into(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `/v1/subjects`: create, read, correct, erase, look up; records per collection.
-//! Every decision and change is recorded in the audit trail before anything leaves
-//! or changes: reads are audited after decryption and before the answer is sent,
-//! changes before they are made (a failed change adds an `error` event).
+//! Every decision and change is recorded in the audit trail before anything leaves:
+//! reads are audited after decryption and before the answer is sent; a change commits
+//! in the same transaction as its events (a change that fails records an `error`
+//! event instead).
 
 use std::collections::BTreeSet;
 
@@ -18,6 +19,7 @@ use super::AppState;
 use crate::audit::{Decision, Event};
 use crate::authz::FieldAccess;
 use crate::pipl::ConsentGate;
+use crate::store::SubjectSnapshot;
 use crate::vault::{SubjectId, VaultError, View};
 
 pub fn router() -> Router<AppState> {
@@ -48,6 +50,17 @@ async fn hold_check(
         .await
         .map_err(ApiError::internal)?
         .is_some();
+    refuse_if_held(state, who, held, event, reading).await
+}
+
+/// [`hold_check`] on a hold state already read.
+async fn refuse_if_held(
+    state: &AppState,
+    who: &Authorized,
+    held: bool,
+    event: &Event,
+    reading: bool,
+) -> Result<(), ApiError> {
     if held && !(reading && who.may("legal_hold", "read")) {
         state
             .audit
@@ -63,18 +76,20 @@ async fn hold_check(
 }
 
 /// The subject's consent to the request's purpose, when that purpose rests on consent.
+/// `snapshot`: the subject as already read (`None`: not read yet).
 async fn consent_gate(
     state: &AppState,
     who: &Authorized,
     id: &SubjectId,
+    snapshot: Option<Option<&SubjectSnapshot>>,
 ) -> Result<Option<ConsentGate>, ApiError> {
     match who.policy.purposes().get(&who.purpose) {
         Some(spec) if spec.requires_consent() => {
             let today = time::OffsetDateTime::now_utc().date();
-            let minor = match state.vault.is_minor(id, today).await {
-                Ok(m) => m,
-                Err(VaultError::NotFound) => false,
-                Err(e) => return Err(e.into()),
+            let minor = match snapshot {
+                Some(Some(s)) => state.vault.is_minor_in(id, s, today)?,
+                Some(None) => false,
+                None => state.vault.is_minor(id, today).await?,
             };
             Ok(Some(
                 state.consents.gate(id, &who.purpose, spec, minor).await?,
@@ -84,9 +99,12 @@ async fn consent_gate(
     }
 }
 
-/// Records that an operation the audit trail already shows as allowed then failed,
-/// and passes the failure on.
+/// Records that an allowed operation failed, and passes the failure on. A trail that
+/// cannot be written is passed on as it is.
 async fn failed(state: &AppState, event: Event, e: VaultError) -> ApiError {
+    if let VaultError::Audit(a) = e {
+        return a.into();
+    }
     let event = event.outcome(Decision::Error, reason_code(&e));
     if let Err(audit) = state.audit.record_one(event).await {
         return audit.into();
@@ -100,15 +118,15 @@ struct FieldsBody {
     fields: Map<String, Value>,
 }
 
-/// Every field being written must be writable by this role for this purpose; the
-/// intent is recorded per field before anything is written.
+/// Every field being written must be writable by this role for this purpose. Returns
+/// one event per field, to be committed with the change.
 async fn authorise_writes(
     state: &AppState,
     who: &Authorized,
     action: &str,
     id: &SubjectId,
     fields: &Map<String, Value>,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Event>, ApiError> {
     let catalogue = state.vault.catalogue();
     let mut events = Vec::new();
     for name in fields.keys() {
@@ -119,8 +137,7 @@ async fn authorise_writes(
         who.require(state, name, "write", event.clone()).await?;
         events.push(event);
     }
-    state.audit.record(events).await?;
-    Ok(())
+    Ok(events)
 }
 
 #[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
@@ -130,11 +147,11 @@ async fn create(
     ApiJson(body): ApiJson<FieldsBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = SubjectId::generate();
-    authorise_writes(&state, &who, "create", &id, &body.fields).await?;
-    if let Err(e) = state.vault.create(&id, &body.fields).await {
+    let events = authorise_writes(&state, &who, "create", &id, &body.fields).await?;
+    if let Err(e) = state.vault.create(&id, &body.fields, events).await {
         return Err(failed(&state, who.event("create").subject(id.as_str()), e).await);
     }
-    tracing::info!(subject = %id, fields = ?body.fields.keys().collect::<Vec<_>>(), "subject created");
+    tracing::debug!(subject = %id, fields = ?body.fields.keys().collect::<Vec<_>>(), "subject created");
     Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str() }))))
 }
 
@@ -181,15 +198,18 @@ async fn read(
             .map(|f| f.name.clone())
             .collect(),
     };
-    hold_check(
+    // Hold state, keys and ciphertexts in one round trip.
+    let snapshot = state.vault.snapshot(&id).await?;
+    let held = snapshot.as_ref().is_some_and(|s| s.legal_hold.is_some());
+    refuse_if_held(
         &state,
         &who,
-        &id,
+        held,
         &who.event("read").subject(id.as_str()),
         true,
     )
     .await?;
-    let gate = consent_gate(&state, &who, &id).await?;
+    let gate = consent_gate(&state, &who, &id, Some(snapshot.as_ref())).await?;
     let mut wanted = Vec::new();
     let mut denied: Vec<(String, &'static str)> = Vec::new();
     for name in requested {
@@ -221,7 +241,7 @@ async fn read(
         let fields: Vec<&str> = denied.iter().map(|(f, _)| f.as_str()).collect();
         let fields = fields.join(",");
         state.audit.record(denials).await?;
-        tracing::info!(fields = %fields, "read denied");
+        tracing::debug!(fields = %fields, "read denied");
         let code = denied.first().map_or("policy_denied", |(_, c)| *c);
         let message = match code {
             "policy_denied" if explicit => {
@@ -241,7 +261,11 @@ async fn read(
             field: (!fields.is_empty()).then_some(fields),
         });
     }
-    let fields = match state.vault.read(&id, &wanted).await {
+    let opened = match &snapshot {
+        Some(s) => state.vault.open(&id, s, &wanted),
+        None => Err(VaultError::NotFound),
+    };
+    let fields = match opened {
         Ok(f) => f,
         Err(e) => {
             state.audit.record(denials).await?;
@@ -255,7 +279,7 @@ async fn read(
         events.push(who.event(action).subject(id.as_str()).field(name));
     }
     state.audit.record(events).await?;
-    tracing::info!(fields = ?fields.keys().collect::<Vec<_>>(), denied = denied.len(), "subject read");
+    tracing::debug!(fields = ?fields.keys().collect::<Vec<_>>(), denied = denied.len(), "subject read");
     let mut answer = serde_json::to_value(&fields).map_err(ApiError::internal)?;
     for (name, code) in &denied {
         answer[name] = json!({ "error": {
@@ -286,12 +310,12 @@ async fn correct(
         false,
     )
     .await?;
-    authorise_writes(&state, &who, "correct", &id, &body.fields).await?;
-    if let Err(e) = state.vault.correct(&id, &body.fields).await {
+    let events = authorise_writes(&state, &who, "correct", &id, &body.fields).await?;
+    if let Err(e) = state.vault.correct(&id, &body.fields, events).await {
         return Err(failed(&state, who.event("correct").subject(id.as_str()), e).await);
     }
     let updated: Vec<&String> = body.fields.keys().collect();
-    tracing::info!(fields = ?updated, "subject corrected");
+    tracing::debug!(fields = ?updated, "subject corrected");
     Ok(Json(json!({ "id": id.as_str(), "updated": updated })))
 }
 
@@ -306,8 +330,9 @@ async fn erase(
     who.require(&state, "subject", "delete", event.clone())
         .await?;
     hold_check(&state, &who, &id, &event, false).await?;
-    state.audit.record_one(event.clone()).await?;
-    if let Err(e) = state.vault.erase(&id).await {
+    let result = state.vault.erase(&id, vec![event.clone()]).await;
+    state.consents.forget_subject(id.as_str());
+    if let Err(e) = result {
         return Err(failed(&state, event, e).await);
     }
     tracing::info!("subject erased");
@@ -338,26 +363,17 @@ async fn lookup(
         who.require(&state, &body.field, "read_masked", event.clone())
             .await?;
     }
-    let mut ids = match state.vault.lookup(&body.field, &body.value).await {
-        Ok(ids) => ids,
+    let found = match state.vault.lookup(&body.field, &body.value).await {
+        Ok(found) => found,
         Err(e) => return Err(failed(&state, event, e).await),
     };
     // Subjects under a legal hold are found only by roles that may read held data.
-    if !ids.is_empty() && !who.may("legal_hold", "read") {
-        let mut kept = Vec::with_capacity(ids.len());
-        for sid in ids {
-            if state
-                .store
-                .legal_hold(&sid)
-                .await
-                .map_err(ApiError::internal)?
-                .is_none()
-            {
-                kept.push(sid);
-            }
-        }
-        ids = kept;
-    }
+    let see_held = who.may("legal_hold", "read");
+    let mut ids: Vec<String> = found
+        .into_iter()
+        .filter(|(_, held)| see_held || !held)
+        .map(|(sid, _)| sid)
+        .collect();
     // For a consent-based purpose, only subjects whose consent covers the field are found.
     if who
         .policy
@@ -375,7 +391,7 @@ async fn lookup(
             let Some(sid) = SubjectId::parse(&sid) else {
                 continue;
             };
-            if let Some(gate) = consent_gate(&state, &who, &sid).await? {
+            if let Some(gate) = consent_gate(&state, &who, &sid, None).await? {
                 if gate.check(sensitive).code().is_none() {
                     kept.push(sid.as_str().to_owned());
                 }
@@ -389,7 +405,7 @@ async fn lookup(
         events.push(event.outcome(Decision::Allow, "no_match"));
     }
     state.audit.record(events).await?;
-    tracing::info!(field = %body.field, matches = ids.len(), "lookup");
+    tracing::debug!(field = %body.field, matches = ids.len(), "lookup");
     Ok(Json(json!({ "ids": ids })))
 }
 
@@ -421,15 +437,14 @@ async fn add_record(
     hold_check(&state, &who, &id, &event, false).await?;
     let record = crate::vault::RecordId::generate();
     let event = event.target(record.as_str());
-    state.audit.record_one(event.clone()).await?;
     if let Err(e) = state
         .vault
-        .add_record(&id, &collection, &record, &document)
+        .add_record(&id, &collection, &record, &document, vec![event.clone()])
         .await
     {
         return Err(failed(&state, event, e).await);
     }
-    tracing::info!(record = %record.as_str(), "record added");
+    tracing::debug!(record = %record.as_str(), "record added");
     Ok((StatusCode::CREATED, Json(json!({ "id": record.as_str() }))))
 }
 
@@ -461,6 +476,6 @@ async fn list_records(
             .collect()
     };
     state.audit.record(events).await?;
-    tracing::info!(count = records.len(), "records listed");
+    tracing::debug!(count = records.len(), "records listed");
     Ok(Json(json!({ "records": records })))
 }

@@ -36,7 +36,8 @@ async fn issue(
     who: Authorized,
     ApiJson(body): ApiJson<IssueBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    who.require(&state, "tokens", "admin", who.event("token.issue"))
+    let event = who.event("token.issue");
+    who.require(&state, "tokens", "admin", event.clone())
         .await?;
     let (info, secret) = state
         .tokens
@@ -49,14 +50,9 @@ async fn issue(
                 created_by: who.caller.token_id.clone(),
             },
             &who.policy,
+            event,
         )
         .await?;
-    let event = who.event("token.issue").target(&info.id);
-    if let Err(e) = state.audit.record_one(event).await {
-        // Not audited, so not issued.
-        let _ = state.tokens.revoke(&info.id).await;
-        return Err(e.into());
-    }
     tracing::info!(token = %info.id, token_role = %info.role, "token issued");
     let mut answer = serde_json::to_value(&info).map_err(ApiError::internal)?;
     answer["token"] = json!(secret.as_str());
@@ -82,11 +78,14 @@ async fn revoke(
     let event = who.event("token.revoke").target(&id);
     who.require(&state, "tokens", "admin", event.clone())
         .await?;
-    state.audit.record_one(event).await?;
-    if state.tokens.revoke(&id).await? {
+    if state.tokens.revoke(&id, event.clone()).await? {
         tracing::info!("token revoked");
         Ok(Json(json!({ "id": id, "revoked": true })))
     } else {
+        state
+            .audit
+            .record_one(event.outcome(crate::audit::Decision::Error, "token_not_found"))
+            .await?;
         Err(ApiError::NotFound {
             code: "token_not_found",
             message: "no active token with that id",

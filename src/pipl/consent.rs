@@ -5,7 +5,12 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::{Audit, AuditError, CommitError, Event};
 use crate::authz::{PurposeSpec, SeparateConsent};
+use crate::cache::Cache;
 use crate::store::{now_ms, rfc3339, ConsentRow, Store, StoreError};
 use crate::vault::SubjectId;
 
@@ -20,7 +25,28 @@ pub enum ConsentError {
     #[error("there is no active consent to withdraw")]
     NothingToWithdraw,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The audit event could not be written, so nothing was changed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl From<StoreError> for ConsentError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<CommitError> for ConsentError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Audit(a) => Self::Audit(a),
+            CommitError::Change(s) => s.into(),
+        }
+    }
 }
 
 /// What a grant records.
@@ -99,9 +125,17 @@ pub struct ConsentEvent {
     pub at: String,
 }
 
+/// How long a consent state is trusted without asking the store again. A change does
+/// not wait for this: it is forgotten at once here and through the change feed elsewhere.
+const CONSENT_CACHE_TTL: Duration = Duration::from_secs(30);
+const CONSENT_CACHE_MAX: usize = 100_000;
+
 #[derive(Debug, Clone)]
 pub struct Consents {
     store: Store,
+    audit: Audit,
+    /// The newest grant or withdrawal per (subject, purpose); `None`: there is none.
+    cache: Arc<Cache<(String, String), Option<ConsentRow>>>,
 }
 
 fn check_text(what: &str, s: &str) -> Result<(), ConsentError> {
@@ -114,8 +148,48 @@ fn check_text(what: &str, s: &str) -> Result<(), ConsentError> {
 }
 
 impl Consents {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, audit: Audit) -> Self {
+        Self {
+            store,
+            audit,
+            cache: Arc::new(Cache::new(CONSENT_CACHE_MAX, CONSENT_CACHE_TTL)),
+        }
+    }
+
+    /// Forgets what is cached about a subject (its consent changed, or it was erased).
+    pub fn forget_subject(&self, subject: &str) {
+        self.cache.forget(|(s, _), _| s == subject);
+    }
+
+    pub(crate) fn cache_enabled(&self, on: bool) {
+        self.cache.set_enabled(on);
+    }
+
+    /// The newest grant or withdrawal, from the cache or the store.
+    async fn current(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> Result<Option<ConsentRow>, StoreError> {
+        let key = (subject.to_owned(), purpose.to_owned());
+        if let Some(hit) = self.cache.get(&key) {
+            return Ok(hit);
+        }
+        let generation = self.cache.generation();
+        let current = self.store.current_consent(subject, purpose).await?;
+        self.cache.insert(generation, key, current.clone());
+        Ok(current)
+    }
+
+    /// Appends a grant or withdrawal with its audit event, then forgets the cached state.
+    async fn append(&self, row: ConsentRow, event: Event) -> Result<(), ConsentError> {
+        let subject = row.subject_id.clone();
+        let result = self
+            .audit
+            .record_with(vec![event], self.store.append_consent_op(row))
+            .await;
+        self.forget_subject(&subject);
+        Ok(result?)
     }
 
     /// Everything that can be refused before a grant is recorded in the audit trail.
@@ -162,6 +236,7 @@ impl Consents {
         }
     }
 
+    /// Records a grant, committed with `event`.
     pub async fn grant(
         &self,
         subject: &SubjectId,
@@ -169,6 +244,7 @@ impl Consents {
         spec: &PurposeSpec,
         req: &GrantRequest,
         actor_token: &str,
+        event: Event,
     ) -> Result<ConsentState, ConsentError> {
         if !spec.requires_consent() {
             return Err(ConsentError::NotConsentBased(purpose.to_owned()));
@@ -188,12 +264,12 @@ impl Consents {
             actor_token: actor_token.to_owned(),
             at: now_ms(),
         };
-        if !self.store.append_consent(&row).await? {
-            return Err(ConsentError::NotFound);
-        }
-        Ok(state(&row, spec))
+        let answer = state(&row, spec);
+        self.append(row, event).await?;
+        Ok(answer)
     }
 
+    /// Records a withdrawal, committed with `event`.
     pub async fn withdraw(
         &self,
         subject: &SubjectId,
@@ -201,6 +277,7 @@ impl Consents {
         spec: &PurposeSpec,
         channel: &str,
         actor_token: &str,
+        event: Event,
     ) -> Result<(), ConsentError> {
         if !spec.requires_consent() {
             return Err(ConsentError::NotConsentBased(purpose.to_owned()));
@@ -223,10 +300,7 @@ impl Consents {
             at: now_ms(),
             ..current
         };
-        if !self.store.append_consent(&row).await? {
-            return Err(ConsentError::NotFound);
-        }
-        Ok(())
+        self.append(row, event).await
     }
 
     /// The consent in force for one subject and purpose, to check reads against.
@@ -238,9 +312,7 @@ impl Consents {
         minor: bool,
     ) -> Result<ConsentGate, ConsentError> {
         let current = if spec.requires_consent() {
-            self.store
-                .current_consent(subject.as_str(), purpose)
-                .await?
+            self.current(subject.as_str(), purpose).await?
         } else {
             None
         };

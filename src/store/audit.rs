@@ -1,6 +1,6 @@
 use sqlx::Row;
 
-use super::{Backend, Store, StoreError};
+use super::{Backend, Store, StoreError, WriteTx, Writer};
 
 /// One audit event as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct CheckpointRow {
 type RawCheckpoint = (i64, Vec<u8>, i64, String, Vec<u8>);
 
 /// Advisory lock key that serialises appends to the chain across vault nodes.
-const CHAIN_LOCK: i64 = 0x7069_6976_6175_6c74;
+pub(super) const CHAIN_LOCK: i64 = 0x7069_6976_6175_6c74;
 
 const COLUMNS: &str = "seq, ts, actor_token, actor_role, action, subject, field, target, purpose, \
                        decision, reason, request_id, prev_hash, hash";
@@ -58,26 +58,81 @@ fn row_to_event(r: &sqlx::any::AnyRow) -> Result<AuditRow, sqlx::Error> {
     })
 }
 
+/// Rows per INSERT statement (14 bind parameters each; well inside SQLite's and
+/// PostgreSQL's limits).
+const INSERT_CHUNK: usize = 256;
+
+impl WriteTx {
+    /// Takes the chain lock (PostgreSQL: an advisory lock held until commit, which
+    /// serialises appends across vault nodes; SQLite: the write lock is already held)
+    /// and returns the chain head.
+    pub async fn lock_chain(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CHAIN_LOCK)
+                .execute(&mut *self.conn())
+                .await?;
+        }
+        Ok(
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *self.conn())
+                .await?,
+        )
+    }
+
+    /// Inserts numbered and chained events, many rows per statement.
+    pub async fn insert_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 14;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for k in 1..=14 {
+                    if k > 1 {
+                        sql.push(',');
+                    }
+                    sql.push('$');
+                    sql.push_str(&(b + k).to_string());
+                }
+                sql.push(')');
+            }
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                q = q
+                    .bind(row.seq)
+                    .bind(row.ts)
+                    .bind(row.actor_token.as_str())
+                    .bind(row.actor_role.as_str())
+                    .bind(row.action.as_str())
+                    .bind(row.subject.as_deref())
+                    .bind(row.field.as_deref())
+                    .bind(row.target.as_deref())
+                    .bind(row.purpose.as_str())
+                    .bind(row.decision.as_str())
+                    .bind(row.reason.as_str())
+                    .bind(row.request_id.as_str())
+                    .bind(row.prev_hash.as_slice())
+                    .bind(row.hash.as_slice());
+            }
+            q.execute(&mut *self.conn()).await?;
+        }
+        Ok(())
+    }
+}
+
 impl Store {
-    /// Appends events to the chain in one transaction (one durable commit for the whole
-    /// batch). Under the chain lock it reads the head, numbers the events after it and
-    /// lets `link` compute each event's hash from its predecessor's.
+    /// Appends events to the chain in one transaction of their own: numbers them after
+    /// the head and lets `link` compute each event's hash from its predecessor's.
     pub async fn append_audit(
         &self,
         rows: &mut [AuditRow],
         link: impl Fn(&AuditRow) -> Vec<u8>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(CHAIN_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let head: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let mut tx = self.begin_write(Writer::Audit, false).await?;
+        let head = tx.lock_chain().await?;
         let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
         for row in rows.iter_mut() {
             seq += 1;
@@ -85,29 +140,9 @@ impl Store {
             row.prev_hash = prev;
             row.hash = link(row);
             prev = row.hash.clone();
-            sqlx::query(&format!(
-                "INSERT INTO audit_events ({COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ))
-            .bind(row.seq)
-            .bind(row.ts)
-            .bind(row.actor_token.as_str())
-            .bind(row.actor_role.as_str())
-            .bind(row.action.as_str())
-            .bind(row.subject.as_deref())
-            .bind(row.field.as_deref())
-            .bind(row.target.as_deref())
-            .bind(row.purpose.as_str())
-            .bind(row.decision.as_str())
-            .bind(row.reason.as_str())
-            .bind(row.request_id.as_str())
-            .bind(row.prev_hash.as_slice())
-            .bind(row.hash.as_slice())
-            .execute(&mut *tx)
-            .await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.insert_audit(rows).await?;
+        tx.commit().await
     }
 
     /// The last event's sequence number and hash.
@@ -266,22 +301,17 @@ impl Store {
     /// Records the anchor and removes every event up to it, in one transaction.
     /// Returns the number of events removed.
     pub async fn prune_audit(&self, seq: i64, hash: &[u8]) -> Result<u64, StoreError> {
-        let mut tx = self.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(CHAIN_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.begin_write(Writer::Audit, false).await?;
+        tx.lock_chain().await?;
         sqlx::query("INSERT INTO audit_anchors (seq, hash, pruned_at) VALUES ($1, $2, $3)")
             .bind(seq)
             .bind(hash)
             .bind(super::now_ms())
-            .execute(&mut *tx)
+            .execute(&mut *tx.conn())
             .await?;
         let gone = sqlx::query("DELETE FROM audit_events WHERE seq <= $1")
             .bind(seq)
-            .execute(&mut *tx)
+            .execute(&mut *tx.conn())
             .await?;
         tx.commit().await?;
         Ok(gone.rows_affected())

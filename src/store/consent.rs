@@ -1,6 +1,7 @@
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::write::op;
+use super::{changes, Store, StoreError, WriteOp};
 
 /// One grant or withdrawal of consent, as stored (append-only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,36 +40,40 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<ConsentRow, sqlx::Error> {
 }
 
 impl Store {
-    /// Appends a grant or withdrawal. Returns false if the subject does not exist or is erased.
-    pub async fn append_consent(&self, c: &ConsentRow) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let found =
-            sqlx::query("UPDATE subjects SET updated_at = $2 WHERE id = $1 AND erased_at IS NULL")
+    /// Appending a grant or withdrawal; `NotFound` if the subject does not exist or is
+    /// erased.
+    pub fn append_consent_op(&self, c: ConsentRow) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                let found = sqlx::query(
+                    "UPDATE subjects SET updated_at = $2 WHERE id = $1 AND erased_at IS NULL",
+                )
                 .bind(c.subject_id.as_str())
                 .bind(c.at)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
-        if found.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
-             channel, separate, guardian, actor_token, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(c.subject_id.as_str())
-        .bind(c.purpose.as_str())
-        .bind(c.kind.as_str())
-        .bind(c.purpose_version)
-        .bind(c.notice_version.as_str())
-        .bind(c.channel.as_str())
-        .bind(i64::from(c.separate))
-        .bind(i64::from(c.guardian))
-        .bind(c.actor_token.as_str())
-        .bind(c.at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+                if found.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                sqlx::query(
+                    "INSERT INTO consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
+                     channel, separate, guardian, actor_token, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(c.subject_id.as_str())
+                .bind(c.purpose.as_str())
+                .bind(c.kind.as_str())
+                .bind(c.purpose_version)
+                .bind(c.notice_version.as_str())
+                .bind(c.channel.as_str())
+                .bind(i64::from(c.separate))
+                .bind(i64::from(c.guardian))
+                .bind(c.actor_token.as_str())
+                .bind(c.at)
+                .execute(&mut *conn)
+                .await?;
+                changes::note(conn, changes::SUBJECT, &c.subject_id, c.at).await
+            })
+        })
     }
 
     /// The newest grant or withdrawal for one subject and purpose.

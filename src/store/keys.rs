@@ -55,21 +55,24 @@ impl Store {
         meta: &[(&str, String)],
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write(super::Writer::Shared, false).await?;
         let claimed =
             sqlx::query("INSERT INTO vault_meta (key, value) VALUES ('initialised_at', $1)")
                 .bind(now.to_string())
-                .execute(&mut *tx)
+                .execute(&mut *tx.conn())
                 .await;
         match claimed {
-            Err(e) if is_conflict(&e) => return Err(StoreError::Conflict),
+            Err(e) if is_conflict(&e) => {
+                tx.rollback().await;
+                return Err(StoreError::Conflict);
+            }
             other => other?,
         };
         for (key, value) in meta {
             sqlx::query("INSERT INTO vault_meta (key, value) VALUES ($1, $2)")
                 .bind(*key)
                 .bind(value.as_str())
-                .execute(&mut *tx)
+                .execute(&mut *tx.conn())
                 .await?;
         }
         for m in masters {
@@ -79,7 +82,7 @@ impl Store {
             .bind(m.version)
             .bind(m.check_value.as_slice())
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *tx.conn())
             .await?;
         }
         for k in system {
@@ -92,11 +95,10 @@ impl Store {
             .bind(k.kek_version)
             .bind(k.wrapped.as_slice())
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *tx.conn())
             .await?;
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Records the check value of a master key version seen for the first time.

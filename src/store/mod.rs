@@ -7,26 +7,36 @@
 //! Migrations stay per backend (`migrations/sqlite`, `migrations/postgres`).
 
 mod audit;
+pub(crate) mod changes;
 mod consent;
 mod keys;
 mod requests;
 mod retention;
 mod subjects;
 mod tokens;
+mod write;
 
 pub use audit::{AuditRow, CheckpointRow, ReportParam};
 pub use consent::ConsentRow;
 pub use keys::{MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;
 pub use retention::ExpiredRow;
-pub use subjects::{FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectWrite};
+pub use subjects::{
+    FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectSnapshot, SubjectWrite,
+};
 pub use tokens::TokenRow;
+pub(crate) use write::Writer;
+pub use write::{WriteOp, WriteTx};
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Executor};
+
+use write::Dedicated;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +48,11 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("a concurrent write changed the same keys; retry")]
     Conflict,
+    /// The subject (or the row a change needs) does not exist, or was erased.
+    #[error("no such subject")]
+    NotFound,
+    #[error("store task: {0}")]
+    Task(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +64,38 @@ pub enum Backend {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A connection pool to one store, with migrations applied.
-#[derive(Clone, Debug)]
+/// A connection pool to one store, with migrations applied, and the dedicated
+/// connections writes go through (see `write.rs`).
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite: the one connection every write transaction of this process uses.
+    write_conn: Arc<Dedicated>,
+    /// PostgreSQL: the audit writer's own connection.
+    audit_conn: Arc<Dedicated>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings every new connection gets. SQLite: durable commits, readers beside one
+/// writer, deleted ciphertexts and keys overwritten in the file (erasure).
+async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+             PRAGMA secure_delete = ON;",
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// A time in milliseconds as RFC 3339 (UTC, milliseconds).
@@ -91,41 +133,23 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // Durable commits, readers beside one writer, and deleted
-                        // ciphertexts and keys overwritten in the file (erasure).
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                             PRAGMA secure_delete = ON;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .after_connect(move |conn, _meta| Box::pin(configure(conn, backend)))
+            .connect_with(options.clone())
             .await?;
         match backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            write_conn: Arc::new(Dedicated::new(options.clone(), backend)),
+            audit_conn: Arc::new(Dedicated::new(options, backend)),
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// Starts a write transaction. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`), so that a transaction never fails half-way on lock upgrade.
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        })
     }
 
     /// Whether the store answers (for `/readyz`).
@@ -149,6 +173,8 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.write_conn.close().await;
+        self.audit_conn.close().await;
         self.pool.close().await;
     }
 

@@ -1,4 +1,5 @@
-use super::{now_ms, Store, StoreError};
+use super::write::op;
+use super::{changes, now_ms, Store, StoreError, WriteOp};
 
 /// Something past its retention period.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,24 +11,30 @@ pub struct ExpiredRow {
 }
 
 impl Store {
-    /// Places (`Some(case)`) or lifts (`None`) a legal hold. False if no such subject.
-    pub async fn set_legal_hold(
-        &self,
-        subject: &str,
-        case: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE subjects SET legal_hold_at = $2, legal_hold_case = $3, updated_at = $4 \
-             WHERE id = $1 AND erased_at IS NULL",
-        )
-        .bind(subject)
-        .bind(case.map(|_| now))
-        .bind(case)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    /// Placing (`Some(case)`) or lifting (`None`) a legal hold; `NotFound` if there is
+    /// no such subject.
+    pub fn set_legal_hold_op(&self, subject: &str, case: Option<&str>) -> WriteOp {
+        let subject = subject.to_owned();
+        let case = case.map(str::to_owned);
+        op(move |conn| {
+            Box::pin(async move {
+                let now = now_ms();
+                let done = sqlx::query(
+                    "UPDATE subjects SET legal_hold_at = $2, legal_hold_case = $3, updated_at = $4 \
+                     WHERE id = $1 AND erased_at IS NULL",
+                )
+                .bind(subject.as_str())
+                .bind(case.as_ref().map(|_| now))
+                .bind(case.as_deref())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::NotFound);
+                }
+                changes::note(conn, changes::SUBJECT, &subject, now).await
+            })
+        })
     }
 
     /// The case a subject is held for, if any.
@@ -97,25 +104,33 @@ impl Store {
         field: &str,
         cutoff: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let gone = sqlx::query(
-            "DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2 AND updated_at < $3 \
-             AND subject_id IN (SELECT id FROM subjects WHERE legal_hold_at IS NULL)",
-        )
-        .bind(subject)
-        .bind(field)
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-        if gone.rows_affected() == 1 {
-            sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
-                .bind(subject)
-                .bind(field)
-                .execute(&mut *tx)
+        let (subject, field) = (subject.to_owned(), field.to_owned());
+        let erased = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = erased.clone();
+        self.transact(op(move |conn| {
+            Box::pin(async move {
+                let gone = sqlx::query(
+                    "DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2 AND updated_at < $3 \
+                     AND subject_id IN (SELECT id FROM subjects WHERE legal_hold_at IS NULL)",
+                )
+                .bind(subject.as_str())
+                .bind(field.as_str())
+                .bind(cutoff)
+                .execute(&mut *conn)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(gone.rows_affected() == 1)
+                if gone.rows_affected() == 1 {
+                    sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
+                        .bind(subject.as_str())
+                        .bind(field.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        }))
+        .await?;
+        Ok(erased.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Erases one expired record unless its subject was put on hold meanwhile.

@@ -1,6 +1,7 @@
 use sqlx::Row;
 
-use super::{is_conflict, now_ms, Store, StoreError};
+use super::write::op;
+use super::{is_conflict, now_ms, Store, StoreError, WriteOp};
 
 /// A subject's DEK as stored: wrapped by KEK `kek_version`.
 #[derive(Debug, Clone)]
@@ -59,7 +60,148 @@ pub struct RecordRow {
     pub created_at: i64,
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// What a read needs of a subject, fetched in one round trip.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectSnapshot {
+    /// The case the subject is held for, if under a legal hold.
+    pub legal_hold: Option<String>,
+    pub keys: Vec<SubjectKeyRow>,
+    pub fields: Vec<FieldRow>,
+}
+
+type Conn = sqlx::AnyConnection;
+
+/// Marks the subject as changed; `NotFound` if it does not exist or is erased. On
+/// PostgreSQL this locks the subject row, so concurrent writers to one subject queue.
+async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreError> {
+    let found =
+        sqlx::query("UPDATE subjects SET updated_at = $2 WHERE id = $1 AND erased_at IS NULL")
+            .bind(subject)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    if found.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+async fn insert_key(
+    conn: &mut Conn,
+    subject: &str,
+    key: &SubjectKeyRow,
+    encryptions: i64,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(subject)
+    .bind(key.version)
+    .bind(key.kek_version)
+    .bind(key.wrapped.as_slice())
+    .bind(encryptions)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Err(e) if is_conflict(&e) => Err(StoreError::Conflict),
+        other => other.map(|_| ()).map_err(StoreError::from),
+    }
+}
+
+async fn count_encryptions(
+    conn: &mut Conn,
+    subject: &str,
+    version: i64,
+    n: usize,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE subject_keys SET encryptions = encryptions + $3 WHERE subject_id = $1 AND version = $2",
+    )
+    .bind(subject)
+    .bind(version)
+    .bind(n as i64)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        // The key was erased or never stored: nothing sealed with it may land.
+        Err(StoreError::Conflict)
+    }
+}
+
+/// `(…), (…)` with `per_row` numbered placeholders per row.
+fn values(rows: usize, per_row: usize) -> String {
+    let mut sql = String::new();
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for k in 1..=per_row {
+            if k > 1 {
+                sql.push(',');
+            }
+            sql.push('$');
+            sql.push_str(&(i * per_row + k).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+async fn upsert_fields(
+    conn: &mut Conn,
+    subject: &str,
+    fields: &[FieldRow],
+) -> Result<(), StoreError> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let sql = format!(
+        "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
+         ON CONFLICT (subject_id, field) DO UPDATE SET \
+         dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
+        values(fields.len(), 5)
+    );
+    let mut q = sqlx::query(&sql);
+    for f in fields {
+        q = q
+            .bind(subject)
+            .bind(f.field.as_str())
+            .bind(f.dek_version)
+            .bind(f.sealed.as_slice())
+            .bind(now);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn insert_index(
+    conn: &mut Conn,
+    subject: &str,
+    index: &[IndexEntry],
+) -> Result<(), StoreError> {
+    if index.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO blind_index (field, digest, subject_id) VALUES {} ON CONFLICT DO NOTHING",
+        values(index.len(), 3)
+    );
+    let mut q = sqlx::query(&sql);
+    for e in index {
+        q = q
+            .bind(e.field.as_str())
+            .bind(e.digest.as_slice())
+            .bind(subject);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
 
 impl Store {
     /// Whether a subject exists and is not erased.
@@ -93,6 +235,57 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// A subject's hold state, data keys and stored fields in one round trip; `None` if
+    /// it does not exist or was erased. Keys come in version order.
+    pub async fn subject_snapshot(&self, id: &str) -> Result<Option<SubjectSnapshot>, StoreError> {
+        let blob = match self.backend {
+            super::Backend::Sqlite => "BLOB",
+            super::Backend::Postgres => "BYTEA",
+        };
+        let sql = format!(
+            "SELECT CAST(0 AS BIGINT), legal_hold_case, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                    CAST(NULL AS BIGINT), CAST(NULL AS {blob}) \
+               FROM subjects WHERE id = $1 AND erased_at IS NULL \
+             UNION ALL \
+             SELECT CAST(1 AS BIGINT), CAST(NULL AS TEXT), version, kek_version, encryptions, wrapped \
+               FROM subject_keys WHERE subject_id = $1 \
+             UNION ALL \
+             SELECT CAST(2 AS BIGINT), field, dek_version, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), sealed \
+               FROM subject_fields WHERE subject_id = $1"
+        );
+        let rows = sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?;
+        let mut snapshot: Option<SubjectSnapshot> = None;
+        let mut keys = Vec::new();
+        let mut fields = Vec::new();
+        for r in &rows {
+            match r.try_get::<i64, _>(0)? {
+                0 => {
+                    snapshot = Some(SubjectSnapshot {
+                        legal_hold: r.try_get(1)?,
+                        ..Default::default()
+                    })
+                }
+                1 => keys.push(SubjectKeyRow {
+                    version: r.try_get(2)?,
+                    kek_version: r.try_get(3)?,
+                    encryptions: r.try_get(4)?,
+                    wrapped: r.try_get(5)?,
+                }),
+                _ => fields.push(FieldRow {
+                    field: r.try_get(1)?,
+                    dek_version: r.try_get(2)?,
+                    sealed: r.try_get(5)?,
+                }),
+            }
+        }
+        Ok(snapshot.map(|mut s| {
+            keys.sort_by_key(|k| k.version);
+            s.keys = keys;
+            s.fields = fields;
+            s
+        }))
+    }
+
     /// All stored fields of a subject.
     pub async fn subject_fields(&self, id: &str) -> Result<Vec<FieldRow>, StoreError> {
         let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
@@ -112,223 +305,154 @@ impl Store {
             .collect())
     }
 
-    async fn insert_key(tx: &mut Tx, subject: &str, key: &SubjectKeyRow) -> Result<(), StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5)",
-        )
-        .bind(subject)
-        .bind(key.version)
-        .bind(key.kek_version)
-        .bind(key.wrapped.as_slice())
-        .bind(now_ms())
-        .execute(&mut **tx)
-        .await;
-        match inserted {
-            Err(e) if is_conflict(&e) => Err(StoreError::Conflict),
-            other => other.map(|_| ()).map_err(StoreError::from),
-        }
+    /// Creating a subject with its first key, fields and index entries.
+    pub fn create_subject_op(&self, s: NewSubject) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                let now = now_ms();
+                let inserted = sqlx::query(
+                    "INSERT INTO subjects (id, created_at, updated_at) VALUES ($1, $2, $2)",
+                )
+                .bind(s.id.as_str())
+                .bind(now)
+                .execute(&mut *conn)
+                .await;
+                if let Err(e) = inserted {
+                    return Err(if is_conflict(&e) {
+                        StoreError::Conflict
+                    } else {
+                        e.into()
+                    });
+                }
+                insert_key(conn, &s.id, &s.key, s.fields.len() as i64).await?;
+                upsert_fields(conn, &s.id, &s.fields).await?;
+                insert_index(conn, &s.id, &s.index).await
+            })
+        })
     }
 
-    async fn count_encryptions(
-        tx: &mut Tx,
-        subject: &str,
-        version: i64,
-        n: usize,
-    ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE subject_keys SET encryptions = encryptions + $3 WHERE subject_id = $1 AND version = $2",
-        )
-        .bind(subject)
-        .bind(version)
-        .bind(n as i64)
-        .execute(&mut **tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            // The key was erased or never stored: nothing sealed with it may land.
-            Err(StoreError::Conflict)
-        }
+    /// A correction; `NotFound` if the subject does not exist or is erased.
+    pub fn write_subject_op(&self, w: SubjectWrite) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                touch(conn, &w.subject_id, now_ms()).await?;
+                if let Some(key) = &w.new_key {
+                    insert_key(conn, &w.subject_id, key, 0).await?;
+                }
+                if !w.set.is_empty() {
+                    count_encryptions(conn, &w.subject_id, w.key_version, w.set.len()).await?;
+                }
+                for field in w
+                    .set
+                    .iter()
+                    .map(|f| f.field.as_str())
+                    .chain(w.remove.iter().map(String::as_str))
+                {
+                    sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
+                        .bind(w.subject_id.as_str())
+                        .bind(field)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                for field in &w.remove {
+                    sqlx::query("DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2")
+                        .bind(w.subject_id.as_str())
+                        .bind(field.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                upsert_fields(conn, &w.subject_id, &w.set).await?;
+                insert_index(conn, &w.subject_id, &w.index).await
+            })
+        })
     }
 
-    async fn upsert_fields(
-        tx: &mut Tx,
-        subject: &str,
-        fields: &[FieldRow],
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        for f in fields {
-            sqlx::query(
-                "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (subject_id, field) DO UPDATE SET \
-                 dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
-            )
-            .bind(subject)
-            .bind(f.field.as_str())
-            .bind(f.dek_version)
-            .bind(f.sealed.as_slice())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn insert_index(
-        tx: &mut Tx,
-        subject: &str,
-        index: &[IndexEntry],
-    ) -> Result<(), StoreError> {
-        for e in index {
-            sqlx::query(
-                "INSERT INTO blind_index (field, digest, subject_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(e.field.as_str())
-            .bind(e.digest.as_slice())
-            .bind(subject)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Ok(())
-    }
-
-    pub async fn create_subject(&self, s: &NewSubject) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO subjects (id, created_at, updated_at) VALUES ($1, $2, $2)")
-            .bind(s.id.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        Self::insert_key(&mut tx, &s.id, &s.key).await?;
-        Self::count_encryptions(&mut tx, &s.id, s.key.version, s.fields.len()).await?;
-        Self::upsert_fields(&mut tx, &s.id, &s.fields).await?;
-        Self::insert_index(&mut tx, &s.id, &s.index).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Applies a correction. Returns false if the subject does not exist or is erased.
-    pub async fn write_subject(&self, w: &SubjectWrite) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        // Locks the subject row (PostgreSQL) so concurrent writers to one subject queue.
-        let found =
-            sqlx::query("UPDATE subjects SET updated_at = $2 WHERE id = $1 AND erased_at IS NULL")
-                .bind(w.subject_id.as_str())
-                .bind(now_ms())
-                .execute(&mut *tx)
+    /// Crypto-shredding: destroys the subject's DEKs and removes its fields, records,
+    /// index entries and consents, keeping a tombstone. `NotFound` if there was no such
+    /// subject.
+    pub fn erase_subject_op(&self, id: &str) -> WriteOp {
+        let id = id.to_owned();
+        op(move |conn| {
+            Box::pin(async move {
+                let now = now_ms();
+                let found = sqlx::query(
+                    "UPDATE subjects SET erased_at = $2, updated_at = $2 WHERE id = $1 AND erased_at IS NULL",
+                )
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-        if found.rows_affected() == 0 {
-            return Ok(false);
-        }
-        if let Some(key) = &w.new_key {
-            Self::insert_key(&mut tx, &w.subject_id, key).await?;
-        }
-        if !w.set.is_empty() {
-            Self::count_encryptions(&mut tx, &w.subject_id, w.key_version, w.set.len()).await?;
-        }
-        for field in w
-            .set
-            .iter()
-            .map(|f| f.field.as_str())
-            .chain(w.remove.iter().map(String::as_str))
-        {
-            sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
-                .bind(w.subject_id.as_str())
-                .bind(field)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for field in &w.remove {
-            sqlx::query("DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2")
-                .bind(w.subject_id.as_str())
-                .bind(field.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        Self::upsert_fields(&mut tx, &w.subject_id, &w.set).await?;
-        Self::insert_index(&mut tx, &w.subject_id, &w.index).await?;
-        tx.commit().await?;
-        Ok(true)
+                if found.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                for table in [
+                    "subject_keys",
+                    "blind_index",
+                    "subject_fields",
+                    "records",
+                    "consent_events",
+                ] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE subject_id = $1"))
+                        .bind(id.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                super::changes::note(conn, super::changes::SUBJECT, &id, now).await
+            })
+        })
     }
 
-    /// Crypto-shredding: destroys the subject's DEKs and removes its fields, records
-    /// and index entries, keeping a tombstone. Returns false if there was no such subject.
-    pub async fn erase_subject(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let found = sqlx::query("UPDATE subjects SET erased_at = $2, updated_at = $2 WHERE id = $1 AND erased_at IS NULL")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        if found.rows_affected() == 0 {
-            return Ok(false);
-        }
-        for table in [
-            "subject_keys",
-            "blind_index",
-            "subject_fields",
-            "records",
-            "consent_events",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE subject_id = $1"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    pub async fn lookup(&self, field: &str, digest: &[u8]) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT b.subject_id FROM blind_index b JOIN subjects s ON s.id = b.subject_id \
+    /// Subjects whose index entry for `field` is `digest`, each with whether it is under
+    /// a legal hold.
+    pub async fn lookup(
+        &self,
+        field: &str,
+        digest: &[u8],
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT b.subject_id, s.legal_hold_at FROM blind_index b JOIN subjects s ON s.id = b.subject_id \
              WHERE b.field = $1 AND b.digest = $2 AND s.erased_at IS NULL ORDER BY b.subject_id",
         )
         .bind(field)
         .bind(digest)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, held)| (id, held.is_some()))
+            .collect())
     }
 
-    /// Adds a record. Returns false if the subject does not exist or is erased.
-    pub async fn insert_record(
+    /// Adding a record; `NotFound` if the subject does not exist or is erased.
+    pub fn insert_record_op(
         &self,
         subject: &str,
-        new_key: Option<&SubjectKeyRow>,
-        record: &RecordRow,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let found =
-            sqlx::query("UPDATE subjects SET updated_at = $2 WHERE id = $1 AND erased_at IS NULL")
-                .bind(subject)
-                .bind(now_ms())
-                .execute(&mut *tx)
+        new_key: Option<SubjectKeyRow>,
+        record: RecordRow,
+    ) -> WriteOp {
+        let subject = subject.to_owned();
+        op(move |conn| {
+            Box::pin(async move {
+                touch(conn, &subject, now_ms()).await?;
+                if let Some(key) = &new_key {
+                    insert_key(conn, &subject, key, 0).await?;
+                }
+                count_encryptions(conn, &subject, record.dek_version, 1).await?;
+                sqlx::query(
+                    "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(record.id.as_str())
+                .bind(subject.as_str())
+                .bind(record.collection.as_str())
+                .bind(record.dek_version)
+                .bind(record.sealed.as_slice())
+                .bind(record.created_at)
+                .execute(&mut *conn)
                 .await?;
-        if found.rows_affected() == 0 {
-            return Ok(false);
-        }
-        if let Some(key) = new_key {
-            Self::insert_key(&mut tx, subject, key).await?;
-        }
-        Self::count_encryptions(&mut tx, subject, record.dek_version, 1).await?;
-        sqlx::query(
-            "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(record.id.as_str())
-        .bind(subject)
-        .bind(record.collection.as_str())
-        .bind(record.dek_version)
-        .bind(record.sealed.as_slice())
-        .bind(record.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+                Ok(())
+            })
+        })
     }
 
     pub async fn records(

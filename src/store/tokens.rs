@@ -1,6 +1,7 @@
 use sqlx::Row;
 
-use super::{now_ms, Store, StoreError};
+use super::write::op;
+use super::{changes, now_ms, Store, StoreError, WriteOp};
 
 /// A bearer token as stored: never the secret, only its keyed hash.
 #[derive(Debug, Clone)]
@@ -44,22 +45,27 @@ const COLUMNS: &str =
     "id, role, purposes, description, created_by, created_at, expires_at, revoked_at";
 
 impl Store {
-    pub async fn insert_token(&self, t: &TokenRow, secret_hash: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, role, purposes, description, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(t.id.as_str())
-        .bind(secret_hash)
-        .bind(t.role.as_str())
-        .bind(t.purposes.as_str())
-        .bind(t.description.as_str())
-        .bind(t.created_by.as_str())
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Storing a new token (its secret only as a keyed hash).
+    pub fn insert_token_op(&self, t: TokenRow, secret_hash: Vec<u8>) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO tokens (id, secret_hash, role, purposes, description, created_by, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(t.id.as_str())
+                .bind(secret_hash.as_slice())
+                .bind(t.role.as_str())
+                .bind(t.purposes.as_str())
+                .bind(t.description.as_str())
+                .bind(t.created_by.as_str())
+                .bind(t.created_at)
+                .bind(t.expires_at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
     }
 
     /// The token whose keyed secret hash is `secret_hash`, with that hash.
@@ -96,14 +102,24 @@ impl Store {
         Ok(rows.into_iter().map(from_raw).collect())
     }
 
-    /// Revokes a token. Returns false if no unrevoked token has that id.
-    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(now_ms())
-                .execute(&self.pool)
+    /// Revoking a token; `NotFound` if no unrevoked token has that id.
+    pub fn revoke_token_op(&self, id: &str) -> WriteOp {
+        let id = id.to_owned();
+        op(move |conn| {
+            Box::pin(async move {
+                let now = now_ms();
+                let done = sqlx::query(
+                    "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id.as_str())
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-        Ok(done.rows_affected() == 1)
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::NotFound);
+                }
+                changes::note(conn, changes::TOKEN, &id, now).await
+            })
+        })
     }
 }

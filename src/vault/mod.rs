@@ -1,6 +1,7 @@
 //! Subjects and their records: create, read (clear or masked), correct, erase,
 //! look up, add and list records. Validation comes from `classify`, keys and
-//! ciphers from `crypto`, persistence from `store`.
+//! ciphers from `crypto`, persistence from `store`. Every change is committed in one
+//! transaction with the audit events that describe it (`Audit::record_with`).
 
 mod ids;
 
@@ -11,11 +12,12 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::audit::{Audit, AuditError, CommitError, Event};
 use crate::classify::{Catalogue, ValidationError};
 use crate::crypto::{Aad, CryptoError, DataKey, Keys};
 use crate::store::{
     now_ms, FieldRow, IndexEntry, NewSubject, RecordRow, Store, StoreError, SubjectKeyRow,
-    SubjectWrite,
+    SubjectSnapshot, SubjectWrite, WriteOp,
 };
 
 /// Encryptions allowed under one DEK before a new DEK version is made. Far below the
@@ -37,9 +39,30 @@ pub enum VaultError {
     #[error("stored data failed its integrity check ({what})")]
     Integrity { what: String },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The audit events could not be written, so the change was not made.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<CommitError> for VaultError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Audit(e) => Self::Audit(e),
+            CommitError::Change(e) => e.into(),
+        }
+    }
 }
 
 /// How a caller may see a field.
@@ -68,6 +91,7 @@ pub struct RecordOut {
 #[derive(Debug, Clone)]
 pub struct Vault {
     store: Store,
+    audit: Audit,
     keys: Arc<Keys>,
     catalogue: Arc<Catalogue>,
     key_usage_limit: i64,
@@ -81,9 +105,10 @@ struct WriteKey {
 }
 
 impl Vault {
-    pub fn new(store: Store, keys: Arc<Keys>, catalogue: Arc<Catalogue>) -> Self {
+    pub fn new(store: Store, audit: Audit, keys: Arc<Keys>, catalogue: Arc<Catalogue>) -> Self {
         Self {
             store,
+            audit,
             keys,
             catalogue,
             key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
@@ -160,35 +185,56 @@ impl Vault {
         Ok((rows, index))
     }
 
-    /// Creates a subject with a fresh id (`SubjectId::generate`) from validated fields.
+    /// Creates a subject with a fresh id (`SubjectId::generate`) from validated fields,
+    /// committed with `events`.
     pub async fn create(
         &self,
         id: &SubjectId,
         fields: &Map<String, Value>,
+        events: Vec<Event>,
     ) -> Result<(), VaultError> {
         let values = self.parse_fields(fields, false)?;
         let key = DataKey::generate();
         let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
         let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
-        self.store
-            .create_subject(&NewSubject {
-                id: id.as_str().to_owned(),
-                key: SubjectKeyRow {
-                    version: 1,
-                    kek_version,
-                    wrapped,
-                    encryptions: 0,
-                },
-                fields: rows,
-                index,
-            })
-            .await?;
-        Ok(())
+        let op = self.store.create_subject_op(NewSubject {
+            id: id.as_str().to_owned(),
+            key: SubjectKeyRow {
+                version: 1,
+                kek_version,
+                wrapped,
+                encryptions: 0,
+            },
+            fields: rows,
+            index,
+        });
+        self.commit(events, op).await
     }
 
-    async fn unwrap_all(&self, id: &SubjectId) -> Result<BTreeMap<i64, DataKey>, VaultError> {
+    /// Makes a change and appends its events, in one transaction. A change without an
+    /// event is refused: nothing changes unrecorded.
+    async fn commit(&self, events: Vec<Event>, op: WriteOp) -> Result<(), VaultError> {
+        if events.is_empty() {
+            return Err(
+                AuditError::Unavailable("a change must carry its audit events".into()).into(),
+            );
+        }
+        Ok(self.audit.record_with(events, op).await?)
+    }
+
+    /// What a read needs of a subject (hold state, keys, ciphertexts), in one round
+    /// trip; `None` if it does not exist or was erased.
+    pub async fn snapshot(&self, id: &SubjectId) -> Result<Option<SubjectSnapshot>, VaultError> {
+        Ok(self.store.subject_snapshot(id.as_str()).await?)
+    }
+
+    fn unwrap_keys(
+        &self,
+        id: &SubjectId,
+        rows: &[SubjectKeyRow],
+    ) -> Result<BTreeMap<i64, DataKey>, VaultError> {
         let mut keys = BTreeMap::new();
-        for row in self.store.subject_keys(id.as_str()).await? {
+        for row in rows {
             let key = self
                 .keys
                 .master()
@@ -202,6 +248,11 @@ impl Vault {
             keys.insert(row.version, key);
         }
         Ok(keys)
+    }
+
+    async fn unwrap_all(&self, id: &SubjectId) -> Result<BTreeMap<i64, DataKey>, VaultError> {
+        let rows = self.store.subject_keys(id.as_str()).await?;
+        self.unwrap_keys(id, &rows)
     }
 
     /// The DEK for `n` new encryptions: the current one, or a new version once the
@@ -257,14 +308,22 @@ impl Vault {
         for (name, _) in wanted {
             self.catalogue.field(name)?;
         }
-        if !self.store.subject_active(id.as_str()).await? {
-            return Err(VaultError::NotFound);
-        }
-        let rows = self.store.subject_fields(id.as_str()).await?;
-        let keys = self.unwrap_all(id).await?;
+        let snapshot = self.snapshot(id).await?.ok_or(VaultError::NotFound)?;
+        self.open(id, &snapshot, wanted)
+    }
+
+    /// Decrypts the requested fields of a snapshot, each in clear or masked. Fields the
+    /// subject has no value for are left out.
+    pub fn open(
+        &self,
+        id: &SubjectId,
+        snapshot: &SubjectSnapshot,
+        wanted: &[(String, View)],
+    ) -> Result<BTreeMap<String, FieldOut>, VaultError> {
+        let keys = self.unwrap_keys(id, &snapshot.keys)?;
         let mut out = BTreeMap::new();
         for (name, view) in wanted {
-            let Some(row) = rows.iter().find(|r| &r.field == name) else {
+            let Some(row) = snapshot.fields.iter().find(|r| &r.field == name) else {
                 continue;
             };
             let spec = self.catalogue.field(name)?;
@@ -298,15 +357,28 @@ impl Vault {
     }
 
     /// Whether the subject is a minor under PIPL Art. 31 (under 14) on `today`: the
-    /// explicit `is_minor` field when set, else the `birth_date` field. Unknown counts as
-    /// not a minor.
+    /// explicit `is_minor` field when set, else the `birth_date` field. Unknown (or no
+    /// such subject) counts as not a minor.
     pub async fn is_minor(&self, id: &SubjectId, today: time::Date) -> Result<bool, VaultError> {
+        match self.snapshot(id).await? {
+            Some(snapshot) => self.is_minor_in(id, &snapshot, today),
+            None => Ok(false),
+        }
+    }
+
+    /// [`Vault::is_minor`] on a snapshot already read.
+    pub fn is_minor_in(
+        &self,
+        id: &SubjectId,
+        snapshot: &SubjectSnapshot,
+        today: time::Date,
+    ) -> Result<bool, VaultError> {
         let wanted: Vec<(String, View)> = ["is_minor", "birth_date"]
             .iter()
             .filter(|f| self.catalogue.field(f).is_ok())
             .map(|f| ((*f).to_owned(), View::Clear))
             .collect();
-        let fields = self.read(id, &wanted).await?;
+        let fields = self.open(id, snapshot, &wanted)?;
         if let Some(flag) = fields.get("is_minor").and_then(|f| f.value.as_str()) {
             return Ok(flag == "yes");
         }
@@ -326,12 +398,18 @@ impl Vault {
         Ok(fourteenth.is_some_and(|d| today < d))
     }
 
-    /// Corrects fields; a `null` value removes the field.
+    /// Corrects fields (a `null` value removes the field), committed with `events`.
     pub async fn correct(
         &self,
         id: &SubjectId,
         fields: &Map<String, Value>,
+        events: Vec<Event>,
     ) -> Result<(), VaultError> {
+        if events.is_empty() {
+            return Err(
+                AuditError::Unavailable("a change must carry its audit events".into()).into(),
+            );
+        }
         let values = self.parse_fields(fields, true)?;
         let n = values.iter().filter(|(_, v)| v.is_some()).count();
         for attempt in 1..=WRITE_ATTEMPTS {
@@ -349,28 +427,48 @@ impl Vault {
                     .collect(),
                 index,
             };
-            match self.store.write_subject(&write).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => return Err(VaultError::NotFound),
-                Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
+            match self
+                .audit
+                .record_with(events.clone(), self.store.write_subject_op(write))
+                .await
+            {
+                Err(CommitError::Change(StoreError::Conflict)) if attempt < WRITE_ATTEMPTS => {
+                    continue
+                }
+                other => return Ok(other?),
             }
         }
         Err(StoreError::Conflict.into())
     }
 
     /// Erasure by crypto-shredding: the subject's DEKs are destroyed and its fields,
-    /// records and index entries removed.
-    pub async fn erase(&self, id: &SubjectId) -> Result<(), VaultError> {
-        if !self.store.erase_subject(id.as_str()).await? {
-            return Err(VaultError::NotFound);
-        }
+    /// records and index entries removed; committed with `events`.
+    pub async fn erase(&self, id: &SubjectId, events: Vec<Event>) -> Result<(), VaultError> {
+        self.commit(events, self.store.erase_subject_op(id.as_str()))
+            .await?;
         self.store.checkpoint().await;
         Ok(())
     }
 
-    /// Subjects whose searchable `field` equals `value` after normalisation.
-    pub async fn lookup(&self, field: &str, value: &Value) -> Result<Vec<String>, VaultError> {
+    /// Places (`Some(case)`) or lifts a legal hold (PIPL Art. 47 ¶2), committed with
+    /// `events`.
+    pub async fn set_legal_hold(
+        &self,
+        id: &SubjectId,
+        case: Option<&str>,
+        events: Vec<Event>,
+    ) -> Result<(), VaultError> {
+        self.commit(events, self.store.set_legal_hold_op(id.as_str(), case))
+            .await
+    }
+
+    /// Subjects whose searchable `field` equals `value` after normalisation, each with
+    /// whether it is under a legal hold.
+    pub async fn lookup(
+        &self,
+        field: &str,
+        value: &Value,
+    ) -> Result<Vec<(String, bool)>, VaultError> {
         let spec = self.catalogue.field(field)?;
         if !spec.searchable {
             return Err(ValidationError::new(
@@ -392,14 +490,20 @@ impl Vault {
     }
 
     /// Adds a JSON document to one of the subject's collections under `record_id`
-    /// (`RecordId::generate`).
+    /// (`RecordId::generate`), committed with `events`.
     pub async fn add_record(
         &self,
         id: &SubjectId,
         collection: &str,
         record_id: &RecordId,
         document: &Value,
+        events: Vec<Event>,
     ) -> Result<(), VaultError> {
+        if events.is_empty() {
+            return Err(
+                AuditError::Unavailable("a change must carry its audit events".into()).into(),
+            );
+        }
         let spec = self.collection(collection)?;
         if !document.is_object() {
             return Err(ValidationError::new(
@@ -436,15 +540,12 @@ impl Vault {
                 ),
                 created_at: now_ms(),
             };
-            match self
-                .store
-                .insert_record(id.as_str(), wk.new_row.as_ref(), &row)
-                .await
-            {
-                Ok(true) => return Ok(()),
-                Ok(false) => return Err(VaultError::NotFound),
-                Err(StoreError::Conflict) if attempt < WRITE_ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
+            let op = self.store.insert_record_op(id.as_str(), wk.new_row, row);
+            match self.audit.record_with(events.clone(), op).await {
+                Err(CommitError::Change(StoreError::Conflict)) if attempt < WRITE_ATTEMPTS => {
+                    continue
+                }
+                other => return Ok(other?),
             }
         }
         Err(StoreError::Conflict.into())

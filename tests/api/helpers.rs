@@ -229,6 +229,7 @@ impl TestApp {
                     created_by: "test".into(),
                 },
                 &self.app.policy.current(),
+                piivault::audit::Event::new("test", "operator", "admin", "test", "token.issue"),
             )
             .await
             .expect("token issued");

@@ -86,7 +86,14 @@ both_stores!(passphrase_master_key, |db| async move {
     assert!(app.initialised_now);
     let id = piivault::vault::SubjectId::generate();
     app.vault
-        .create(&id, json!({"name": "冯十二"}).as_object().unwrap())
+        .create(
+            &id,
+            json!({"name": "冯十二"}).as_object().unwrap(),
+            vec![
+                piivault::audit::Event::new("test", "operator", "dsr", "test", "create")
+                    .subject(id.as_str()),
+            ],
+        )
         .await
         .unwrap();
     app.store.close().await;

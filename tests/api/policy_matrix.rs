@@ -141,6 +141,7 @@ both_stores!(every_role_field_action_and_purpose, |db| async move {
                         created_by: "matrix".into(),
                     },
                     &t.app.policy.current(),
+                    piivault::audit::Event::new("test", "operator", "admin", "test", "token.issue"),
                 )
                 .await;
             assert_eq!(issued.is_ok(), purpose == own, "issue {role} for {purpose}");

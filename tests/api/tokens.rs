@@ -67,8 +67,24 @@ both_stores!(bad_tokens_get_401, |db| async move {
         .call(Method::GET, &path, Some(&secret), Some("dsr"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(t.app.tokens.revoke(&tok_id).await.unwrap());
-    assert!(!t.app.tokens.revoke(&tok_id).await.unwrap());
+    assert!(t
+        .app
+        .tokens
+        .revoke(
+            &tok_id,
+            piivault::audit::Event::new("test", "operator", "admin", "test", "token.revoke")
+        )
+        .await
+        .unwrap());
+    assert!(!t
+        .app
+        .tokens
+        .revoke(
+            &tok_id,
+            piivault::audit::Event::new("test", "operator", "admin", "test", "token.revoke")
+        )
+        .await
+        .unwrap());
     let (status, body) = t
         .call(Method::GET, &path, Some(&secret), Some("dsr"), None)
         .await;
@@ -167,6 +183,7 @@ both_stores!(
                         created_by: "test".into(),
                     },
                     &t.app.policy.current(),
+                    piivault::audit::Event::new("test", "operator", "admin", "test", "token.issue"),
                 )
                 .await;
             assert!(err.is_err(), "{role} {purposes:?} {ttl}");

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Load benchmark: builds the release binary, and for each store seeds a fresh vault,
+# starts the server and drives it with wrk over HTTPS. Prints requests/s, p50 and p99
+# and the ratio to /healthz of the same run, at each connection count.
+#
+#   benches/load/run.sh                      # both stores, 1/16/64 connections, 5 s each
+#   STORES=sqlite CONNS="64" DURATION=10 benches/load/run.sh
+#
+# Needs wrk (Debian package) and, for PostgreSQL, PIIVAULT_BENCH_DATABASE_URL or the
+# local server at postgres://postgres@127.0.0.1:5432/test. Load generator and server
+# share this machine's cores.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+STORES=${STORES:-"sqlite postgres"}
+CONNS=${CONNS:-"1 16 64"}
+DURATION=${DURATION:-5}
+SUBJECTS=${SUBJECTS:-2000}
+WORKLOADS=${WORKLOADS:-"healthz read1 read6 create lookup correct"}
+PG_BASE=${PIIVAULT_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -q
+BIN=$PWD/target/release/piivault
+export PIIVAULT_BENCH_DIR=$PWD/benches/load
+
+declare -A LABEL=([healthz]="/healthz" [read1]="audited read, 1 field" [read6]="audited read, 6 fields"
+  [create]="create, 6 fields" [lookup]="lookup by ID number" [correct]="correction, 1 field")
+
+run_store() {
+  local store=$1 dir url pgdb="" port pid
+  dir=$(mktemp -d)
+  if [ "$store" = postgres ]; then
+    pgdb="piivault_bench_$$"
+    psql "$PG_BASE" -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" -qc "CREATE DATABASE $pgdb" >/dev/null
+    url="${PG_BASE%/*}/$pgdb"
+  else
+    url="sqlite://$dir/piivault.db?mode=rwc"
+  fi
+  local args=(--data-dir "$dir" --database-url "$url")
+  "$BIN" serve "${args[@]}" --listen 127.0.0.1:0 >"$dir/stdout.log" 2>"$dir/server.log" &
+  pid=$!
+  for _ in $(seq 1 100); do
+    port=$(grep -o 'listening on https://127.0.0.1:[0-9]*' "$dir/server.log" 2>/dev/null | grep -o '[0-9]*$' || true)
+    [ -n "$port" ] && break
+    sleep 0.2
+  done
+  [ -n "$port" ] || { echo "server did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
+  local base="https://127.0.0.1:$port"
+  export PIIVAULT_BENCH_DSR_TOKEN PIIVAULT_BENCH_CS_TOKEN PIIVAULT_BENCH_IDS=$dir/ids.txt
+  PIIVAULT_BENCH_DSR_TOKEN=$("$BIN" token issue "${args[@]}" --role dsr_handler --purpose dsr --ttl 1h 2>/dev/null)
+  PIIVAULT_BENCH_CS_TOKEN=$("$BIN" token issue "${args[@]}" --role customer_service --purpose service --ttl 1h 2>/dev/null)
+  python3 benches/load/seed.py "$base" "$dir/tls/ca.pem" "$PIIVAULT_BENCH_DSR_TOKEN" "$SUBJECTS" "$dir/ids.txt"
+  local health=""
+  printf '\n%s (%s subjects seeded, %ss per run, wrk -t2)\n' "$store" "$SUBJECTS" "$DURATION"
+  printf '%-24s %5s %10s %9s %9s %8s %7s\n' workload conns req/s p50_ms p99_ms errors ratio
+  for c in $CONNS; do
+    for w in $WORKLOADS; do
+      local threads=2; [ "$c" -lt 2 ] && threads=1
+      local out rps p50 p99 errs
+      out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency -s "benches/load/$w.lua" "$base")
+      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+      p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+      errs=$( (grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$out" || echo "x 0") | awk '{print $NF}')
+      [ "$w" = healthz ] && health=$rps
+      printf '%-24s %5s %10.0f %9s %9s %8s %7s\n' "${LABEL[$w]}" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs" \
+        "$(awk -v a="$rps" -v b="$health" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')"
+    done
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  printf 'server log: %s lines, %s bytes; database: %s\n' "$(wc -l <"$dir/server.log")" "$(wc -c <"$dir/server.log")" \
+    "$( [ "$store" = sqlite ] && du -sh "$dir/piivault.db" | cut -f1 || psql "$PG_BASE" -qAtc "SELECT pg_size_pretty(pg_database_size('$pgdb'))")"
+  [ -n "$pgdb" ] && psql "$PG_BASE" -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" >/dev/null
+  rm -rf "$dir"
+}
+
+# wrk prints 1.23ms, 456.00us or 1.20s: in milliseconds.
+ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
+
+for s in $STORES; do run_store "$s"; done

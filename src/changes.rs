@@ -1,0 +1,121 @@
+//! Keeping caches honest across processes. Every change that a cache could hide (a token
+//! revoked; a consent granted or withdrawn, a hold placed, a subject erased) writes a row
+//! to the store's change feed in the transaction that makes it. Each vault process
+//! (a server node, or the CLI beside it) polls the feed every `every` (default 250 ms)
+//! and forgets what it cached about each key it reads there. So a change made on one
+//! node is honoured on every other node within one poll interval plus one query
+//! (stated bound: 1 second with the defaults); on the node that made it, at once.
+//!
+//! If the feed cannot be read, the caches are switched off (every lookup goes to the
+//! store) until it can again: a missed change can never be served from a cache.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::authz::Tokens;
+use crate::pipl::Consents;
+use crate::store::{changes, Store, StoreError};
+
+/// How often the change feed is read by default.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// How long change rows are kept (every live process has read them long before).
+const KEEP_CHANGES_MS: i64 = 3_600_000;
+
+/// The caches the change feed keeps honest.
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    store: Store,
+    tokens: Tokens,
+    consents: Consents,
+    seen: Arc<AtomicI64>,
+    sync: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ChangeFeed {
+    pub fn new(store: Store, tokens: Tokens, consents: Consents) -> Self {
+        Self {
+            store,
+            tokens,
+            consents,
+            seen: Arc::new(AtomicI64::new(-1)),
+            sync: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// Reads the feed once and applies it. On error the caches are switched off.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.sync.lock().await;
+        match self.apply().await {
+            Ok(()) => {
+                self.tokens.cache_enabled(true);
+                self.consents.cache_enabled(true);
+                Ok(())
+            }
+            Err(e) => {
+                self.tokens.cache_enabled(false);
+                self.consents.cache_enabled(false);
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(&self) -> Result<(), StoreError> {
+        let seen = self.seen.load(Ordering::Acquire);
+        if seen < 0 {
+            // First read: nothing is cached yet, so only the position matters.
+            let head = self.store.changes_head().await?;
+            self.seen.store(head, Ordering::Release);
+            return Ok(());
+        }
+        let rows = self.store.changes_since(seen).await?;
+        let mut last = seen;
+        for (seq, kind, key) in rows {
+            match kind.as_str() {
+                changes::TOKEN => self.tokens.forget(&key),
+                changes::SUBJECT => self.consents.forget_subject(&key),
+                _ => {
+                    // A kind this version does not know: forget everything to be safe.
+                    self.tokens.cache_enabled(false);
+                    self.consents.cache_enabled(false);
+                }
+            }
+            last = seq;
+        }
+        self.seen.store(last, Ordering::Release);
+        Ok(())
+    }
+
+    /// Polls the feed every `every` for as long as the runtime lives, and prunes old
+    /// change rows once an hour.
+    pub fn start(self, every: Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            let mut polls: u64 = 0;
+            loop {
+                tick.tick().await;
+                match self.sync().await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::warn!("change feed readable again; caches back on");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::error!(error = %e, "change feed unreadable; caches off until it is");
+                    }
+                    Err(_) => {}
+                }
+                polls += 1;
+                if polls % (3_600_000 / every.as_millis().max(1) as u64).max(1) == 0 {
+                    let before = crate::store::now_ms() - KEEP_CHANGES_MS;
+                    if let Err(e) = self.store.prune_changes(before).await {
+                        tracing::warn!(error = %e, "old change rows could not be pruned");
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,73 @@
+//! The change feed that keeps every process's caches honest (see `src/changes.rs`).
+
+use super::{Store, StoreError};
+
+/// A token was revoked; the key is its id.
+pub const TOKEN: &str = "token";
+/// A subject's consent, hold or existence changed; the key is its id.
+pub const SUBJECT: &str = "subject";
+
+/// Advisory lock key shared with the audit chain: on PostgreSQL change rows are
+/// numbered under it, so a poller that has seen `seq` can never later meet a smaller one.
+const CHAIN_LOCK: i64 = super::audit::CHAIN_LOCK;
+
+/// Records a change, inside the transaction that makes it.
+pub(super) async fn note(
+    conn: &mut sqlx::AnyConnection,
+    kind: &str,
+    key: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    if conn.backend_name() == "PostgreSQL" {
+        // Re-entrant: the audit writer already holds it for its batch.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHAIN_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("INSERT INTO cache_changes (kind, key, at) VALUES ($1, $2, $3)")
+        .bind(kind)
+        .bind(key)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The newest change's number (0 when there is none).
+    pub async fn changes_head(&self) -> Result<i64, StoreError> {
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM cache_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(head.unwrap_or(0))
+    }
+
+    /// Changes after `seq`, oldest first: `(seq, kind, key)`.
+    pub async fn changes_since(&self, seq: i64) -> Result<Vec<(i64, String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, kind, key FROM cache_changes WHERE seq > $1 ORDER BY seq LIMIT 10000",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Removes changes older than `before` (ms); every live process has long seen them.
+    pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = done.clone();
+        self.transact(super::write::op(move |conn| {
+            Box::pin(async move {
+                let r = sqlx::query("DELETE FROM cache_changes WHERE at < $1")
+                    .bind(before)
+                    .execute(&mut *conn)
+                    .await?;
+                count.store(r.rows_affected(), std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            })
+        }))
+        .await?;
+        Ok(done.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}

@@ -1,0 +1,289 @@
+//! Write transactions that no client can poison.
+//!
+//! sqlx 0.8.6 counts transaction depth per connection and gets it wrong in two cases we
+//! meet in practice: a `Transaction` future dropped while its `BEGIN` waits for SQLite's
+//! write lock (sqlx #3980), and a custom `BEGIN IMMEDIATE` that fails (#3981). Either
+//! leaves a pooled connection that believes it is inside a transaction, and every later
+//! `begin` on it fails, for good. Both are fixed in sqlx 0.9, but upgrading alone would
+//! not give us what we need anyway, so we do not use sqlx transactions at all:
+//!
+//! - [`WriteTx`] issues `BEGIN`, `COMMIT` and `ROLLBACK` as plain statements on a
+//!   connection it leases. sqlx's depth counter never moves. A `WriteTx` that is dropped
+//!   while open (its future was cancelled, or a statement failed and the rollback failed
+//!   too) discards its connection instead of returning it: the database rolls the
+//!   transaction back when the connection closes, and no one else ever sees it.
+//! - SQLite allows one writer at a time. All of this process's write transactions go
+//!   through one dedicated writer connection, taken in FIFO order behind an async mutex,
+//!   so writers queue in memory instead of sleeping in SQLite's busy handler.
+//!   PostgreSQL writes use the pool, except the audit writer, which has a dedicated
+//!   connection that no handler can spoil or starve.
+//! - A dedicated connection that failed is dropped and reconnected on next use, so the
+//!   vault recovers by itself once the store answers again.
+//! - Work that must not be cut half-way runs in a spawned task ([`Store::transact`], the
+//!   audit writer), so a client hanging up never cancels a commit it already started.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sqlx::any::AnyConnectOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, ConnectOptions, Executor};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{Backend, Store, StoreError};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+type OpFn =
+    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>> + Send;
+
+/// A change to make inside a write transaction. Built only by the store (SQL lives
+/// here); the domain prepares one and hands it to the audit trail, which commits it in
+/// the same transaction as the events that describe it.
+pub struct WriteOp(Box<OpFn>);
+
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteOp")
+    }
+}
+
+/// Builds a [`WriteOp`] from a closure (a function, so that the closure's higher-ranked
+/// signature is inferred).
+pub(super) fn op<F>(f: F) -> WriteOp
+where
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>>
+        + Send
+        + 'static,
+{
+    WriteOp(Box::new(f))
+}
+
+impl WriteOp {
+    /// Several changes, made in order, as one.
+    pub fn chain(ops: Vec<WriteOp>) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                for o in ops {
+                    (o.0)(conn).await?;
+                }
+                Ok(())
+            })
+        })
+    }
+}
+
+/// A connection held for one write transaction.
+enum Lease {
+    Pooled(PoolConnection<Any>),
+    Dedicated(OwnedMutexGuard<Option<AnyConnection>>),
+}
+
+impl Lease {
+    fn conn(&mut self) -> &mut AnyConnection {
+        match self {
+            Lease::Pooled(c) => c,
+            // A dedicated lease is only made with a connection in the slot.
+            Lease::Dedicated(g) => match g.as_mut() {
+                Some(c) => c,
+                None => unreachable!("a dedicated lease always holds a connection"),
+            },
+        }
+    }
+
+    /// Never hand this connection to anyone again.
+    fn discard(&mut self) {
+        match self {
+            Lease::Pooled(c) => c.close_on_drop(),
+            Lease::Dedicated(g) => {
+                // Dropping a connection closes it; the database rolls back what was open.
+                g.take();
+            }
+        }
+    }
+}
+
+/// A connection of our own, outside the pool, made again after a failure.
+pub(super) struct Dedicated {
+    options: AnyConnectOptions,
+    backend: Backend,
+    slot: Arc<Mutex<Option<AnyConnection>>>,
+}
+
+impl Dedicated {
+    pub(super) fn new(options: AnyConnectOptions, backend: Backend) -> Self {
+        Self {
+            options,
+            backend,
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn lease(&self) -> Result<Lease, StoreError> {
+        let mut guard = self.slot.clone().lock_owned().await;
+        if guard.is_none() {
+            let mut conn = self.options.connect().await?;
+            super::configure(&mut conn, self.backend).await?;
+            *guard = Some(conn);
+        }
+        Ok(Lease::Dedicated(guard))
+    }
+
+    /// Closes the connection, if one is open.
+    pub(super) async fn close(&self) {
+        if let Some(conn) = self.slot.lock().await.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
+    }
+}
+
+/// Which connection a write transaction should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// Ordinary writes: SQLite's writer connection, or a pooled PostgreSQL connection.
+    Shared,
+    /// The audit writer: SQLite's writer connection, or PostgreSQL's audit connection.
+    Audit,
+}
+
+/// An open write transaction. Commit it, roll it back, or drop it: dropping an open one
+/// discards its connection.
+pub struct WriteTx {
+    backend: Backend,
+    lease: Lease,
+    open: bool,
+    savepoint: bool,
+}
+
+impl std::fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTx").field("open", &self.open).finish()
+    }
+}
+
+impl WriteTx {
+    pub(super) fn conn(&mut self) -> &mut AnyConnection {
+        self.lease.conn()
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        match self.lease.conn().execute("COMMIT").await {
+            Ok(_) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(e) => {
+                // SQLite keeps the transaction open after a failed COMMIT; end it.
+                self.end().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn rollback(mut self) {
+        self.end().await;
+    }
+
+    async fn end(&mut self) {
+        if self.lease.conn().execute("ROLLBACK").await.is_ok() {
+            self.open = false;
+        } else {
+            self.lease.discard();
+            self.open = false;
+        }
+    }
+
+    /// Makes one change inside a savepoint. The outer error means the transaction can no
+    /// longer be used; the inner one that this change failed and was undone, and the
+    /// transaction goes on without it.
+    pub async fn apply(&mut self, op: WriteOp) -> Result<Result<(), StoreError>, StoreError> {
+        if !self.savepoint {
+            return Ok((op.0)(self.lease.conn()).await);
+        }
+        self.lease.conn().execute("SAVEPOINT piivault_op").await?;
+        match (op.0)(self.lease.conn()).await {
+            Ok(()) => {
+                self.lease
+                    .conn()
+                    .execute("RELEASE SAVEPOINT piivault_op")
+                    .await?;
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                self.lease
+                    .conn()
+                    .execute("ROLLBACK TO SAVEPOINT piivault_op")
+                    .await?;
+                self.lease
+                    .conn()
+                    .execute("RELEASE SAVEPOINT piivault_op")
+                    .await?;
+                Ok(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            tracing::warn!("a write transaction was abandoned; its connection is discarded");
+            self.lease.discard();
+        }
+    }
+}
+
+impl Store {
+    /// Starts a write transaction on the connection `writer` calls for. On SQLite it
+    /// takes the write lock at once (`BEGIN IMMEDIATE`), so a transaction never fails
+    /// half-way on lock upgrade. `savepoints`: each [`WriteTx::apply`] is undone alone
+    /// if it fails.
+    pub(crate) async fn begin_write(
+        &self,
+        writer: Writer,
+        savepoints: bool,
+    ) -> Result<WriteTx, StoreError> {
+        let mut lease = match (self.backend, writer) {
+            (Backend::Sqlite, _) => self.write_conn.lease().await?,
+            (Backend::Postgres, Writer::Audit) => self.audit_conn.lease().await?,
+            (Backend::Postgres, Writer::Shared) => Lease::Pooled(self.pool.acquire().await?),
+        };
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        if let Err(e) = lease.conn().execute(begin).await {
+            lease.discard();
+            return Err(e.into());
+        }
+        Ok(WriteTx {
+            backend: self.backend,
+            lease,
+            open: true,
+            savepoint: savepoints,
+        })
+    }
+
+    /// Makes one change in a transaction of its own, in a task of its own: once started
+    /// it runs to its end even if the caller stops waiting.
+    pub async fn transact(&self, op: WriteOp) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tx = store.begin_write(Writer::Shared, false).await?;
+            match tx.apply(op).await? {
+                Ok(()) => tx.commit().await,
+                Err(e) => {
+                    tx.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}

@@ -87,6 +87,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub listen: Option<SocketAddr>,
     pub plain_http: Option<bool>,
+    /// One INFO line per request (default: the access log is at DEBUG).
+    pub access_log: Option<bool>,
     pub max_body_bytes: Option<usize>,
     pub max_token_ttl: Option<String>,
     pub audit_key_file: Option<PathBuf>,

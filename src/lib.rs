@@ -190,6 +190,8 @@ pub struct ServeOptions {
     pub bad_token_limit: LimitConfig,
     /// How often the server sweeps expired data (None: never; the CLI can).
     pub retention_sweep: Option<std::time::Duration>,
+    /// One INFO line per request (else the access log is at DEBUG).
+    pub access_log: bool,
 }
 
 impl ServeOptions {
@@ -201,6 +203,7 @@ impl ServeOptions {
             policy_reload: std::time::Duration::from_secs(5),
             bad_token_limit: LimitConfig::default(),
             retention_sweep: Some(std::time::Duration::from_secs(3600)),
+            access_log: false,
         }
     }
 }
@@ -269,7 +272,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             }
         });
     }
-    let router = http::router(state, opts.max_body_bytes);
+    let router = http::router(state, opts.max_body_bytes, opts.access_log);
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
     listener.set_nonblocking(true)?;

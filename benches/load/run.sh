@@ -16,10 +16,11 @@ CONNS=${CONNS:-"1 16 64"}
 DURATION=${DURATION:-5}
 SUBJECTS=${SUBJECTS:-2000}
 WORKLOADS=${WORKLOADS:-"healthz read1 read6 create lookup correct"}
+export PGOPTIONS="--client-min-messages=warning"
 PG_BASE=${PIIVAULT_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --locked -q
-BIN=$PWD/target/release/piivault
+BIN=${PIIVAULT_BENCH_BIN:-$PWD/target/release/piivault}
 export PIIVAULT_BENCH_DIR=$PWD/benches/load
 
 declare -A LABEL=([healthz]="/healthz" [read1]="audited read, 1 field" [read6]="audited read, 6 fields"

@@ -69,6 +69,8 @@ type Answer = Result<(), CommitError>;
 struct Pending {
     rows: Vec<AuditRow>,
     op: Option<WriteOp>,
+    /// A readiness probe: try an insert, keep nothing.
+    probe: bool,
     /// Set when this job's change failed inside the batch.
     failed: Option<StoreError>,
     done: oneshot::Sender<Answer>,
@@ -153,6 +155,10 @@ impl Audit {
     }
 
     async fn submit(&self, events: Vec<Event>, op: Option<WriteOp>) -> Answer {
+        self.enqueue(events, op, false).await
+    }
+
+    async fn enqueue(&self, events: Vec<Event>, op: Option<WriteOp>, probe: bool) -> Answer {
         let (done, wait) = oneshot::channel();
         let rows = events.into_iter().map(Event::into_row).collect();
         let stopped = || {
@@ -164,6 +170,7 @@ impl Audit {
             .send(Pending {
                 rows,
                 op,
+                probe,
                 failed: None,
                 done,
             })
@@ -172,10 +179,11 @@ impl Audit {
         wait.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    /// Whether the trail can be written now: runs an empty batch through the writer.
-    /// Used by `/readyz`; a trail that failed opens again here once the store answers.
+    /// Whether the trail can be written now: a batch through the writer that inserts an
+    /// event and takes it back. Used by `/readyz`; a trail that failed is found open
+    /// again here once the store answers.
     pub async fn probe(&self) -> bool {
-        self.submit(Vec::new(), None).await.is_ok()
+        self.enqueue(Vec::new(), None, true).await.is_ok()
     }
 
     /// Whether the last batch committed.
@@ -369,6 +377,9 @@ async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64
     let changes = batch.iter().any(|p| p.op.is_some());
     let mut tx = store.begin_write(Writer::Audit, changes).await?;
     let (mut seq, mut prev) = tx.lock_chain().await?.unwrap_or((0, vec![0u8; 32]));
+    if batch.iter().any(|p| p.probe) {
+        tx.probe_audit_insert(seq).await?;
+    }
     for p in batch.iter_mut() {
         if let Some(op) = p.op.take() {
             if let Err(e) = tx.apply(op).await? {

@@ -55,7 +55,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log_format);
+    let _log_writer = crate::telemetry::init(settings.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(&settings, args).await,
         Command::Token(cmd) => token::run(&settings, cmd).await,

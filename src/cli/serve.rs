@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "PIIVAULT_MAX_BODY_BYTES", value_name = "BYTES")]
     max_body_bytes: Option<usize>,
+    /// Log one INFO line per request (method, path, status, time). Off by default: the
+    /// access log is then at DEBUG (RUST_LOG=piivault::access=debug shows it).
+    #[arg(long, env = "PIIVAULT_ACCESS_LOG")]
+    access_log: bool,
     /// Lifetime of the bootstrap admin token printed on first start (s, m, h, d).
     #[arg(long, default_value = "24h", value_name = "TTL")]
     bootstrap_token_ttl: String,
@@ -28,6 +32,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
     let mut opts = ServeOptions::new(args.listen.or(file.listen).unwrap_or(default_listen));
     opts.plain_http = args.plain_http || file.plain_http.unwrap_or(false);
+    opts.access_log = args.access_log || file.access_log.unwrap_or(false);
     opts.max_body_bytes = args
         .max_body_bytes
         .or(file.max_body_bytes)

@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/audit/reports/{name}", get(run_report))
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn verify(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
     let event = who.event("audit.verify");
     who.require(&state, "audit_trail", "audit", event.clone())
@@ -87,7 +87,7 @@ impl From<ReportError> for ApiError {
 }
 
 /// `GET /v1/audit/reports/{name}?from=…&to=…&format=json|csv&PARAM=…`
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, report = %name))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, report = %name))]
 async fn run_report(
     State(state): State<AppState>,
     who: Authorized,

@@ -68,7 +68,7 @@ fn parse(who: &Authorized, raw: &str, purpose: &str) -> Result<(SubjectId, Purpo
     Ok((id, spec))
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, consent_purpose = %purpose, role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, consent_purpose = %purpose, role = %who.caller.role))]
 async fn grant(
     State(state): State<AppState>,
     who: Authorized,
@@ -124,7 +124,7 @@ struct WithdrawBody {
     channel: Option<String>,
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, consent_purpose = %purpose, role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, consent_purpose = %purpose, role = %who.caller.role))]
 async fn withdraw(
     State(state): State<AppState>,
     who: Authorized,
@@ -187,7 +187,7 @@ async fn withdraw(
     }
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 async fn list(
     State(state): State<AppState>,
     who: Authorized,

@@ -55,7 +55,7 @@ struct CreateBody {
     kind: String,
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role))]
 async fn create(
     State(state): State<AppState>,
     who: Authorized,
@@ -133,7 +133,7 @@ struct UpdateBody {
     reason: Option<String>,
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, request = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, request = %id))]
 async fn update(
     State(state): State<AppState>,
     who: Authorized,
@@ -176,7 +176,7 @@ async fn update(
 /// The portable bundle: every value held about the subject in clear, every record,
 /// consents with history, and the subject's own access history from the audit trail
 /// (who by role, when, what, for what purpose; no token ids or request ids).
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 async fn export(
     State(state): State<AppState>,
     who: Authorized,
@@ -266,7 +266,7 @@ fn valid_case(case: &str) -> bool {
 
 /// Places a legal hold (PIPL Art. 47 ¶2): retention sweeps skip the subject and its data
 /// is restricted to storage.
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 async fn place_hold(
     State(state): State<AppState>,
     who: Authorized,
@@ -284,7 +284,7 @@ async fn place_hold(
     set_hold(&state, &who, &raw_id, Some(&body.case)).await
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 async fn lift_hold(
     State(state): State<AppState>,
     who: Authorized,

@@ -17,15 +17,28 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(ready))
 }
 
+/// Ready when the store answers and the audit trail can be written (an empty batch
+/// goes through the audit writer). A vault that cannot audit serves nothing, so it is
+/// not ready; it becomes ready again by itself once the trail can be written.
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+    let store = match state.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "store not reachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable" })),
-            )
+            false
         }
+    };
+    let audit = store && state.audit.probe().await;
+    if store && audit {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "store": if store { "ok" } else { "unreachable" },
+                "audit": if audit { "ok" } else { "unwritable" },
+            })),
+        )
     }
 }

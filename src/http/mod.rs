@@ -57,9 +57,11 @@ impl AppState {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// Gives every request an id, a span that carries it, and an access-log line;
-/// marks every response `Cache-Control: no-store`.
-async fn request_context(mut req: Request, next: Next) -> Response {
+/// Gives every request an id and a span that carries it (so that whatever is logged
+/// while serving it can be matched with the audit trail), and marks every response
+/// `Cache-Control: no-store`. The access log line is DEBUG unless `access_log` asks for
+/// one compact INFO line per request: per-request logging stays off the hot path.
+async fn request_context(access_log: bool, mut req: Request, next: Next) -> Response {
     let id = random_id("req");
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
@@ -71,13 +73,17 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     );
     let start = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_us = start.elapsed().as_micros() as u64,
-            "request done"
-        )
-    });
+    let status = response.status().as_u16();
+    let elapsed_us = start.elapsed().as_micros() as u64;
+    if access_log {
+        span.in_scope(
+            || tracing::info!(target: "piivault::access", status, elapsed_us, "request done"),
+        );
+    } else {
+        span.in_scope(
+            || tracing::debug!(target: "piivault::access", status, elapsed_us, "request done"),
+        );
+    }
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert("x-request-id", value);
@@ -91,8 +97,8 @@ fn subject_id(raw: &str) -> Result<crate::vault::SubjectId, ApiError> {
     crate::vault::SubjectId::parse(raw).ok_or_else(ApiError::subject_not_found)
 }
 
-/// The whole API.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The whole API. `access_log`: one INFO line per request (else DEBUG).
+pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {
     Router::new()
         .merge(health::router())
         .merge(subjects::router())
@@ -107,6 +113,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            request_context(access_log, req, next)
+        }))
         .with_state(state)
 }

@@ -140,7 +140,7 @@ async fn authorise_writes(
     Ok(events)
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn create(
     State(state): State<AppState>,
     who: Authorized,
@@ -168,7 +168,7 @@ fn names(list: &str) -> impl Iterator<Item = &str> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
 async fn read(
     State(state): State<AppState>,
     who: Authorized,
@@ -294,7 +294,7 @@ async fn read(
     Ok(Json(json!({ "id": id.as_str(), "fields": answer })))
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
 async fn correct(
     State(state): State<AppState>,
     who: Authorized,
@@ -319,7 +319,7 @@ async fn correct(
     Ok(Json(json!({ "id": id.as_str(), "updated": updated })))
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
 async fn erase(
     State(state): State<AppState>,
     who: Authorized,
@@ -346,7 +346,7 @@ struct LookupBody {
     value: Value,
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn lookup(
     State(state): State<AppState>,
     who: Authorized,
@@ -419,7 +419,7 @@ fn known_collection(state: &AppState, name: &str) -> Result<(), ApiError> {
     }
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
 async fn add_record(
     State(state): State<AppState>,
     who: Authorized,
@@ -448,7 +448,7 @@ async fn add_record(
     Ok((StatusCode::CREATED, Json(json!({ "id": record.as_str() }))))
 }
 
-#[tracing::instrument(skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
 async fn list_records(
     State(state): State<AppState>,
     who: Authorized,

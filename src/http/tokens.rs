@@ -30,7 +30,7 @@ struct IssueBody {
     description: String,
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn issue(
     State(state): State<AppState>,
     who: Authorized,
@@ -59,7 +59,7 @@ async fn issue(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
     let event = who.event("token.list");
     who.require(&state, "tokens", "admin", event.clone())
@@ -69,7 +69,7 @@ async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Val
     Ok(Json(json!({ "tokens": tokens })))
 }
 
-#[tracing::instrument(skip_all, fields(role = %who.caller.role, purpose = %who.purpose, token_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose, token_id = %id))]
 async fn revoke(
     State(state): State<AppState>,
     who: Authorized,

@@ -1,4 +1,4 @@
-use sqlx::Row;
+use sqlx::{Executor, Row};
 
 use super::{Backend, Store, StoreError, WriteTx, Writer};
 
@@ -78,6 +78,33 @@ impl WriteTx {
                 .fetch_optional(&mut *self.conn())
                 .await?,
         )
+    }
+
+    /// Checks that an event could be appended now: inserts one after the head inside a
+    /// savepoint and takes it back. Nothing is left in the trail.
+    pub async fn probe_audit_insert(&mut self, after_seq: i64) -> Result<(), StoreError> {
+        self.conn().execute("SAVEPOINT piivault_probe").await?;
+        let row = AuditRow {
+            seq: after_seq + 1,
+            actor_token: "probe".into(),
+            actor_role: "vault".into(),
+            action: "probe".into(),
+            purpose: "admin".into(),
+            decision: "allow".into(),
+            reason: "probe".into(),
+            request_id: "probe".into(),
+            prev_hash: vec![0; 32],
+            hash: vec![0; 32],
+            ..Default::default()
+        };
+        let inserted = self.insert_audit(std::slice::from_ref(&row)).await;
+        self.conn()
+            .execute("ROLLBACK TO SAVEPOINT piivault_probe")
+            .await?;
+        self.conn()
+            .execute("RELEASE SAVEPOINT piivault_probe")
+            .await?;
+        inserted
     }
 
     /// Inserts numbered and chained events, many rows per statement.

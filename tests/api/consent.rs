@@ -9,22 +9,6 @@ use serde_json::{json, Value};
 use crate::both_stores;
 use crate::helpers::*;
 
-fn policies_with(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for f in [
-        "classification.toml",
-        "model.conf",
-        "policy.csv",
-        "purposes.toml",
-    ] {
-        std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
-    }
-    let csv = dir.path().join("policy.csv");
-    let text = std::fs::read_to_string(&csv).unwrap();
-    std::fs::write(&csv, format!("{text}\n{extra}\n")).unwrap();
-    dir
-}
-
 async fn consent(
     t: &TestApp,
     tok: &str,

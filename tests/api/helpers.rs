@@ -92,6 +92,23 @@ pub fn policy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
+/// A copy of the shipped policy directory with `extra` lines added to policy.csv.
+pub fn policies_with(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "classification.toml",
+        "model.conf",
+        "policy.csv",
+        "purposes.toml",
+    ] {
+        std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let csv = dir.path().join("policy.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, format!("{text}\n{extra}\n")).unwrap();
+    dir
+}
+
 pub fn settings(dir: &Path, database_url: String) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),

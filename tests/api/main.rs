@@ -10,6 +10,7 @@ mod audit_trail;
 mod canary;
 mod consent;
 mod crypto_binding;
+mod data_path;
 mod dsr;
 mod erasure;
 mod lifecycle;

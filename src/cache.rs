@@ -94,7 +94,14 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         inner.map.insert(key, (value, Instant::now()));
     }
 
-    /// Forgets every entry `stale` picks.
+    /// Forgets one entry.
+    pub fn remove(&self, key: &K) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.map.remove(key);
+    }
+
+    /// Forgets every entry `stale` picks (a scan: for rare changes).
     pub fn forget(&self, stale: impl Fn(&K, &V) -> bool) {
         let mut inner = self.lock();
         inner.generation += 1;

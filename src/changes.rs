@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::authz::Tokens;
 use crate::pipl::Consents;
 use crate::store::{changes, Store, StoreError};
+use crate::vault::Vault;
 
 /// How often the change feed is read by default.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -28,16 +29,18 @@ pub struct ChangeFeed {
     store: Store,
     tokens: Tokens,
     consents: Consents,
+    vault: Vault,
     seen: Arc<AtomicI64>,
     sync: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ChangeFeed {
-    pub fn new(store: Store, tokens: Tokens, consents: Consents) -> Self {
+    pub fn new(store: Store, tokens: Tokens, consents: Consents, vault: Vault) -> Self {
         Self {
             store,
             tokens,
             consents,
+            vault,
             seen: Arc::new(AtomicI64::new(-1)),
             sync: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -48,16 +51,20 @@ impl ChangeFeed {
         let _one_at_a_time = self.sync.lock().await;
         match self.apply().await {
             Ok(()) => {
-                self.tokens.cache_enabled(true);
-                self.consents.cache_enabled(true);
+                self.switch_caches(true);
                 Ok(())
             }
             Err(e) => {
-                self.tokens.cache_enabled(false);
-                self.consents.cache_enabled(false);
+                self.switch_caches(false);
                 Err(e)
             }
         }
+    }
+
+    fn switch_caches(&self, on: bool) {
+        self.tokens.cache_enabled(on);
+        self.consents.cache_enabled(on);
+        self.vault.cache_enabled(on);
     }
 
     async fn apply(&self) -> Result<(), StoreError> {
@@ -73,11 +80,14 @@ impl ChangeFeed {
         for (seq, kind, key) in rows {
             match kind.as_str() {
                 changes::TOKEN => self.tokens.forget(&key),
-                changes::SUBJECT => self.consents.forget_subject(&key),
+                changes::SUBJECT => {
+                    self.consents.forget_subject(&key);
+                    self.vault.forget(&key);
+                }
                 _ => {
                     // A kind this version does not know: forget everything to be safe.
-                    self.tokens.cache_enabled(false);
-                    self.consents.cache_enabled(false);
+                    self.switch_caches(false);
+                    self.switch_caches(true);
                 }
             }
             last = seq;

@@ -145,7 +145,19 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         settings.max_token_ttl,
     );
     let consents = pipl::Consents::new(store.clone(), audit.clone());
-    let changes = changes::ChangeFeed::new(store.clone(), tokens.clone(), consents.clone());
+    let vault = Vault::new(store.clone(), audit.clone(), keys, catalogue.clone());
+    let retention = pipl::Retention::new(
+        store.clone(),
+        catalogue.clone(),
+        audit.clone(),
+        vault.clone(),
+    );
+    let changes = changes::ChangeFeed::new(
+        store.clone(),
+        tokens.clone(),
+        consents.clone(),
+        vault.clone(),
+    );
     changes.sync().await.context("reading the change feed")?;
     changes.clone().start(
         file.cache_sync_ms
@@ -154,12 +166,12 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
             .max(std::time::Duration::from_millis(10)),
     );
     Ok(App {
-        vault: Vault::new(store.clone(), audit.clone(), keys, catalogue.clone()),
+        vault,
         tokens,
         policy,
         consents,
         changes,
-        retention: pipl::Retention::new(store.clone(), catalogue.clone(), audit.clone()),
+        retention,
         audit,
         requests: pipl::Requests::new(
             store.clone(),

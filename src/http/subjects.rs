@@ -209,7 +209,7 @@ async fn read(
         true,
     )
     .await?;
-    let gate = consent_gate(&state, &who, &id, Some(snapshot.as_ref())).await?;
+    let gate = consent_gate(&state, &who, &id, Some(snapshot.as_deref())).await?;
     let mut wanted = Vec::new();
     let mut denied: Vec<(String, &'static str)> = Vec::new();
     for name in requested {

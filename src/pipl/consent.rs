@@ -136,6 +136,9 @@ pub struct Consents {
     audit: Audit,
     /// The newest grant or withdrawal per (subject, purpose); `None`: there is none.
     cache: Arc<Cache<(String, String), Option<ConsentRow>>>,
+    /// Purposes that have entries in the cache (a handful), so that forgetting a
+    /// subject removes its entries one by one instead of scanning the cache.
+    purposes: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 fn check_text(what: &str, s: &str) -> Result<(), ConsentError> {
@@ -153,12 +156,22 @@ impl Consents {
             store,
             audit,
             cache: Arc::new(Cache::new(CONSENT_CACHE_MAX, CONSENT_CACHE_TTL)),
+            purposes: Default::default(),
         }
+    }
+
+    fn cached_purposes(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.purposes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forgets what is cached about a subject (its consent changed, or it was erased).
     pub fn forget_subject(&self, subject: &str) {
-        self.cache.forget(|(s, _), _| s == subject);
+        let purposes: Vec<String> = self.cached_purposes().iter().cloned().collect();
+        for p in purposes {
+            self.cache.remove(&(subject.to_owned(), p));
+        }
     }
 
     pub(crate) fn cache_enabled(&self, on: bool) {
@@ -177,6 +190,9 @@ impl Consents {
         }
         let generation = self.cache.generation();
         let current = self.store.current_consent(subject, purpose).await?;
+        if !self.cached_purposes().contains(purpose) {
+            self.cached_purposes().insert(purpose.to_owned());
+        }
         self.cache.insert(generation, key, current.clone());
         Ok(current)
     }

@@ -44,14 +44,22 @@ pub struct Retention {
     store: Store,
     catalogue: Arc<Catalogue>,
     audit: Audit,
+    /// Told about every subject a sweep changed, so that its cache forgets it at once.
+    vault: crate::vault::Vault,
 }
 
 impl Retention {
-    pub fn new(store: Store, catalogue: Arc<Catalogue>, audit: Audit) -> Self {
+    pub fn new(
+        store: Store,
+        catalogue: Arc<Catalogue>,
+        audit: Audit,
+        vault: crate::vault::Vault,
+    ) -> Self {
         Self {
             store,
             catalogue,
             audit,
+            vault,
         }
     }
 
@@ -108,9 +116,12 @@ impl Retention {
                 let erased = match &row.record_id {
                     Some(record) => self.store.erase_expired_record(record).await?,
                     None => {
-                        self.store
+                        let erased = self
+                            .store
                             .erase_expired_field(&row.subject_id, name, cutoff)
-                            .await?
+                            .await?;
+                        self.vault.forget(&row.subject_id);
+                        erased
                     }
                 };
                 if !erased {

@@ -110,22 +110,10 @@ impl WriteTx {
     /// Inserts numbered and chained events, many rows per statement.
     pub async fn insert_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut sql = format!("INSERT INTO audit_events ({COLUMNS}) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 14;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for k in 1..=14 {
-                    if k > 1 {
-                        sql.push(',');
-                    }
-                    sql.push('$');
-                    sql.push_str(&(b + k).to_string());
-                }
-                sql.push(')');
-            }
+            let sql = format!(
+                "INSERT INTO audit_events ({COLUMNS}) VALUES {}",
+                super::values(self.conn(), chunk.len(), 14)
+            );
             let mut q = sqlx::query(&sql);
             for row in chunk {
                 q = q

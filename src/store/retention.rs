@@ -124,6 +124,7 @@ impl Store {
                         .bind(field.as_str())
                         .execute(&mut *conn)
                         .await?;
+                    changes::note(conn, changes::SUBJECT, &subject, now_ms()).await?;
                     flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(())

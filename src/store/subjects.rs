@@ -1,7 +1,7 @@
 use sqlx::Row;
 
 use super::write::op;
-use super::{is_conflict, now_ms, Store, StoreError, WriteOp};
+use super::{is_conflict, now_ms, values, Store, StoreError, WriteOp};
 
 /// A subject's DEK as stored: wrapped by KEK `kek_version`.
 #[derive(Debug, Clone)]
@@ -132,26 +132,6 @@ async fn count_encryptions(
     }
 }
 
-/// `(…), (…)` with `per_row` numbered placeholders per row.
-fn values(rows: usize, per_row: usize) -> String {
-    let mut sql = String::new();
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for k in 1..=per_row {
-            if k > 1 {
-                sql.push(',');
-            }
-            sql.push('$');
-            sql.push_str(&(i * per_row + k).to_string());
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 async fn upsert_fields(
     conn: &mut Conn,
     subject: &str,
@@ -165,7 +145,7 @@ async fn upsert_fields(
         "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
          ON CONFLICT (subject_id, field) DO UPDATE SET \
          dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
-        values(fields.len(), 5)
+        values(conn, fields.len(), 5)
     );
     let mut q = sqlx::query(&sql);
     for f in fields {
@@ -190,7 +170,7 @@ async fn insert_index(
     }
     let sql = format!(
         "INSERT INTO blind_index (field, digest, subject_id) VALUES {} ON CONFLICT DO NOTHING",
-        values(index.len(), 3)
+        values(conn, index.len(), 3)
     );
     let mut q = sqlx::query(&sql);
     for e in index {
@@ -362,7 +342,8 @@ impl Store {
                         .await?;
                 }
                 upsert_fields(conn, &w.subject_id, &w.set).await?;
-                insert_index(conn, &w.subject_id, &w.index).await
+                insert_index(conn, &w.subject_id, &w.index).await?;
+                super::changes::note(conn, super::changes::SUBJECT, &w.subject_id, now_ms()).await
             })
         })
     }

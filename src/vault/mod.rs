@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::audit::{Audit, AuditError, CommitError, Event};
+use crate::cache::Cache;
 use crate::classify::{Catalogue, ValidationError};
 use crate::crypto::{Aad, CryptoError, DataKey, Keys};
 use crate::store::{
@@ -26,6 +27,12 @@ pub const DEFAULT_KEY_USAGE_LIMIT: i64 = 1 << 24;
 
 /// How many times a write is retried when a concurrent write made the same DEK version.
 const WRITE_ATTEMPTS: usize = 3;
+
+/// Subjects whose ciphertexts, wrapped keys and hold state are kept in memory, and for
+/// how long at most. A change to a subject forgets it at once on this node, and through
+/// the change feed on others.
+const SNAPSHOT_CACHE_MAX: usize = 50_000;
+const SNAPSHOT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -92,6 +99,8 @@ pub struct RecordOut {
 pub struct Vault {
     store: Store,
     audit: Audit,
+    /// Subjects as last read (ciphertexts and wrapped keys only, never plaintext).
+    snapshots: Arc<Cache<String, Arc<SubjectSnapshot>>>,
     keys: Arc<Keys>,
     catalogue: Arc<Catalogue>,
     key_usage_limit: i64,
@@ -109,6 +118,7 @@ impl Vault {
         Self {
             store,
             audit,
+            snapshots: Arc::new(Cache::new(SNAPSHOT_CACHE_MAX, SNAPSHOT_CACHE_TTL)),
             keys,
             catalogue,
             key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
@@ -208,24 +218,54 @@ impl Vault {
             fields: rows,
             index,
         });
-        self.commit(events, op).await
+        self.commit(id, events, op).await
     }
 
-    /// Makes a change and appends its events, in one transaction. A change without an
-    /// event is refused: nothing changes unrecorded.
-    async fn commit(&self, events: Vec<Event>, op: WriteOp) -> Result<(), VaultError> {
+    /// Makes a change to subject `id` and appends its events, in one transaction, then
+    /// forgets the cached snapshot. A change without an event is refused: nothing
+    /// changes unrecorded.
+    async fn commit(
+        &self,
+        id: &SubjectId,
+        events: Vec<Event>,
+        op: WriteOp,
+    ) -> Result<(), VaultError> {
         if events.is_empty() {
             return Err(
                 AuditError::Unavailable("a change must carry its audit events".into()).into(),
             );
         }
-        Ok(self.audit.record_with(events, op).await?)
+        let result = self.audit.record_with(events, op).await;
+        self.forget(id.as_str());
+        Ok(result?)
+    }
+
+    /// Forgets what is cached about a subject (it changed, here or on another node).
+    pub fn forget(&self, subject: &str) {
+        self.snapshots.remove(&subject.to_owned());
+    }
+
+    pub(crate) fn cache_enabled(&self, on: bool) {
+        self.snapshots.set_enabled(on);
     }
 
     /// What a read needs of a subject (hold state, keys, ciphertexts), in one round
-    /// trip; `None` if it does not exist or was erased.
-    pub async fn snapshot(&self, id: &SubjectId) -> Result<Option<SubjectSnapshot>, VaultError> {
-        Ok(self.store.subject_snapshot(id.as_str()).await?)
+    /// trip or from the cache; `None` if it does not exist or was erased.
+    pub async fn snapshot(
+        &self,
+        id: &SubjectId,
+    ) -> Result<Option<Arc<SubjectSnapshot>>, VaultError> {
+        let key = id.as_str().to_owned();
+        if let Some(hit) = self.snapshots.get(&key) {
+            return Ok(Some(hit));
+        }
+        let generation = self.snapshots.generation();
+        let Some(found) = self.store.subject_snapshot(id.as_str()).await? else {
+            return Ok(None);
+        };
+        let found = Arc::new(found);
+        self.snapshots.insert(generation, key, found.clone());
+        Ok(Some(found))
     }
 
     fn unwrap_keys(
@@ -427,11 +467,12 @@ impl Vault {
                     .collect(),
                 index,
             };
-            match self
+            let result = self
                 .audit
                 .record_with(events.clone(), self.store.write_subject_op(write))
-                .await
-            {
+                .await;
+            self.forget(id.as_str());
+            match result {
                 Err(CommitError::Change(StoreError::Conflict)) if attempt < WRITE_ATTEMPTS => {
                     continue
                 }
@@ -444,7 +485,7 @@ impl Vault {
     /// Erasure by crypto-shredding: the subject's DEKs are destroyed and its fields,
     /// records and index entries removed; committed with `events`.
     pub async fn erase(&self, id: &SubjectId, events: Vec<Event>) -> Result<(), VaultError> {
-        self.commit(events, self.store.erase_subject_op(id.as_str()))
+        self.commit(id, events, self.store.erase_subject_op(id.as_str()))
             .await?;
         self.store.checkpoint().await;
         Ok(())
@@ -458,7 +499,7 @@ impl Vault {
         case: Option<&str>,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
-        self.commit(events, self.store.set_legal_hold_op(id.as_str(), case))
+        self.commit(id, events, self.store.set_legal_hold_op(id.as_str(), case))
             .await
     }
 

@@ -52,8 +52,12 @@ both_stores!(
                 s
             }
         };
+        // Tampering behind the vault's back: the vault may keep serving the authentic
+        // ciphertext it cached; these tests want the next read to meet the tampered one.
+        let vault = t.app.vault.clone();
         let set = |subject: String, field: &'static str, value: Vec<u8>| {
             let raw = raw.clone();
+            vault.forget(&subject);
             async move {
                 sqlx::query(
                     "UPDATE subject_fields SET sealed = $3 WHERE subject_id = $1 AND field = $2",
@@ -156,6 +160,7 @@ both_stores!(
             .execute(&raw)
             .await
             .unwrap();
+        t.app.vault.forget(&b);
         let (status, body) = t
             .call(
                 Method::GET,

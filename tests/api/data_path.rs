@@ -78,7 +78,7 @@ both_stores!(
             let seeded = seeded.clone();
             tasks.push(tokio::spawn(async move {
                 let client = impatient_client(&t);
-                for _ in 0..60 {
+                for _ in 0..100 {
                     let (patience, kind, pick) = {
                         let mut rng = rand::thread_rng();
                         (
@@ -723,6 +723,39 @@ both_stores!(
             .await,
             "node B never saw the withdrawal"
         );
+
+        // Subjects cached on B: a correction and an erasure on A reach B too.
+        let phone_path = format!("/v1/subjects/{id}?fields=phone");
+        let (s, body) = on_b(dsr.clone(), "dsr", phone_path.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body["fields"]["phone"]["value"], json!(phone(4)));
+        let (s, _) = a
+            .call(
+                Method::PATCH,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"fields": {"phone": phone(5)}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        b.changes.sync().await.unwrap();
+        let (_, body) = on_b(dsr.clone(), "dsr", phone_path.clone()).await;
+        assert_eq!(body["fields"]["phone"]["value"], json!(phone(5)));
+        let (s, _) = a
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        b.changes.sync().await.unwrap();
+        let (s, body) = on_b(dsr.clone(), "dsr", phone_path.clone()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+        assert_no_value(&body, &phone(5));
         server_b.shutdown().await.unwrap();
         b.store.close().await;
     }

@@ -255,7 +255,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             opts.listen.ip()
         );
     }
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         vault: app.vault.clone(),
         tokens: app.tokens.clone(),
         store: app.store.clone(),
@@ -267,7 +267,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         reports: app.reports.clone(),
         policy: app.policy.clone(),
         limiter: Arc::new(FailureLimiter::new(opts.bad_token_limit)),
-    };
+    });
     app.policy
         .clone()
         .watch(opts.policy_reload, app.audit.clone());

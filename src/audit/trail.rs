@@ -22,6 +22,9 @@ use super::event::{chain_hash, Event};
 use crate::crypto::AuditKey;
 use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp, Writer};
 
+/// Checkpoints triggered by the event count are at least this far apart.
+const MIN_CHECKPOINT_GAP: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     /// Sign a checkpoint after this many new events…
@@ -414,7 +417,10 @@ async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {
             let state = audit.state.lock().await;
             let last = state.last.as_ref().map_or(0, |(s, _)| *s);
             let now_head = *head.borrow();
-            (now_head - last >= audit.config.checkpoint_every_events)
+            // By count at most once a second, so a busy trail is not signed (and
+            // re-walked) many times a second; by time whenever anything is new.
+            (now_head - last >= audit.config.checkpoint_every_events
+                && state.at.elapsed() >= MIN_CHECKPOINT_GAP)
                 || (state.at.elapsed() >= audit.config.checkpoint_every && now_head > last)
                 || state.last.is_none() && now_head > 0
         };

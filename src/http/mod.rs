@@ -30,9 +30,28 @@ use crate::crypto::{random_id, AuditPublicKey};
 use crate::store::Store;
 use crate::vault::Vault;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, so that the per-extractor clone axum makes
+/// is a single reference count.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of the vault the HTTP layer reaches.
+#[derive(Debug)]
+pub struct Shared {
     pub vault: Vault,
     pub tokens: Tokens,
     pub store: Store,
@@ -47,7 +66,7 @@ pub struct AppState {
     pub limiter: Arc<FailureLimiter>,
 }
 
-impl AppState {
+impl Shared {
     pub async fn verify_audit(&self) -> anyhow::Result<crate::audit::VerifyReport> {
         crate::verify_trail(&self.store, &self.trusted_keys, &self.checkpoint_file).await
     }

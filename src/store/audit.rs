@@ -220,19 +220,27 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Stores a signed checkpoint (through the writer: on SQLite, the one connection
+    /// that writes).
     pub async fn insert_checkpoint(&self, cp: &CheckpointRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (seq, key_id) DO NOTHING",
-        )
-        .bind(cp.seq)
-        .bind(cp.hash.as_slice())
-        .bind(cp.ts)
-        .bind(cp.key_id.as_str())
-        .bind(cp.signature.as_slice())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let cp = cp.clone();
+        self.transact(super::write::op(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (seq, key_id) DO NOTHING",
+                )
+                .bind(cp.seq)
+                .bind(cp.hash.as_slice())
+                .bind(cp.ts)
+                .bind(cp.key_id.as_str())
+                .bind(cp.signature.as_slice())
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        }))
+        .await
     }
 
     pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {

@@ -34,6 +34,20 @@ pub(super) async fn note(
     Ok(())
 }
 
+/// [`note`] as part of a script.
+pub(super) fn note_in(script: &mut super::write::Script, kind: &str, key: &str, at: i64) {
+    if script.postgres() {
+        script
+            .sql("SELECT pg_advisory_xact_lock(?)")
+            .bind(CHAIN_LOCK);
+    }
+    script
+        .sql("INSERT INTO cache_changes (kind, key, at) VALUES (?, ?, ?)")
+        .bind(kind.to_owned())
+        .bind(key.to_owned())
+        .bind(at);
+}
+
 impl Store {
     /// The newest change's number (0 when there is none).
     pub async fn changes_head(&self) -> Result<i64, StoreError> {

@@ -1,7 +1,7 @@
 use sqlx::Row;
 
-use super::write::op;
-use super::{is_conflict, now_ms, values, Store, StoreError, WriteOp};
+use super::write::{op, tuples, Script};
+use super::{now_ms, Store, StoreError, WriteOp};
 
 /// A subject's DEK as stored: wrapped by KEK `kek_version`.
 #[derive(Debug, Clone)]
@@ -86,101 +86,51 @@ async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreErro
     Ok(())
 }
 
-async fn insert_key(
-    conn: &mut Conn,
-    subject: &str,
-    key: &SubjectKeyRow,
-    encryptions: i64,
-) -> Result<(), StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(subject)
-    .bind(key.version)
-    .bind(key.kek_version)
-    .bind(key.wrapped.as_slice())
-    .bind(encryptions)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await;
-    match inserted {
-        Err(e) if is_conflict(&e) => Err(StoreError::Conflict),
-        other => other.map(|_| ()).map_err(StoreError::from),
-    }
+fn add_key(script: &mut Script, subject: &str, key: &SubjectKeyRow, encryptions: i64, now: i64) {
+    script
+        .sql(
+            "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(subject.to_owned())
+        .bind(key.version)
+        .bind(key.kek_version)
+        .bind(key.wrapped.clone())
+        .bind(encryptions)
+        .bind(now);
 }
 
-async fn count_encryptions(
-    conn: &mut Conn,
-    subject: &str,
-    version: i64,
-    n: usize,
-) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE subject_keys SET encryptions = encryptions + $3 WHERE subject_id = $1 AND version = $2",
-    )
-    .bind(subject)
-    .bind(version)
-    .bind(n as i64)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        // The key was erased or never stored: nothing sealed with it may land.
-        Err(StoreError::Conflict)
-    }
-}
-
-async fn upsert_fields(
-    conn: &mut Conn,
-    subject: &str,
-    fields: &[FieldRow],
-) -> Result<(), StoreError> {
+fn add_fields(script: &mut Script, subject: &str, fields: Vec<FieldRow>, now: i64) {
     if fields.is_empty() {
-        return Ok(());
+        return;
     }
-    let now = now_ms();
-    let sql = format!(
+    script.sql(&format!(
         "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
          ON CONFLICT (subject_id, field) DO UPDATE SET \
          dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
-        values(conn, fields.len(), 5)
-    );
-    let mut q = sqlx::query(&sql);
+        tuples(fields.len(), 5)
+    ));
     for f in fields {
-        q = q
-            .bind(subject)
-            .bind(f.field.as_str())
+        script
+            .bind(subject.to_owned())
+            .bind(f.field)
             .bind(f.dek_version)
-            .bind(f.sealed.as_slice())
+            .bind(f.sealed)
             .bind(now);
     }
-    q.execute(&mut *conn).await?;
-    Ok(())
 }
 
-async fn insert_index(
-    conn: &mut Conn,
-    subject: &str,
-    index: &[IndexEntry],
-) -> Result<(), StoreError> {
+fn add_index(script: &mut Script, subject: &str, index: Vec<IndexEntry>) {
     if index.is_empty() {
-        return Ok(());
+        return;
     }
-    let sql = format!(
+    script.sql(&format!(
         "INSERT INTO blind_index (field, digest, subject_id) VALUES {} ON CONFLICT DO NOTHING",
-        values(conn, index.len(), 3)
-    );
-    let mut q = sqlx::query(&sql);
+        tuples(index.len(), 3)
+    ));
     for e in index {
-        q = q
-            .bind(e.field.as_str())
-            .bind(e.digest.as_slice())
-            .bind(subject);
+        script.bind(e.field).bind(e.digest).bind(subject.to_owned());
     }
-    q.execute(&mut *conn).await?;
-    Ok(())
 }
 
 impl Store {
@@ -290,23 +240,16 @@ impl Store {
         op(move |conn| {
             Box::pin(async move {
                 let now = now_ms();
-                let inserted = sqlx::query(
-                    "INSERT INTO subjects (id, created_at, updated_at) VALUES ($1, $2, $2)",
-                )
-                .bind(s.id.as_str())
-                .bind(now)
-                .execute(&mut *conn)
-                .await;
-                if let Err(e) = inserted {
-                    return Err(if is_conflict(&e) {
-                        StoreError::Conflict
-                    } else {
-                        e.into()
-                    });
-                }
-                insert_key(conn, &s.id, &s.key, s.fields.len() as i64).await?;
-                upsert_fields(conn, &s.id, &s.fields).await?;
-                insert_index(conn, &s.id, &s.index).await
+                let mut script = Script::new(conn);
+                script
+                    .sql("INSERT INTO subjects (id, created_at, updated_at) VALUES (?, ?, ?)")
+                    .bind(s.id.clone())
+                    .bind(now)
+                    .bind(now);
+                add_key(&mut script, &s.id, &s.key, s.fields.len() as i64, now);
+                add_fields(&mut script, &s.id, s.fields, now);
+                add_index(&mut script, &s.id, s.index);
+                script.run(conn).await
             })
         })
     }
@@ -315,35 +258,56 @@ impl Store {
     pub fn write_subject_op(&self, w: SubjectWrite) -> WriteOp {
         op(move |conn| {
             Box::pin(async move {
-                touch(conn, &w.subject_id, now_ms()).await?;
+                let now = now_ms();
+                touch(conn, &w.subject_id, now).await?;
+                let mut script = Script::new(conn);
                 if let Some(key) = &w.new_key {
-                    insert_key(conn, &w.subject_id, key, 0).await?;
+                    add_key(&mut script, &w.subject_id, key, 0, now);
                 }
                 if !w.set.is_empty() {
-                    count_encryptions(conn, &w.subject_id, w.key_version, w.set.len()).await?;
+                    // The subject row was locked (touched) above in this transaction, so
+                    // its keys cannot be erased underneath this count.
+                    script
+                        .sql(
+                            "UPDATE subject_keys SET encryptions = encryptions + ? \
+                             WHERE subject_id = ? AND version = ?",
+                        )
+                        .bind(w.set.len() as i64)
+                        .bind(w.subject_id.clone())
+                        .bind(w.key_version);
                 }
-                for field in w
+                let changed: Vec<String> = w
                     .set
                     .iter()
-                    .map(|f| f.field.as_str())
-                    .chain(w.remove.iter().map(String::as_str))
-                {
-                    sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
-                        .bind(w.subject_id.as_str())
-                        .bind(field)
-                        .execute(&mut *conn)
-                        .await?;
+                    .map(|f| f.field.clone())
+                    .chain(w.remove.iter().cloned())
+                    .collect();
+                if !changed.is_empty() {
+                    let list = vec!["?"; changed.len()].join(", ");
+                    script
+                        .sql(&format!(
+                            "DELETE FROM blind_index WHERE subject_id = ? AND field IN ({list})"
+                        ))
+                        .bind(w.subject_id.clone());
+                    for f in changed {
+                        script.bind(f);
+                    }
                 }
-                for field in &w.remove {
-                    sqlx::query("DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2")
-                        .bind(w.subject_id.as_str())
-                        .bind(field.as_str())
-                        .execute(&mut *conn)
-                        .await?;
+                if !w.remove.is_empty() {
+                    let list = vec!["?"; w.remove.len()].join(", ");
+                    script
+                        .sql(&format!(
+                            "DELETE FROM subject_fields WHERE subject_id = ? AND field IN ({list})"
+                        ))
+                        .bind(w.subject_id.clone());
+                    for f in &w.remove {
+                        script.bind(f.clone());
+                    }
                 }
-                upsert_fields(conn, &w.subject_id, &w.set).await?;
-                insert_index(conn, &w.subject_id, &w.index).await?;
-                super::changes::note(conn, super::changes::SUBJECT, &w.subject_id, now_ms()).await
+                add_fields(&mut script, &w.subject_id, w.set, now);
+                add_index(&mut script, &w.subject_id, w.index);
+                super::changes::note_in(&mut script, super::changes::SUBJECT, &w.subject_id, now);
+                script.run(conn).await
             })
         })
     }
@@ -414,24 +378,31 @@ impl Store {
         let subject = subject.to_owned();
         op(move |conn| {
             Box::pin(async move {
-                touch(conn, &subject, now_ms()).await?;
+                let now = now_ms();
+                touch(conn, &subject, now).await?;
+                let mut script = Script::new(conn);
                 if let Some(key) = &new_key {
-                    insert_key(conn, &subject, key, 0).await?;
+                    add_key(&mut script, &subject, key, 0, now);
                 }
-                count_encryptions(conn, &subject, record.dek_version, 1).await?;
-                sqlx::query(
-                    "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(record.id.as_str())
-                .bind(subject.as_str())
-                .bind(record.collection.as_str())
-                .bind(record.dek_version)
-                .bind(record.sealed.as_slice())
-                .bind(record.created_at)
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
+                script
+                    .sql(
+                        "UPDATE subject_keys SET encryptions = encryptions + 1 \
+                         WHERE subject_id = ? AND version = ?",
+                    )
+                    .bind(subject.clone())
+                    .bind(record.dek_version);
+                script
+                    .sql(
+                        "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(record.id)
+                    .bind(subject.clone())
+                    .bind(record.collection)
+                    .bind(record.dek_version)
+                    .bind(record.sealed)
+                    .bind(record.created_at);
+                script.run(conn).await
             })
         })
     }

@@ -287,3 +287,106 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
+
+/// Several statements run as one: on SQLite as a single multi-statement string (one
+/// round trip to SQLite's worker thread; anonymous `?` parameters are bound in order
+/// across the statements), on PostgreSQL one by one (its protocol takes one statement per
+/// bound query). Statements are written with `?` placeholders.
+pub(super) struct Script {
+    postgres: bool,
+    /// SQLite: the statements so far, and every argument in order.
+    sql: String,
+    args: sqlx::any::AnyArguments<'static>,
+    /// PostgreSQL: each statement, numbered, with its own arguments.
+    statements: Vec<(String, sqlx::any::AnyArguments<'static>)>,
+}
+
+impl Script {
+    pub(super) fn new(conn: &AnyConnection) -> Self {
+        Self {
+            postgres: conn.backend_name() == "PostgreSQL",
+            sql: String::new(),
+            args: Default::default(),
+            statements: Vec::new(),
+        }
+    }
+
+    pub(super) fn postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// Adds a statement.
+    pub(super) fn sql(&mut self, template: &str) -> &mut Self {
+        if self.postgres {
+            let mut numbered = String::with_capacity(template.len() + 16);
+            let mut n = 0;
+            for c in template.chars() {
+                if c == '?' {
+                    n += 1;
+                    numbered.push('$');
+                    numbered.push_str(&n.to_string());
+                } else {
+                    numbered.push(c);
+                }
+            }
+            self.statements.push((numbered, Default::default()));
+        } else {
+            if !self.sql.is_empty() {
+                self.sql.push_str(";\n");
+            }
+            self.sql.push_str(template);
+        }
+        self
+    }
+
+    /// Binds the next `?` of the last statement added.
+    pub(super) fn bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
+    {
+        use sqlx::Arguments;
+        let args = match self.statements.last_mut() {
+            Some((_, a)) if self.postgres => a,
+            _ => &mut self.args,
+        };
+        // Encoding an owned integer, text or byte buffer into an argument list
+        // cannot fail; if it ever did, the statement fails on a missing argument.
+        let _ = args.add(value);
+        self
+    }
+
+    /// Runs the statements in order, stopping at the first error (a unique violation
+    /// comes back as `Conflict`).
+    pub(super) async fn run(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        let result = if self.postgres {
+            let mut result = Ok(());
+            for (sql, args) in self.statements {
+                if let Err(e) = sqlx::query_with(&sql, args).execute(&mut *conn).await {
+                    result = Err(e);
+                    break;
+                }
+            }
+            result
+        } else if !self.sql.is_empty() {
+            sqlx::query_with(&self.sql, self.args)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        result.map_err(|e| {
+            if super::is_conflict(&e) {
+                StoreError::Conflict
+            } else {
+                e.into()
+            }
+        })
+    }
+}
+
+/// `(?, ?), (?, ?)`: `rows` tuples of `per_row` placeholders, for a [`Script`].
+pub(super) fn tuples(rows: usize, per_row: usize) -> String {
+    let one = format!("({})", vec!["?"; per_row].join(", "));
+    vec![one; rows].join(", ")
+}

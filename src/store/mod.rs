@@ -61,10 +61,6 @@ pub enum Backend {
     Postgres,
 }
 
-/// How often SQLite's WAL is copied into the database file (automatic checkpoints are
-/// off, so that no commit pays for one).
-const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -96,7 +92,7 @@ async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sql
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
              PRAGMA secure_delete = ON; PRAGMA mmap_size = 268435456; \
-             PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;",
+             PRAGMA cache_size = -16384;",
         )
         .await?;
     }
@@ -144,27 +140,6 @@ impl Store {
         match backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
-        }
-        if backend == Backend::Sqlite {
-            // Moving the WAL into the database file is done here, off the writer's
-            // path, rather than by whichever commit crosses SQLite's threshold.
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(WAL_CHECKPOINT_EVERY);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if pool.is_closed() {
-                        return;
-                    }
-                    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                        .execute(&pool)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "WAL checkpoint did not complete");
-                    }
-                }
-            });
         }
         Ok(Self {
             pool,

@@ -119,7 +119,12 @@ impl Store {
                 .execute(&mut *conn)
                 .await?;
                 if gone.rows_affected() == 1 {
-                    sqlx::query("DELETE FROM blind_index WHERE subject_id = $1 AND field = $2")
+                    let table = super::subjects::blind_index_by_subject(
+                        conn.backend_name() == "PostgreSQL",
+                    );
+                    sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE subject_id = $1 AND field = $2"
+                    ))
                         .bind(subject.as_str())
                         .bind(field.as_str())
                         .execute(&mut *conn)

@@ -86,6 +86,17 @@ async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// The blind index, to be searched by subject. Without statistics SQLite would search
+/// its primary key (field, digest, subject) by field alone, walking every subject's
+/// entry for that field: a scan that grows with the vault.
+pub(super) fn blind_index_by_subject(postgres: bool) -> &'static str {
+    if postgres {
+        "blind_index"
+    } else {
+        "blind_index INDEXED BY blind_index_subject"
+    }
+}
+
 fn add_key(script: &mut Script, subject: &str, key: &SubjectKeyRow, encryptions: i64, now: i64) {
     script
         .sql(
@@ -286,7 +297,8 @@ impl Store {
                     let list = vec!["?"; changed.len()].join(", ");
                     script
                         .sql(&format!(
-                            "DELETE FROM blind_index WHERE subject_id = ? AND field IN ({list})"
+                            "DELETE FROM {} WHERE subject_id = ? AND field IN ({list})",
+                            blind_index_by_subject(script.postgres())
                         ))
                         .bind(w.subject_id.clone());
                     for f in changed {

@@ -189,6 +189,9 @@ fn merge(mut checkpoints: Vec<CheckpointRow>, extra: &[CheckpointRow]) -> Vec<Ch
     checkpoints
 }
 
+/// Events read per page while verifying.
+const VERIFY_PAGE: i64 = 10_000;
+
 /// Walks the whole chain and checks every checkpoint. The report names the first bad
 /// event: a broken link, or the start of a stretch that a signed checkpoint disowns.
 pub async fn verify(
@@ -200,11 +203,19 @@ pub async fn verify(
     let anchor = store.audit_anchor().await?;
     let mut walker = Walker::new(&checkpoints, anchor.clone());
     walker.check_anchor(anchor.as_ref(), &checkpoints, trusted);
+    // The next page is read while this one is hashed (the reader works on another
+    // thread), so reading and hashing overlap.
+    let fetch = |after: i64| {
+        let store = store.clone();
+        tokio::spawn(async move { store.audit_events(after, VERIFY_PAGE).await })
+    };
+    let mut next = fetch(walker.at);
     'walk: loop {
-        let rows = store.audit_events(walker.at, 5000).await?;
-        if rows.is_empty() {
-            break;
-        }
+        let rows = next
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let Some(last) = rows.last() else { break };
+        next = fetch(last.seq);
         for row in &rows {
             if !walker.push(row) {
                 break 'walk;

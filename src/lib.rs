@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod pipeline;
 pub mod pipl;
 pub mod store;
 pub mod telemetry;
@@ -255,19 +256,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             opts.listen.ip()
         );
     }
-    let state = http::AppState::new(http::Shared {
-        vault: app.vault.clone(),
-        tokens: app.tokens.clone(),
-        store: app.store.clone(),
-        audit: app.audit.clone(),
-        consents: app.consents.clone(),
-        requests: app.requests.clone(),
-        trusted_keys: Arc::new(app.trusted_audit_keys()),
-        checkpoint_file: app.checkpoint_file.clone(),
-        reports: app.reports.clone(),
-        policy: app.policy.clone(),
-        limiter: Arc::new(FailureLimiter::new(opts.bad_token_limit)),
-    });
+    let state = http::AppState::new(app.pipeline(opts.bad_token_limit));
     app.policy
         .clone()
         .watch(opts.policy_reload, app.audit.clone());
@@ -309,6 +298,23 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
 }
 
 impl App {
+    /// The request pipeline over this vault, for an interface to call.
+    pub fn pipeline(&self, bad_token_limit: LimitConfig) -> pipeline::Pipeline {
+        pipeline::Pipeline {
+            vault: self.vault.clone(),
+            tokens: self.tokens.clone(),
+            store: self.store.clone(),
+            audit: self.audit.clone(),
+            consents: self.consents.clone(),
+            requests: self.requests.clone(),
+            trusted_keys: Arc::new(self.trusted_audit_keys()),
+            checkpoint_file: self.checkpoint_file.clone(),
+            reports: self.reports.clone(),
+            policy: self.policy.clone(),
+            limiter: Arc::new(FailureLimiter::new(bad_token_limit)),
+        }
+    }
+
     /// The public keys an auditor of this vault trusts: this node's, and every other
     /// `*.pub` file placed beside it (other nodes' keys).
     pub fn trusted_audit_keys(&self) -> Vec<AuditPublicKey> {

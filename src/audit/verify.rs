@@ -211,9 +211,7 @@ pub async fn verify(
     };
     let mut next = fetch(walker.at);
     'walk: loop {
-        let rows = next
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let rows = next.await.map_err(|e| StoreError::Task(e.to_string()))??;
         let Some(last) = rows.last() else { break };
         next = fetch(last.seq);
         for row in &rows {

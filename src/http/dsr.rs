@@ -196,7 +196,7 @@ async fn export(
         Err(e) => {
             state
                 .audit
-                .record_one(event.outcome(Decision::Error, super::error::reason_code(&e)))
+                .record_one(event.outcome(Decision::Error, crate::pipeline::reason_code(&e)))
                 .await?;
             return Err(e.into());
         }

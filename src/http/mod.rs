@@ -21,54 +21,27 @@ use axum::response::Response;
 use axum::Router;
 use tracing::Instrument;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::audit::Audit;
-use crate::authz::{FailureLimiter, Policy, Tokens};
-use crate::crypto::{random_id, AuditPublicKey};
-use crate::store::Store;
-use crate::vault::Vault;
+use crate::crypto::random_id;
+use crate::pipeline::Pipeline;
 
-/// What every handler can reach: one `Arc`, so that the per-extractor clone axum makes
-/// is a single reference count.
+/// What every handler can reach: the request pipeline, behind one `Arc` so that the
+/// per-extractor clone axum makes is a single reference count.
 #[derive(Clone, Debug)]
-pub struct AppState(Arc<Shared>);
+pub struct AppState(Arc<Pipeline>);
 
 impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
+    pub fn new(pipeline: Pipeline) -> Self {
+        Self(Arc::new(pipeline))
     }
 }
 
 impl std::ops::Deref for AppState {
-    type Target = Shared;
+    type Target = Pipeline;
 
-    fn deref(&self) -> &Shared {
+    fn deref(&self) -> &Pipeline {
         &self.0
-    }
-}
-
-/// The parts of the vault the HTTP layer reaches.
-#[derive(Debug)]
-pub struct Shared {
-    pub vault: Vault,
-    pub tokens: Tokens,
-    pub store: Store,
-    pub audit: Audit,
-    pub consents: crate::pipl::Consents,
-    pub requests: crate::pipl::Requests,
-    /// Public keys that verify audit checkpoints.
-    pub trusted_keys: Arc<Vec<AuditPublicKey>>,
-    pub checkpoint_file: PathBuf,
-    pub reports: Arc<crate::audit::Reports>,
-    pub policy: Arc<Policy>,
-    pub limiter: Arc<FailureLimiter>,
-}
-
-impl Shared {
-    pub async fn verify_audit(&self) -> anyhow::Result<crate::audit::VerifyReport> {
-        crate::verify_trail(&self.store, &self.trusted_keys, &self.checkpoint_file).await
     }
 }
 
@@ -111,10 +84,7 @@ async fn request_context(access_log: bool, mut req: Request, next: Next) -> Resp
     response
 }
 
-/// A subject id from a path or body; a malformed id is simply a subject that does not exist.
-fn subject_id(raw: &str) -> Result<crate::vault::SubjectId, ApiError> {
-    crate::vault::SubjectId::parse(raw).ok_or_else(ApiError::subject_not_found)
-}
+use crate::pipeline::subject_id;
 
 /// The whole API. `access_log`: one INFO line per request (else DEBUG).
 pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {

@@ -1,26 +1,17 @@
-//! `/v1/subjects`: create, read, correct, erase, look up; records per collection.
-//! Every decision and change is recorded in the audit trail before anything leaves:
-//! reads are audited after decryption and before the answer is sent; a change commits
-//! in the same transaction as its events (a change that fails records an `error`
-//! event instead).
-
-use std::collections::BTreeSet;
+//! `/v1/subjects`: create, read, correct, erase, look up; records per collection. Each
+//! handler translates the HTTP request for the pipeline (`pipeline::subjects`), which
+//! decides, acts and audits, and translates its answer back.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use super::error::{reason_code, ApiError};
-use super::extract::{ApiJson, Authorized};
+use super::error::ApiError;
+use super::extract::ApiJson;
 use super::AppState;
-use crate::audit::{Decision, Event};
-use crate::authz::FieldAccess;
-use crate::pipl::ConsentGate;
-use crate::store::SubjectSnapshot;
-use crate::vault::{SubjectId, VaultError, View};
+use crate::pipeline::{subjects, Authorized, FieldsInput, LookupInput, ReadInput};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,449 +24,63 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-use super::subject_id;
+type Answer = Result<Json<Value>, ApiError>;
 
-/// Art. 47 ¶2: a subject under legal hold is restricted to storage. Reads need the
-/// policy's `legal_hold` read grant; changes are refused for everyone.
-async fn hold_check(
-    state: &AppState,
-    who: &Authorized,
-    id: &SubjectId,
-    event: &Event,
-    reading: bool,
-) -> Result<(), ApiError> {
-    let held = state
-        .store
-        .legal_hold(id.as_str())
-        .await
-        .map_err(ApiError::internal)?
-        .is_some();
-    refuse_if_held(state, who, held, event, reading).await
-}
-
-/// [`hold_check`] on a hold state already read.
-async fn refuse_if_held(
-    state: &AppState,
-    who: &Authorized,
-    held: bool,
-    event: &Event,
-    reading: bool,
-) -> Result<(), ApiError> {
-    if held && !(reading && who.may("legal_hold", "read")) {
-        state
-            .audit
-            .record_one(event.clone().outcome(Decision::Deny, "legal_hold"))
-            .await?;
-        return Err(ApiError::Forbidden {
-            code: "legal_hold",
-            message: "this subject is under a legal hold: its data is kept in storage only".into(),
-            field: None,
-        });
-    }
-    Ok(())
-}
-
-/// The subject's consent to the request's purpose, when that purpose rests on consent.
-/// `snapshot`: the subject as already read (`None`: not read yet).
-async fn consent_gate(
-    state: &AppState,
-    who: &Authorized,
-    id: &SubjectId,
-    snapshot: Option<Option<&SubjectSnapshot>>,
-) -> Result<Option<ConsentGate>, ApiError> {
-    match who.policy.purposes().get(&who.purpose) {
-        Some(spec) if spec.requires_consent() => {
-            let today = time::OffsetDateTime::now_utc().date();
-            let minor = match snapshot {
-                Some(Some(s)) => state.vault.is_minor_in(id, s, today)?,
-                Some(None) => false,
-                None => state.vault.is_minor(id, today).await?,
-            };
-            Ok(Some(
-                state.consents.gate(id, &who.purpose, spec, minor).await?,
-            ))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// Records that an allowed operation failed, and passes the failure on. A trail that
-/// cannot be written is passed on as it is.
-async fn failed(state: &AppState, event: Event, e: VaultError) -> ApiError {
-    if let VaultError::Audit(a) = e {
-        return a.into();
-    }
-    let event = event.outcome(Decision::Error, reason_code(&e));
-    if let Err(audit) = state.audit.record_one(event).await {
-        return audit.into();
-    }
-    e.into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FieldsBody {
-    fields: Map<String, Value>,
-}
-
-/// Every field being written must be writable by this role for this purpose. Returns
-/// one event per field, to be committed with the change.
-async fn authorise_writes(
-    state: &AppState,
-    who: &Authorized,
-    action: &str,
-    id: &SubjectId,
-    fields: &Map<String, Value>,
-) -> Result<Vec<Event>, ApiError> {
-    let catalogue = state.vault.catalogue();
-    let mut events = Vec::new();
-    for name in fields.keys() {
-        if catalogue.field(name).is_err() {
-            continue;
-        }
-        let event = who.event(action).subject(id.as_str()).field(name);
-        who.require(state, name, "write", event.clone()).await?;
-        events.push(event);
-    }
-    Ok(events)
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn create(
     State(state): State<AppState>,
     who: Authorized,
-    ApiJson(body): ApiJson<FieldsBody>,
+    ApiJson(body): ApiJson<FieldsInput>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = SubjectId::generate();
-    let events = authorise_writes(&state, &who, "create", &id, &body.fields).await?;
-    if let Err(e) = state.vault.create(&id, &body.fields, events).await {
-        return Err(failed(&state, who.event("create").subject(id.as_str()), e).await);
-    }
-    tracing::debug!(subject = %id, fields = ?body.fields.keys().collect::<Vec<_>>(), "subject created");
-    Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str() }))))
+    let created = subjects::create(&state, &who, &body).await?;
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReadQuery {
-    /// Comma-separated field names; all classified fields when absent.
-    fields: Option<String>,
-    /// Comma-separated field names the caller wants masked.
-    masked: Option<String>,
-}
-
-fn names(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
 async fn read(
     State(state): State<AppState>,
     who: Authorized,
-    Path(raw_id): Path<String>,
-    Query(q): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let id = subject_id(&raw_id)?;
-    let catalogue = state.vault.catalogue();
-    let masked: BTreeSet<&str> = q
-        .masked
-        .as_deref()
-        .map(names)
-        .into_iter()
-        .flatten()
-        .collect();
-    for name in &masked {
-        catalogue.field(name).map_err(ApiError::Invalid)?;
-    }
-    // Named fields are answered one by one (denied ones say so); without `fields`, the
-    // answer holds every field this role may see for this purpose.
-    let explicit = q.fields.is_some();
-    let requested: Vec<String> = match q.fields.as_deref() {
-        Some(list) => names(list).map(str::to_owned).collect(),
-        None => catalogue
-            .fields()
-            .filter(|f| who.field_access(&f.name).is_some())
-            .map(|f| f.name.clone())
-            .collect(),
-    };
-    // Hold state, keys and ciphertexts in one round trip.
-    let snapshot = state.vault.snapshot(&id).await?;
-    let held = snapshot.as_ref().is_some_and(|s| s.legal_hold.is_some());
-    refuse_if_held(
-        &state,
-        &who,
-        held,
-        &who.event("read").subject(id.as_str()),
-        true,
-    )
-    .await?;
-    let gate = consent_gate(&state, &who, &id, Some(snapshot.as_deref())).await?;
-    let mut wanted = Vec::new();
-    let mut denied: Vec<(String, &'static str)> = Vec::new();
-    for name in requested {
-        let spec = catalogue.field(&name).map_err(ApiError::Invalid)?;
-        if let Some(code) = gate.as_ref().and_then(|g| g.check(spec.sensitive).code()) {
-            if who.field_access(&name).is_some() {
-                denied.push((name, code));
-                continue;
-            }
-        }
-        match who.field_access(&name) {
-            Some(FieldAccess::Clear) if !masked.contains(name.as_str()) => {
-                wanted.push((name, View::Clear))
-            }
-            Some(_) => wanted.push((name, View::Masked)),
-            None => denied.push((name, "policy_denied")),
-        }
-    }
-    let denials: Vec<Event> = denied
-        .iter()
-        .map(|(f, code)| {
-            who.event("read")
-                .subject(id.as_str())
-                .field(f)
-                .outcome(Decision::Deny, code)
-        })
-        .collect();
-    if wanted.is_empty() {
-        let fields: Vec<&str> = denied.iter().map(|(f, _)| f.as_str()).collect();
-        let fields = fields.join(",");
-        state.audit.record(denials).await?;
-        tracing::debug!(fields = %fields, "read denied");
-        let code = denied.first().map_or("policy_denied", |(_, c)| *c);
-        let message = match code {
-            "policy_denied" if explicit => {
-                "the policy does not allow reading these fields for this role and purpose"
-            }
-            "policy_denied" => "this role may read no field for this purpose",
-            "consent_outdated" => "the subject consented to an earlier version of this purpose",
-            "separate_consent_missing" => "this read needs the subject's separate consent",
-            "guardian_consent_missing" => {
-                "the subject is a minor: this read needs a parent's or guardian's consent"
-            }
-            _ => "this purpose needs the subject's consent, and there is none in force",
-        };
-        return Err(ApiError::Forbidden {
-            code,
-            message: message.into(),
-            field: (!fields.is_empty()).then_some(fields),
-        });
-    }
-    let opened = match &snapshot {
-        Some(s) => state.vault.open(&id, s, &wanted),
-        None => Err(VaultError::NotFound),
-    };
-    let fields = match opened {
-        Ok(f) => f,
-        Err(e) => {
-            state.audit.record(denials).await?;
-            return Err(failed(&state, who.event("read").subject(id.as_str()), e).await);
-        }
-    };
-    // Durable before the values leave: one event per field handed out, one per refusal.
-    let mut events = denials;
-    for (name, out) in &fields {
-        let action = if out.masked { "read_masked" } else { "read" };
-        events.push(who.event(action).subject(id.as_str()).field(name));
-    }
-    state.audit.record(events).await?;
-    tracing::debug!(fields = ?fields.keys().collect::<Vec<_>>(), denied = denied.len(), "subject read");
-    let mut answer = serde_json::to_value(&fields).map_err(ApiError::internal)?;
-    for (name, code) in &denied {
-        answer[name] = json!({ "error": {
-            "code": code,
-            "message": if *code == "policy_denied" {
-                "the policy does not allow reading this field for this role and purpose"
-            } else {
-                "the subject's consent does not cover this field for this purpose"
-            },
-        }});
-    }
-    Ok(Json(json!({ "id": id.as_str(), "fields": answer })))
+    Path(id): Path<String>,
+    Query(q): Query<ReadInput>,
+) -> Answer {
+    Ok(Json(subjects::read(&state, &who, &id, &q).await?))
 }
 
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
 async fn correct(
     State(state): State<AppState>,
     who: Authorized,
-    Path(raw_id): Path<String>,
-    ApiJson(body): ApiJson<FieldsBody>,
-) -> Result<Json<Value>, ApiError> {
-    let id = subject_id(&raw_id)?;
-    hold_check(
-        &state,
-        &who,
-        &id,
-        &who.event("correct").subject(id.as_str()),
-        false,
-    )
-    .await?;
-    let events = authorise_writes(&state, &who, "correct", &id, &body.fields).await?;
-    if let Err(e) = state.vault.correct(&id, &body.fields, events).await {
-        return Err(failed(&state, who.event("correct").subject(id.as_str()), e).await);
-    }
-    let updated: Vec<&String> = body.fields.keys().collect();
-    tracing::debug!(fields = ?updated, "subject corrected");
-    Ok(Json(json!({ "id": id.as_str(), "updated": updated })))
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<FieldsInput>,
+) -> Answer {
+    Ok(Json(subjects::correct(&state, &who, &id, &body).await?))
 }
 
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role, purpose = %who.purpose))]
-async fn erase(
-    State(state): State<AppState>,
-    who: Authorized,
-    Path(raw_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = subject_id(&raw_id)?;
-    let event = who.event("erase").subject(id.as_str());
-    who.require(&state, "subject", "delete", event.clone())
-        .await?;
-    hold_check(&state, &who, &id, &event, false).await?;
-    let result = state.vault.erase(&id, vec![event.clone()]).await;
-    state.consents.forget_subject(id.as_str());
-    if let Err(e) = result {
-        return Err(failed(&state, event, e).await);
-    }
-    tracing::info!("subject erased");
-    Ok(Json(json!({ "id": id.as_str(), "erased": true })))
+async fn erase(State(state): State<AppState>, who: Authorized, Path(id): Path<String>) -> Answer {
+    Ok(Json(subjects::erase(&state, &who, &id).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LookupBody {
-    field: String,
-    value: Value,
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
 async fn lookup(
     State(state): State<AppState>,
     who: Authorized,
-    ApiJson(body): ApiJson<LookupBody>,
-) -> Result<Json<Value>, ApiError> {
-    let known = state.vault.catalogue().field(&body.field).is_ok();
-    let event = who.event("lookup");
-    let event = if known {
-        event.field(&body.field)
-    } else {
-        event
-    };
-    if known && who.field_access(&body.field).is_none() {
-        who.require(&state, &body.field, "read_masked", event.clone())
-            .await?;
-    }
-    let found = match state.vault.lookup(&body.field, &body.value).await {
-        Ok(found) => found,
-        Err(e) => return Err(failed(&state, event, e).await),
-    };
-    // Subjects under a legal hold are found only by roles that may read held data.
-    let see_held = who.may("legal_hold", "read");
-    let mut ids: Vec<String> = found
-        .into_iter()
-        .filter(|(_, held)| see_held || !held)
-        .map(|(sid, _)| sid)
-        .collect();
-    // For a consent-based purpose, only subjects whose consent covers the field are found.
-    if who
-        .policy
-        .purposes()
-        .get(&who.purpose)
-        .is_some_and(|p| p.requires_consent())
-    {
-        let sensitive = state
-            .vault
-            .catalogue()
-            .field(&body.field)
-            .is_ok_and(|f| f.sensitive);
-        let mut kept = Vec::with_capacity(ids.len());
-        for sid in ids {
-            let Some(sid) = SubjectId::parse(&sid) else {
-                continue;
-            };
-            if let Some(gate) = consent_gate(&state, &who, &sid, None).await? {
-                if gate.check(sensitive).code().is_none() {
-                    kept.push(sid.as_str().to_owned());
-                }
-            }
-        }
-        ids = kept;
-    }
-    // One event per subject found (which subjects a caller located is itself an access).
-    let mut events: Vec<Event> = ids.iter().map(|s| event.clone().subject(s)).collect();
-    if events.is_empty() {
-        events.push(event.outcome(Decision::Allow, "no_match"));
-    }
-    state.audit.record(events).await?;
-    tracing::debug!(field = %body.field, matches = ids.len(), "lookup");
-    Ok(Json(json!({ "ids": ids })))
+    ApiJson(body): ApiJson<LookupInput>,
+) -> Answer {
+    Ok(Json(subjects::lookup(&state, &who, &body).await?))
 }
 
-fn known_collection(state: &AppState, name: &str) -> Result<(), ApiError> {
-    match state.vault.catalogue().collection(name) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::NotFound {
-            code: "collection_not_found",
-            message: "no such record collection in the classification",
-        }),
-    }
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
 async fn add_record(
     State(state): State<AppState>,
     who: Authorized,
-    Path((raw_id, collection)): Path<(String, String)>,
+    Path((id, collection)): Path<(String, String)>,
     ApiJson(document): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = subject_id(&raw_id)?;
-    known_collection(&state, &collection)?;
-    let event = who
-        .event("record.add")
-        .subject(id.as_str())
-        .field(&collection);
-    who.require(&state, &collection, "write", event.clone())
-        .await?;
-    hold_check(&state, &who, &id, &event, false).await?;
-    let record = crate::vault::RecordId::generate();
-    let event = event.target(record.as_str());
-    if let Err(e) = state
-        .vault
-        .add_record(&id, &collection, &record, &document, vec![event.clone()])
-        .await
-    {
-        return Err(failed(&state, event, e).await);
-    }
-    tracing::debug!(record = %record.as_str(), "record added");
-    Ok((StatusCode::CREATED, Json(json!({ "id": record.as_str() }))))
+    let added = subjects::add_record(&state, &who, &id, &collection, &document).await?;
+    Ok((StatusCode::CREATED, Json(added)))
 }
 
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, collection = %collection, role = %who.caller.role, purpose = %who.purpose))]
 async fn list_records(
     State(state): State<AppState>,
     who: Authorized,
-    Path((raw_id, collection)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let id = subject_id(&raw_id)?;
-    known_collection(&state, &collection)?;
-    let event = who
-        .event("record.read")
-        .subject(id.as_str())
-        .field(&collection);
-    who.require(&state, &collection, "read", event.clone())
-        .await?;
-    hold_check(&state, &who, &id, &event, true).await?;
-    let records = match state.vault.records(&id, &collection).await {
-        Ok(r) => r,
-        Err(e) => return Err(failed(&state, event, e).await),
-    };
-    let events: Vec<Event> = if records.is_empty() {
-        vec![event.outcome(Decision::Allow, "no_records")]
-    } else {
-        records
-            .iter()
-            .map(|r| event.clone().target(&r.id))
-            .collect()
-    };
-    state.audit.record(events).await?;
-    tracing::debug!(count = records.len(), "records listed");
-    Ok(Json(json!({ "records": records })))
+    Path((id, collection)): Path<(String, String)>,
+) -> Answer {
+    Ok(Json(
+        subjects::list_records(&state, &who, &id, &collection).await?,
+    ))
 }

@@ -1,0 +1,138 @@
+//! Why the pipeline refused or failed a request: one error type with stable machine
+//! codes, the same for every interface. The HTTP layer maps each kind to a status
+//! (`http/error.rs`); the internal cause is logged there, never sent, never a value.
+
+use crate::authz::TokenError;
+use crate::classify::ValidationError;
+use crate::vault::VaultError;
+
+#[derive(Debug)]
+pub enum Error {
+    Unauthorized {
+        code: &'static str,
+        message: &'static str,
+    },
+    Forbidden {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    TooManyFailures {
+        retry_after: u64,
+    },
+    NotFound {
+        code: &'static str,
+        message: &'static str,
+    },
+    Invalid(ValidationError),
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    PayloadTooLarge,
+    Unavailable,
+    /// The audit event could not be written: nothing is handed out or changed.
+    AuditUnavailable,
+    /// A stored ciphertext failed authentication: answered as an error, never as data.
+    Integrity,
+    Internal(String),
+}
+
+impl Error {
+    pub fn subject_not_found() -> Self {
+        Self::NotFound {
+            code: "subject_not_found",
+            message: "no such subject",
+        }
+    }
+
+    /// Denied by the access policy; names the field or object when there is one.
+    pub fn denied(message: impl Into<String>, field: Option<&str>) -> Self {
+        Self::Forbidden {
+            code: "policy_denied",
+            message: message.into(),
+            field: field.map(str::to_owned),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+}
+
+impl From<crate::audit::AuditError> for Error {
+    fn from(e: crate::audit::AuditError) -> Self {
+        tracing::error!(error = %e, "audit event not written; failing closed");
+        Self::AuditUnavailable
+    }
+}
+
+/// The stable reason code an audit event records for a failed operation.
+pub fn reason_code(e: &VaultError) -> &'static str {
+    match e {
+        VaultError::NotFound => "subject_not_found",
+        VaultError::UnknownCollection => "collection_not_found",
+        VaultError::Invalid(v) => v.rule,
+        VaultError::Integrity { .. } => "integrity_error",
+        VaultError::Audit(_) => "audit_unavailable",
+        _ => "internal",
+    }
+}
+
+impl From<VaultError> for Error {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NotFound => Self::NotFound {
+                code: "subject_not_found",
+                message: "no such subject",
+            },
+            VaultError::UnknownCollection => Self::NotFound {
+                code: "collection_not_found",
+                message: "no such record collection in the classification",
+            },
+            VaultError::Invalid(v) => Self::Invalid(v),
+            VaultError::Integrity { .. } => Self::Integrity,
+            VaultError::Audit(a) => a.into(),
+            VaultError::Store(crate::store::StoreError::Db(sqlx::Error::PoolTimedOut)) => {
+                Self::Unavailable
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Missing => Self::Unauthorized {
+                code: "token_missing",
+                message: "an Authorization: Bearer token is required",
+            },
+            TokenError::Invalid => Self::Unauthorized {
+                code: "token_invalid",
+                message: "the bearer token is not valid",
+            },
+            TokenError::Expired => Self::Unauthorized {
+                code: "token_expired",
+                message: "the bearer token has expired",
+            },
+            TokenError::Revoked => Self::Unauthorized {
+                code: "token_revoked",
+                message: "the bearer token has been revoked",
+            },
+            TokenError::BadRequest(m) => Self::bad_request("invalid_token_request", m),
+            TokenError::Store(crate::store::StoreError::Db(sqlx::Error::PoolTimedOut)) => {
+                Self::Unavailable
+            }
+            TokenError::Store(s) => Self::internal(s),
+            TokenError::Audit(a) => a.into(),
+        }
+    }
+}

@@ -135,9 +135,9 @@ pub async fn create(
     body: &FieldsInput,
 ) -> Result<Value, Error> {
     let id = SubjectId::generate();
-    let events = authorise_writes(&state, &who, "create", &id, &body.fields).await?;
+    let events = authorise_writes(state, who, "create", &id, &body.fields).await?;
     if let Err(e) = state.vault.create(&id, &body.fields, events).await {
-        return Err(failed(&state, who.event("create").subject(id.as_str()), e).await);
+        return Err(failed(state, who.event("create").subject(id.as_str()), e).await);
     }
     tracing::debug!(subject = %id, fields = ?body.fields.keys().collect::<Vec<_>>(), "subject created");
     Ok(json!({ "id": id.as_str() }))
@@ -191,14 +191,14 @@ pub async fn read(
     let snapshot = state.vault.snapshot(&id).await?;
     let held = snapshot.as_ref().is_some_and(|s| s.legal_hold.is_some());
     refuse_if_held(
-        &state,
-        &who,
+        state,
+        who,
         held,
         &who.event("read").subject(id.as_str()),
         true,
     )
     .await?;
-    let gate = consent_gate(&state, &who, &id, Some(snapshot.as_deref())).await?;
+    let gate = consent_gate(state, who, &id, Some(snapshot.as_deref())).await?;
     let mut wanted = Vec::new();
     let mut denied: Vec<(String, &'static str)> = Vec::new();
     for name in requested {
@@ -258,7 +258,7 @@ pub async fn read(
         Ok(f) => f,
         Err(e) => {
             state.audit.record(denials).await?;
-            return Err(failed(&state, who.event("read").subject(id.as_str()), e).await);
+            return Err(failed(state, who.event("read").subject(id.as_str()), e).await);
         }
     };
     // Durable before the values leave: one event per field handed out, one per refusal.
@@ -292,16 +292,16 @@ pub async fn correct(
 ) -> Result<Value, Error> {
     let id = subject_id(raw_id)?;
     hold_check(
-        &state,
-        &who,
+        state,
+        who,
         &id,
         &who.event("correct").subject(id.as_str()),
         false,
     )
     .await?;
-    let events = authorise_writes(&state, &who, "correct", &id, &body.fields).await?;
+    let events = authorise_writes(state, who, "correct", &id, &body.fields).await?;
     if let Err(e) = state.vault.correct(&id, &body.fields, events).await {
-        return Err(failed(&state, who.event("correct").subject(id.as_str()), e).await);
+        return Err(failed(state, who.event("correct").subject(id.as_str()), e).await);
     }
     let updated: Vec<&String> = body.fields.keys().collect();
     tracing::debug!(fields = ?updated, "subject corrected");
@@ -312,13 +312,13 @@ pub async fn correct(
 pub async fn erase(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<Value, Error> {
     let id = subject_id(raw_id)?;
     let event = who.event("erase").subject(id.as_str());
-    who.require(&state, "subject", "delete", event.clone())
+    who.require(state, "subject", "delete", event.clone())
         .await?;
-    hold_check(&state, &who, &id, &event, false).await?;
+    hold_check(state, who, &id, &event, false).await?;
     let result = state.vault.erase(&id, vec![event.clone()]).await;
     state.consents.forget_subject(id.as_str());
     if let Err(e) = result {
-        return Err(failed(&state, event, e).await);
+        return Err(failed(state, event, e).await);
     }
     tracing::info!("subject erased");
     Ok(json!({ "id": id.as_str(), "erased": true }))
@@ -346,12 +346,12 @@ pub async fn lookup(
         event
     };
     if known && who.field_access(&body.field).is_none() {
-        who.require(&state, &body.field, "read_masked", event.clone())
+        who.require(state, &body.field, "read_masked", event.clone())
             .await?;
     }
     let found = match state.vault.lookup(&body.field, &body.value).await {
         Ok(found) => found,
-        Err(e) => return Err(failed(&state, event, e).await),
+        Err(e) => return Err(failed(state, event, e).await),
     };
     // Subjects under a legal hold are found only by roles that may read held data.
     let see_held = who.may("legal_hold", "read");
@@ -377,7 +377,7 @@ pub async fn lookup(
             let Some(sid) = SubjectId::parse(&sid) else {
                 continue;
             };
-            if let Some(gate) = consent_gate(&state, &who, &sid, None).await? {
+            if let Some(gate) = consent_gate(state, who, &sid, None).await? {
                 if gate.check(sensitive).code().is_none() {
                     kept.push(sid.as_str().to_owned());
                 }
@@ -414,22 +414,22 @@ pub async fn add_record(
     document: &Value,
 ) -> Result<Value, Error> {
     let id = subject_id(raw_id)?;
-    known_collection(&state, &collection)?;
+    known_collection(state, collection)?;
     let event = who
         .event("record.add")
         .subject(id.as_str())
-        .field(&collection);
-    who.require(&state, &collection, "write", event.clone())
+        .field(collection);
+    who.require(state, collection, "write", event.clone())
         .await?;
-    hold_check(&state, &who, &id, &event, false).await?;
+    hold_check(state, who, &id, &event, false).await?;
     let record = crate::vault::RecordId::generate();
     let event = event.target(record.as_str());
     if let Err(e) = state
         .vault
-        .add_record(&id, &collection, &record, &document, vec![event.clone()])
+        .add_record(&id, collection, &record, document, vec![event.clone()])
         .await
     {
-        return Err(failed(&state, event, e).await);
+        return Err(failed(state, event, e).await);
     }
     tracing::debug!(record = %record.as_str(), "record added");
     Ok(json!({ "id": record.as_str() }))
@@ -443,17 +443,17 @@ pub async fn list_records(
     collection: &str,
 ) -> Result<Value, Error> {
     let id = subject_id(raw_id)?;
-    known_collection(&state, &collection)?;
+    known_collection(state, collection)?;
     let event = who
         .event("record.read")
         .subject(id.as_str())
-        .field(&collection);
-    who.require(&state, &collection, "read", event.clone())
+        .field(collection);
+    who.require(state, collection, "read", event.clone())
         .await?;
-    hold_check(&state, &who, &id, &event, true).await?;
-    let records = match state.vault.records(&id, &collection).await {
+    hold_check(state, who, &id, &event, true).await?;
+    let records = match state.vault.records(&id, collection).await {
         Ok(r) => r,
-        Err(e) => return Err(failed(&state, event, e).await),
+        Err(e) => return Err(failed(state, event, e).await),
     };
     let events: Vec<Event> = if records.is_empty() {
         vec![event.outcome(Decision::Allow, "no_records")]

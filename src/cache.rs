@@ -77,7 +77,7 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
 
     /// Caches `value`, unless something was forgotten since `generation` was taken.
     pub fn insert(&self, generation: u64, key: K, value: V) {
-        if !self.enabled.load(Ordering::Acquire) {
+        if self.max == 0 || !self.enabled.load(Ordering::Acquire) {
             return;
         }
         let mut inner = self.lock();
@@ -120,6 +120,10 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         } else {
             self.enabled.store(true, Ordering::Release);
         }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {

@@ -106,6 +106,9 @@ pub struct FileConfig {
     /// milliseconds (default 250): the bound within which a token revoked or a consent
     /// withdrawn on one node is honoured on the others.
     pub cache_sync_ms: Option<u64>,
+    /// Subjects whose ciphertexts and wrapped keys are kept in memory (default 50,000;
+    /// 0: none, every read asks the store).
+    pub subject_cache_entries: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -146,7 +146,11 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         settings.max_token_ttl,
     );
     let consents = pipl::Consents::new(store.clone(), audit.clone());
-    let vault = Vault::new(store.clone(), audit.clone(), keys, catalogue.clone());
+    let vault = Vault::new(store.clone(), audit.clone(), keys, catalogue.clone())
+        .with_snapshot_cache(
+            file.subject_cache_entries
+                .unwrap_or(vault::DEFAULT_SNAPSHOT_CACHE_ENTRIES),
+        );
     let retention = pipl::Retention::new(
         store.clone(),
         catalogue.clone(),

@@ -144,7 +144,7 @@ pub async fn create(
 }
 
 /// Which fields a read asks for.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadInput {
     /// Comma-separated field names; all classified fields when absent.

@@ -31,7 +31,7 @@ const WRITE_ATTEMPTS: usize = 3;
 /// Subjects whose ciphertexts, wrapped keys and hold state are kept in memory, and for
 /// how long at most. A change to a subject forgets it at once on this node, and through
 /// the change feed on others.
-const SNAPSHOT_CACHE_MAX: usize = 50_000;
+pub const DEFAULT_SNAPSHOT_CACHE_ENTRIES: usize = 50_000;
 const SNAPSHOT_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -118,11 +118,23 @@ impl Vault {
         Self {
             store,
             audit,
-            snapshots: Arc::new(Cache::new(SNAPSHOT_CACHE_MAX, SNAPSHOT_CACHE_TTL)),
+            snapshots: Arc::new(Cache::new(
+                DEFAULT_SNAPSHOT_CACHE_ENTRIES,
+                SNAPSHOT_CACHE_TTL,
+            )),
             keys,
             catalogue,
             key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
         }
+    }
+
+    /// Keeps at most `entries` subject snapshots in memory (0: none; every read asks the
+    /// store). The new cache is this vault's own; clones made before keep the old one.
+    pub fn with_snapshot_cache(mut self, entries: usize) -> Self {
+        let cache = Cache::new(entries, SNAPSHOT_CACHE_TTL);
+        cache.set_enabled(self.snapshots.enabled());
+        self.snapshots = Arc::new(cache);
+        self
     }
 
     /// Lowers the DEK usage bound (tests use this to exercise automatic DEK rotation).

@@ -5,6 +5,8 @@
 #
 #   benches/load/run.sh                      # both stores, 1/16/64 connections, 5 s each
 #   STORES=sqlite CONNS="64" DURATION=10 benches/load/run.sh
+#   FILL=1000000 SUBJECT_CACHE=0 WORKLOADS=read1 benches/load/run.sh   # scale: 1M subjects,
+#       every read from the store (filler rows grow the tables; see fill.py)
 #
 # Needs wrk (Debian package) and, for PostgreSQL, PIIVAULT_BENCH_DATABASE_URL or the
 # local server at postgres://postgres@127.0.0.1:5432/test. Load generator and server
@@ -16,6 +18,7 @@ CONNS=${CONNS:-"1 16 64"}
 DURATION=${DURATION:-5}
 SUBJECTS=${SUBJECTS:-2000}
 WORKLOADS=${WORKLOADS:-"healthz read1 read6 create lookup correct"}
+FILL=${FILL:-0}
 export PGOPTIONS="--client-min-messages=warning"
 PG_BASE=${PIIVAULT_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
@@ -37,6 +40,10 @@ run_store() {
     url="sqlite://$dir/piivault.db?mode=rwc"
   fi
   local args=(--data-dir "$dir" --database-url "$url")
+  if [ -n "${SUBJECT_CACHE:-}" ]; then
+    echo "subject_cache_entries = $SUBJECT_CACHE" >"$dir/bench.toml"
+    args+=(--config "$dir/bench.toml")
+  fi
   "$BIN" serve "${args[@]}" --listen 127.0.0.1:0 >"$dir/stdout.log" 2>"$dir/server.log" &
   pid=$!
   for _ in $(seq 1 100); do
@@ -46,12 +53,30 @@ run_store() {
   done
   [ -n "$port" ] || { echo "server did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
   local base="https://127.0.0.1:$port"
+  if [ "$FILL" -gt 0 ]; then
+    local t0=$SECONDS
+    if [ "$store" = postgres ]; then
+      python3 benches/load/fill.py postgres "$url" "$FILL"
+    else
+      python3 benches/load/fill.py sqlite "$dir/piivault.db" "$FILL"
+    fi
+    # Let the disk settle: the fill leaves gigabytes to write back, which would
+    # otherwise slow every commit's fsync during the measurement.
+    [ "$store" = postgres ] && psql "$url" -qc "CHECKPOINT" >/dev/null
+    sync
+    echo "filled $FILL filler subjects in $((SECONDS - t0)) s"
+  fi
   export PIIVAULT_BENCH_DSR_TOKEN PIIVAULT_BENCH_CS_TOKEN PIIVAULT_BENCH_IDS=$dir/ids.txt
   PIIVAULT_BENCH_DSR_TOKEN=$("$BIN" token issue "${args[@]}" --role dsr_handler --purpose dsr --ttl 1h 2>/dev/null)
   PIIVAULT_BENCH_CS_TOKEN=$("$BIN" token issue "${args[@]}" --role customer_service --purpose service --ttl 1h 2>/dev/null)
+  local before after
+  before=$(store_bytes "$store" "$dir" "$pgdb")
   python3 benches/load/seed.py "$base" "$dir/tls/ca.pem" "$PIIVAULT_BENCH_DSR_TOKEN" "$SUBJECTS" "$dir/ids.txt"
+  after=$(store_bytes "$store" "$dir" "$pgdb")
+  echo "store size per subject created over HTTP (data, index entries, key, audit events): $(( (after - before) / SUBJECTS )) bytes"
   local health=""
-  printf '\n%s (%s subjects seeded, %ss per run, wrk -t2)\n' "$store" "$SUBJECTS" "$DURATION"
+  printf '\n%s (%s subjects seeded, %s filler, subject cache %s, %ss per run, wrk -t2)\n' \
+    "$store" "$SUBJECTS" "$FILL" "${SUBJECT_CACHE:-default}" "$DURATION"
   printf '%-24s %5s %10s %9s %9s %8s %7s\n' workload conns req/s p50_ms p99_ms errors ratio
   for c in $CONNS; do
     for w in $WORKLOADS; do
@@ -72,6 +97,15 @@ run_store() {
     "$( [ "$store" = sqlite ] && du -sh "$dir/piivault.db" | cut -f1 || psql "$PG_BASE" -qAtc "SELECT pg_size_pretty(pg_database_size('$pgdb'))")"
   [ -n "$pgdb" ] && psql "$PG_BASE" -qc "DROP DATABASE IF EXISTS $pgdb WITH (FORCE)" >/dev/null
   rm -rf "$dir"
+}
+
+# Bytes the store takes now (SQLite: database and WAL files; PostgreSQL: the database).
+store_bytes() {
+  if [ "$1" = postgres ]; then
+    psql "$PG_BASE" -qAtc "SELECT pg_database_size('$3')"
+  else
+    cat "$2"/piivault.db "$2"/piivault.db-wal 2>/dev/null | wc -c
+  fi
 }
 
 # wrk prints 1.23ms, 456.00us or 1.20s: in milliseconds.

@@ -1,22 +1,17 @@
-//! Data-subject requests and the portable export bundle (role `dsr_handler`).
-
-use std::collections::BTreeMap;
+//! Data-subject requests, legal holds and the export bundle over HTTP
+//! (`pipeline::dsr`): the handlers translate; the pipeline decides and audits.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
 use super::AppState;
-use crate::audit::Decision;
-use crate::classify::ValidationError;
-use crate::pipl::RequestError;
-use crate::vault::View;
+use crate::pipeline::dsr::{self, CreateRequest, HoldRequest, ListQuery, UpdateRequest};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,300 +24,65 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-impl From<RequestError> for ApiError {
-    fn from(e: RequestError) -> Self {
-        match e {
-            RequestError::SubjectNotFound => ApiError::subject_not_found(),
-            RequestError::NotFound => ApiError::NotFound {
-                code: "request_not_found",
-                message: "no such request",
-            },
-            RequestError::Invalid(m) => {
-                ApiError::Invalid(ValidationError::new("request", "invalid", m))
-            }
-            RequestError::BadTransition { .. } => {
-                ApiError::bad_request("bad_transition", e.to_string())
-            }
-            RequestError::Store(s) => ApiError::internal(s),
-        }
-    }
-}
+type Answer = Result<Json<Value>, ApiError>;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    subject: String,
-    kind: String,
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role))]
 async fn create(
     State(state): State<AppState>,
     who: Authorized,
-    ApiJson(body): ApiJson<CreateBody>,
+    ApiJson(body): ApiJson<CreateRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let subject = super::subject_id(&body.subject)?;
-    let event = who.event("request.create").subject(subject.as_str());
-    who.require(&state, "requests", "write", event.clone())
-        .await?;
-    match state
-        .requests
-        .create(&subject, &body.kind, &who.caller.token_id)
-        .await
-    {
-        Ok(r) => {
-            state.audit.record_one(event.target(&r.id)).await?;
-            Ok((
-                StatusCode::CREATED,
-                Json(serde_json::to_value(r).map_err(ApiError::internal)?),
-            ))
-        }
-        Err(e) => {
-            state
-                .audit
-                .record_one(event.outcome(Decision::Error, "invalid"))
-                .await?;
-            Err(e.into())
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    overdue: bool,
+    Ok((
+        StatusCode::CREATED,
+        Json(dsr::create(&state, &who, &body).await?),
+    ))
 }
 
 async fn list(
     State(state): State<AppState>,
     who: Authorized,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let event = who.event("request.list");
-    who.require(&state, "requests", "read", event.clone())
-        .await?;
-    let requests = state.requests.list(q.overdue).await?;
-    state.audit.record_one(event).await?;
-    Ok(Json(json!({ "requests": requests })))
+) -> Answer {
+    Ok(Json(dsr::list(&state, &who, &q).await?))
 }
 
-async fn show(
-    State(state): State<AppState>,
-    who: Authorized,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let event = who.event("request.read").target(&id);
-    who.require(&state, "requests", "read", event.clone())
-        .await?;
-    let request = state.requests.get(&id).await?;
-    state
-        .audit
-        .record_one(event.subject(&request.subject))
-        .await?;
-    Ok(Json(
-        serde_json::to_value(request).map_err(ApiError::internal)?,
-    ))
+async fn show(State(state): State<AppState>, who: Authorized, Path(id): Path<String>) -> Answer {
+    Ok(Json(dsr::show(&state, &who, &id).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    status: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, request = %id))]
 async fn update(
     State(state): State<AppState>,
     who: Authorized,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
-    let event = who.event("request.update").target(&id);
-    who.require(&state, "requests", "write", event.clone())
-        .await?;
-    match state
-        .requests
-        .transition(&id, &body.status, body.reason.as_deref())
-        .await
-    {
-        Ok(r) => {
-            let reason = format!(
-                "{}{}",
-                r.status,
-                r.reason
-                    .as_deref()
-                    .map(|x| format!(":{x}"))
-                    .unwrap_or_default()
-            );
-            state
-                .audit
-                .record_one(event.subject(&r.subject).outcome(Decision::Allow, &reason))
-                .await?;
-            Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
-        }
-        Err(e) => {
-            state
-                .audit
-                .record_one(event.outcome(Decision::Error, "invalid"))
-                .await?;
-            Err(e.into())
-        }
-    }
+    ApiJson(body): ApiJson<UpdateRequest>,
+) -> Answer {
+    Ok(Json(dsr::update(&state, &who, &id, &body).await?))
 }
 
-/// The portable bundle: every value held about the subject in clear, every record,
-/// consents with history, and the subject's own access history from the audit trail
-/// (who by role, when, what, for what purpose; no token ids or request ids).
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+/// The portable bundle, as a download named after the subject id (never after PI).
 async fn export(
     State(state): State<AppState>,
     who: Authorized,
-    Path(raw_id): Path<String>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = super::subject_id(&raw_id)?;
-    let event = who.event("export").subject(id.as_str());
-    who.require(&state, "subject", "export", event.clone())
-        .await?;
-    let catalogue = state.vault.catalogue();
-    let wanted: Vec<(String, View)> = catalogue
-        .fields()
-        .map(|f| (f.name.clone(), View::Clear))
-        .collect();
-    let fields = match state.vault.read(&id, &wanted).await {
-        Ok(f) => f,
-        Err(e) => {
-            state
-                .audit
-                .record_one(event.outcome(Decision::Error, crate::pipeline::reason_code(&e)))
-                .await?;
-            return Err(e.into());
-        }
-    };
-    let mut records = BTreeMap::new();
-    for c in catalogue.collections() {
-        records.insert(c.name.clone(), state.vault.records(&id, &c.name).await?);
-    }
-    let (consents, consent_history) = state.consents.list(&id, who.policy.purposes()).await?;
-    // Which internal token recorded a consent is not the subject's business.
-    let consent_history: Vec<Value> = consent_history
-        .into_iter()
-        .filter_map(|e| serde_json::to_value(e).ok())
-        .map(|mut e| {
-            if let Some(o) = e.as_object_mut() {
-                o.remove("by");
-            }
-            e
-        })
-        .collect();
-    let history: Vec<Value> = state
-        .store
-        .audit_events_for_subject(id.as_str())
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|e| {
-            json!({
-                "time": crate::store::rfc3339(e.ts),
-                "by_role": e.actor_role,
-                "action": e.action,
-                "field": e.field,
-                "purpose": e.purpose,
-                "decision": e.decision,
-            })
-        })
-        .collect();
-    // Durable before the bundle leaves.
-    state.audit.record_one(event).await?;
-    let values: BTreeMap<&String, &Value> = fields.iter().map(|(k, v)| (k, &v.value)).collect();
-    let bundle = json!({
-        "format": "piivault-export/1",
-        "subject": id.as_str(),
-        "exported_at": crate::store::rfc3339(crate::store::now_ms()),
-        "fields": values,
-        "records": records,
-        "consents": { "current": consents, "history": consent_history },
-        "access_history": history,
-    });
-    let disposition = format!("attachment; filename=\"{}-export.json\"", id.as_str());
+    let bundle = dsr::export(&state, &who, &id).await?;
+    let subject = bundle["subject"].as_str().unwrap_or("subject").to_owned();
+    let disposition = format!("attachment; filename=\"{subject}-export.json\"");
     Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(bundle)).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HoldBody {
-    /// An opaque case reference (letters, digits, `-`, `_`; at most 64), never a description.
-    case: String,
-}
-
-fn valid_case(case: &str) -> bool {
-    (1..=64).contains(&case.len())
-        && case
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// Places a legal hold (PIPL Art. 47 ¶2): retention sweeps skip the subject and its data
-/// is restricted to storage.
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 async fn place_hold(
     State(state): State<AppState>,
     who: Authorized,
-    Path(raw_id): Path<String>,
-    ApiJson(body): ApiJson<HoldBody>,
-) -> Result<Json<Value>, ApiError> {
-    super::subject_id(&raw_id)?;
-    if !valid_case(&body.case) {
-        return Err(ApiError::Invalid(ValidationError::new(
-            "case",
-            "case_format",
-            "a case reference is 1 to 64 letters, digits, - or _",
-        )));
-    }
-    set_hold(&state, &who, &raw_id, Some(&body.case)).await
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<HoldRequest>,
+) -> Answer {
+    Ok(Json(dsr::place_hold(&state, &who, &id, &body).await?))
 }
 
-#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 async fn lift_hold(
     State(state): State<AppState>,
     who: Authorized,
-    Path(raw_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    set_hold(&state, &who, &raw_id, None).await
-}
-
-/// Places (`Some(case)`) or lifts a hold: authorised, audited before it is made, and
-/// audited again as an error if there is no such subject.
-async fn set_hold(
-    state: &AppState,
-    who: &Authorized,
-    raw_id: &str,
-    case: Option<&str>,
-) -> Result<Json<Value>, ApiError> {
-    let id = super::subject_id(raw_id)?;
-    let event = match case {
-        Some(case) => who.event("hold.place").target(case),
-        None => who.event("hold.lift"),
-    }
-    .subject(id.as_str());
-    who.require(state, "legal_hold", "write", event.clone())
-        .await?;
-    match state
-        .vault
-        .set_legal_hold(&id, case, vec![event.clone()])
-        .await
-    {
-        Ok(()) => {}
-        Err(crate::vault::VaultError::NotFound) => {
-            state
-                .audit
-                .record_one(event.outcome(Decision::Error, "subject_not_found"))
-                .await?;
-            return Err(ApiError::subject_not_found());
-        }
-        Err(e) => return Err(e.into()),
-    }
-    Ok(Json(json!({ "id": id.as_str(), "legal_hold": case })))
+    Path(id): Path<String>,
+) -> Answer {
+    Ok(Json(dsr::lift_hold(&state, &who, &id).await?))
 }

@@ -84,8 +84,6 @@ async fn request_context(access_log: bool, mut req: Request, next: Next) -> Resp
     response
 }
 
-use crate::pipeline::subject_id;
-
 /// The whole API. `access_log`: one INFO line per request (else DEBUG).
 pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {
     Router::new()

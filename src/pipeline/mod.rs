@@ -6,6 +6,8 @@
 //! (HashiCorp Vault is the model: `http/` builds a request, `request_handling.go` does
 //! token check, ACL, audit and routing.)
 
+pub mod consents;
+pub mod dsr;
 mod error;
 pub mod subjects;
 

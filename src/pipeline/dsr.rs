@@ -1,0 +1,293 @@
+//! Data-subject requests, legal holds and the portable export bundle (role
+//! `dsr_handler`): decided, carried out and audited here for every interface.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Authorized, Error, Pipeline};
+use crate::audit::Decision;
+use crate::classify::ValidationError;
+use crate::pipl::RequestError;
+use crate::vault::View;
+
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::SubjectNotFound => Error::subject_not_found(),
+            RequestError::NotFound => Error::NotFound {
+                code: "request_not_found",
+                message: "no such request",
+            },
+            RequestError::Invalid(m) => {
+                Error::Invalid(ValidationError::new("request", "invalid", m))
+            }
+            RequestError::BadTransition { .. } => {
+                Error::bad_request("bad_transition", e.to_string())
+            }
+            RequestError::Store(s) => Error::internal(s),
+        }
+    }
+}
+
+/// A new data-subject request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub subject: String,
+    pub kind: String,
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role))]
+pub async fn create(
+    state: &Pipeline,
+    who: &Authorized,
+    body: &CreateRequest,
+) -> Result<Value, Error> {
+    let subject = super::subject_id(&body.subject)?;
+    let event = who.event("request.create").subject(subject.as_str());
+    who.require(state, "requests", "write", event.clone())
+        .await?;
+    match state
+        .requests
+        .create(&subject, &body.kind, &who.caller.token_id)
+        .await
+    {
+        Ok(r) => {
+            state.audit.record_one(event.target(&r.id)).await?;
+            serde_json::to_value(r).map_err(Error::internal)
+        }
+        Err(e) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, "invalid"))
+                .await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Which requests to list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub overdue: bool,
+}
+
+pub async fn list(state: &Pipeline, who: &Authorized, q: &ListQuery) -> Result<Value, Error> {
+    let event = who.event("request.list");
+    who.require(state, "requests", "read", event.clone())
+        .await?;
+    let requests = state.requests.list(q.overdue).await?;
+    state.audit.record_one(event).await?;
+    Ok(json!({ "requests": requests }))
+}
+
+pub async fn show(state: &Pipeline, who: &Authorized, id: &str) -> Result<Value, Error> {
+    let event = who.event("request.read").target(id);
+    who.require(state, "requests", "read", event.clone())
+        .await?;
+    let request = state.requests.get(id).await?;
+    state
+        .audit
+        .record_one(event.subject(&request.subject))
+        .await?;
+    serde_json::to_value(request).map_err(Error::internal)
+}
+
+/// A request's new status, with the reason for a rejection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, request = %id))]
+pub async fn update(
+    state: &Pipeline,
+    who: &Authorized,
+    id: &str,
+    body: &UpdateRequest,
+) -> Result<Value, Error> {
+    let event = who.event("request.update").target(id);
+    who.require(state, "requests", "write", event.clone())
+        .await?;
+    match state
+        .requests
+        .transition(id, &body.status, body.reason.as_deref())
+        .await
+    {
+        Ok(r) => {
+            let reason = format!(
+                "{}{}",
+                r.status,
+                r.reason
+                    .as_deref()
+                    .map(|x| format!(":{x}"))
+                    .unwrap_or_default()
+            );
+            state
+                .audit
+                .record_one(event.subject(&r.subject).outcome(Decision::Allow, &reason))
+                .await?;
+            serde_json::to_value(r).map_err(Error::internal)
+        }
+        Err(e) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, "invalid"))
+                .await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// The portable bundle: every value held about the subject in clear, every record,
+/// consents with history, and the subject's own access history from the audit trail
+/// (who by role, when, what, for what purpose; no token ids or request ids).
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    let event = who.event("export").subject(id.as_str());
+    who.require(state, "subject", "export", event.clone())
+        .await?;
+    let catalogue = state.vault.catalogue();
+    let wanted: Vec<(String, View)> = catalogue
+        .fields()
+        .map(|f| (f.name.clone(), View::Clear))
+        .collect();
+    let fields = match state.vault.read(&id, &wanted).await {
+        Ok(f) => f,
+        Err(e) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, crate::pipeline::reason_code(&e)))
+                .await?;
+            return Err(e.into());
+        }
+    };
+    let mut records = BTreeMap::new();
+    for c in catalogue.collections() {
+        records.insert(c.name.clone(), state.vault.records(&id, &c.name).await?);
+    }
+    let (consents, consent_history) = state.consents.list(&id, who.policy.purposes()).await?;
+    // Which internal token recorded a consent is not the subject's business.
+    let consent_history: Vec<Value> = consent_history
+        .into_iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .map(|mut e| {
+            if let Some(o) = e.as_object_mut() {
+                o.remove("by");
+            }
+            e
+        })
+        .collect();
+    let history: Vec<Value> = state
+        .store
+        .audit_events_for_subject(id.as_str())
+        .await
+        .map_err(Error::internal)?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "time": crate::store::rfc3339(e.ts),
+                "by_role": e.actor_role,
+                "action": e.action,
+                "field": e.field,
+                "purpose": e.purpose,
+                "decision": e.decision,
+            })
+        })
+        .collect();
+    // Durable before the bundle leaves.
+    state.audit.record_one(event).await?;
+    let values: BTreeMap<&String, &Value> = fields.iter().map(|(k, v)| (k, &v.value)).collect();
+    let bundle = json!({
+        "format": "piivault-export/1",
+        "subject": id.as_str(),
+        "exported_at": crate::store::rfc3339(crate::store::now_ms()),
+        "fields": values,
+        "records": records,
+        "consents": { "current": consents, "history": consent_history },
+        "access_history": history,
+    });
+    Ok(bundle)
+}
+
+/// A legal hold to place.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// An opaque case reference (letters, digits, `-`, `_`; at most 64), never a description.
+    pub case: String,
+}
+
+fn valid_case(case: &str) -> bool {
+    (1..=64).contains(&case.len())
+        && case
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Places a legal hold (PIPL Art. 47 ¶2): retention sweeps skip the subject and its data
+/// is restricted to storage.
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+pub async fn place_hold(
+    state: &Pipeline,
+    who: &Authorized,
+    raw_id: &str,
+    body: &HoldRequest,
+) -> Result<Value, Error> {
+    super::subject_id(raw_id)?;
+    if !valid_case(&body.case) {
+        return Err(Error::Invalid(ValidationError::new(
+            "case",
+            "case_format",
+            "a case reference is 1 to 64 letters, digits, - or _",
+        )));
+    }
+    set_hold(state, who, raw_id, Some(&body.case)).await
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+pub async fn lift_hold(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<Value, Error> {
+    set_hold(state, who, raw_id, None).await
+}
+
+/// Places (`Some(case)`) or lifts a hold: authorised, audited before it is made, and
+/// audited again as an error if there is no such subject.
+async fn set_hold(
+    state: &Pipeline,
+    who: &Authorized,
+    raw_id: &str,
+    case: Option<&str>,
+) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    let event = match case {
+        Some(case) => who.event("hold.place").target(case),
+        None => who.event("hold.lift"),
+    }
+    .subject(id.as_str());
+    who.require(state, "legal_hold", "write", event.clone())
+        .await?;
+    match state
+        .vault
+        .set_legal_hold(&id, case, vec![event.clone()])
+        .await
+    {
+        Ok(()) => {}
+        Err(crate::vault::VaultError::NotFound) => {
+            state
+                .audit
+                .record_one(event.outcome(Decision::Error, "subject_not_found"))
+                .await?;
+            return Err(Error::subject_not_found());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(json!({ "id": id.as_str(), "legal_hold": case }))
+}

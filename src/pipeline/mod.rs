@@ -6,10 +6,12 @@
 //! (HashiCorp Vault is the model: `http/` builds a request, `request_handling.go` does
 //! token check, ACL, audit and routing.)
 
+pub mod audit;
 pub mod consents;
 pub mod dsr;
 mod error;
 pub mod subjects;
+pub mod tokens;
 
 pub use error::{reason_code, Error};
 pub use subjects::{subject_id, FieldsInput, LookupInput, ReadInput};

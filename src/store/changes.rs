@@ -9,7 +9,7 @@ pub const SUBJECT: &str = "subject";
 
 /// Advisory lock key shared with the audit chain: on PostgreSQL change rows are
 /// numbered under it, so a poller that has seen `seq` can never later meet a smaller one.
-const CHAIN_LOCK: i64 = super::audit::CHAIN_LOCK;
+pub(super) const CHAIN_LOCK: i64 = super::audit::CHAIN_LOCK;
 
 /// Records a change, inside the transaction that makes it.
 pub(super) async fn note(

@@ -86,6 +86,162 @@ async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Numbered, typed parameters for one PostgreSQL statement.
+#[derive(Default)]
+struct Params {
+    args: sqlx::any::AnyArguments<'static>,
+    n: usize,
+}
+
+impl Params {
+    /// Binds `value` and returns its placeholder, cast to `ty`.
+    fn push<T>(&mut self, value: T, ty: &str) -> String
+    where
+        T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
+    {
+        use sqlx::Arguments;
+        // Encoding an owned integer, text or byte buffer cannot fail; if it ever did,
+        // the statement fails on a missing argument.
+        let _ = self.args.add(value);
+        self.n += 1;
+        format!("${}::{ty}", self.n)
+    }
+}
+
+/// A correction on PostgreSQL in one round trip: data-modifying CTEs, each guarded by
+/// the subject row that the first one updates (and locks), so that nothing is written
+/// for a subject that does not exist or was erased. They all see one snapshot, so the
+/// blind-index delete spares the entries the insert would put back.
+async fn correct_in_one_statement(
+    conn: &mut Conn,
+    w: SubjectWrite,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut p = Params::default();
+    let id = p.push(w.subject_id.clone(), "text");
+    let at = p.push(now, "bigint");
+    let guard = "EXISTS (SELECT 1 FROM touched)";
+    let mut ctes = vec![format!(
+        "touched AS (UPDATE subjects SET updated_at = {at} WHERE id = {id} AND erased_at IS NULL RETURNING id)"
+    )];
+    let n = w.set.len() as i64;
+    if let Some(key) = &w.new_key {
+        let (version, kek, wrapped, count) = (
+            p.push(key.version, "bigint"),
+            p.push(key.kek_version, "bigint"),
+            p.push(key.wrapped.clone(), "bytea"),
+            p.push(n, "bigint"),
+        );
+        ctes.push(format!(
+            "new_key AS (INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
+             SELECT {id}, {version}, {kek}, {wrapped}, {count}, {at} WHERE {guard})"
+        ));
+    } else if n > 0 {
+        let (count, version) = (p.push(n, "bigint"), p.push(w.key_version, "bigint"));
+        ctes.push(format!(
+            "counted AS (UPDATE subject_keys SET encryptions = encryptions + {count} \
+             WHERE subject_id = {id} AND version = {version} AND {guard})"
+        ));
+    }
+    let changed: Vec<String> = w
+        .set
+        .iter()
+        .map(|f| f.field.clone())
+        .chain(w.remove.iter().cloned())
+        .collect();
+    if !changed.is_empty() {
+        let list: Vec<String> = changed.into_iter().map(|f| p.push(f, "text")).collect();
+        let keep: Vec<String> = w
+            .index
+            .iter()
+            .map(|e| {
+                format!(
+                    "({}, {})",
+                    p.push(e.field.clone(), "text"),
+                    p.push(e.digest.clone(), "bytea")
+                )
+            })
+            .collect();
+        let spare = if keep.is_empty() {
+            String::new()
+        } else {
+            format!(" AND (field, digest) NOT IN ({})", keep.join(", "))
+        };
+        ctes.push(format!(
+            "unindexed AS (DELETE FROM blind_index WHERE subject_id = {id} AND field IN ({}){spare} AND {guard})",
+            list.join(", ")
+        ));
+    }
+    if !w.remove.is_empty() {
+        let list: Vec<String> = w.remove.iter().map(|f| p.push(f.clone(), "text")).collect();
+        ctes.push(format!(
+            "removed AS (DELETE FROM subject_fields WHERE subject_id = {id} AND field IN ({}) AND {guard})",
+            list.join(", ")
+        ));
+    }
+    if !w.set.is_empty() {
+        let rows: Vec<String> = w
+            .set
+            .into_iter()
+            .map(|f| {
+                format!(
+                    "({}, {}, {})",
+                    p.push(f.field, "text"),
+                    p.push(f.dek_version, "bigint"),
+                    p.push(f.sealed, "bytea")
+                )
+            })
+            .collect();
+        ctes.push(format!(
+            "upserted AS (INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) \
+             SELECT {id}, v.field, v.dek_version, v.sealed, {at} FROM (VALUES {}) AS v (field, dek_version, sealed) \
+             WHERE {guard} ON CONFLICT (subject_id, field) DO UPDATE SET \
+             dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at)",
+            rows.join(", ")
+        ));
+    }
+    if !w.index.is_empty() {
+        let rows: Vec<String> = w
+            .index
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "({}, {})",
+                    p.push(e.field, "text"),
+                    p.push(e.digest, "bytea")
+                )
+            })
+            .collect();
+        ctes.push(format!(
+            "indexed AS (INSERT INTO blind_index (field, digest, subject_id) \
+             SELECT v.field, v.digest, {id} FROM (VALUES {}) AS v (field, digest) \
+             WHERE {guard} ON CONFLICT DO NOTHING)",
+            rows.join(", ")
+        ));
+    }
+    let (kind, lock) = (
+        p.push(super::changes::SUBJECT.to_owned(), "text"),
+        p.push(super::changes::CHAIN_LOCK, "bigint"),
+    );
+    ctes.push(format!(
+        "noted AS (INSERT INTO cache_changes (kind, key, at) SELECT {kind}, {id}, {at} \
+         FROM (SELECT pg_advisory_xact_lock({lock})) AS l WHERE {guard})"
+    ));
+    let sql = format!("WITH {} SELECT count(*) FROM touched", ctes.join(", "));
+    let found: i64 = match sqlx::query_scalar_with(&sql, p.args)
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok(found) => found,
+        Err(e) if super::is_conflict(&e) => return Err(StoreError::Conflict),
+        Err(e) => return Err(e.into()),
+    };
+    if found == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 /// The blind index, to be searched by subject. Without statistics SQLite would search
 /// its primary key (field, digest, subject) by field alone, walking every subject's
 /// entry for that field: a scan that grows with the vault.
@@ -270,6 +426,9 @@ impl Store {
         op(move |conn| {
             Box::pin(async move {
                 let now = now_ms();
+                if conn.backend_name() == "PostgreSQL" {
+                    return correct_in_one_statement(conn, w, now).await;
+                }
                 touch(conn, &w.subject_id, now).await?;
                 let mut script = Script::new(conn);
                 if let Some(key) = &w.new_key {

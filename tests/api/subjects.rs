@@ -164,6 +164,27 @@ both_stores!(round_trip_every_field_type_and_records, |db| async move {
         )
         .await;
     assert_eq!(body["ids"], json!([]));
+    // The same value written again stays findable.
+    let (status, _) = t
+        .call(
+            Method::PATCH,
+            &format!("/v1/subjects/{id}"),
+            Some(&tok),
+            Some("dsr"),
+            Some(&json!({"fields": {"phone": "13700001111", "email": "again@example.com"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = t
+        .call(
+            Method::POST,
+            "/v1/subjects/lookup",
+            Some(&tok),
+            Some("dsr"),
+            Some(&lookup("13700001111")),
+        )
+        .await;
+    assert_eq!(body["ids"], json!([id]));
 
     // Unknown subject, malformed id.
     for path in [

@@ -242,6 +242,78 @@ async fn correct_in_one_statement(
     Ok(())
 }
 
+/// A new subject on PostgreSQL in one round trip: its row, first key, fields and index
+/// entries as data-modifying CTEs (a colliding id fails the whole statement).
+async fn create_in_one_statement(
+    conn: &mut Conn,
+    s: NewSubject,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut p = Params::default();
+    let id = p.push(s.id.clone(), "text");
+    let at = p.push(now, "bigint");
+    let (version, kek, wrapped, count) = (
+        p.push(s.key.version, "bigint"),
+        p.push(s.key.kek_version, "bigint"),
+        p.push(s.key.wrapped.clone(), "bytea"),
+        p.push(s.fields.len() as i64, "bigint"),
+    );
+    let mut ctes = vec![
+        format!("created AS (INSERT INTO subjects (id, created_at, updated_at) VALUES ({id}, {at}, {at}) RETURNING id)"),
+        format!(
+            "keyed AS (INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
+             SELECT id, {version}, {kek}, {wrapped}, {count}, {at} FROM created)"
+        ),
+    ];
+    if !s.fields.is_empty() {
+        let rows: Vec<String> = s
+            .fields
+            .into_iter()
+            .map(|f| {
+                format!(
+                    "({}, {}, {})",
+                    p.push(f.field, "text"),
+                    p.push(f.dek_version, "bigint"),
+                    p.push(f.sealed, "bytea")
+                )
+            })
+            .collect();
+        ctes.push(format!(
+            "filled AS (INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) \
+             SELECT c.id, v.field, v.dek_version, v.sealed, {at} FROM created c, (VALUES {}) AS v (field, dek_version, sealed))",
+            rows.join(", ")
+        ));
+    }
+    if !s.index.is_empty() {
+        let rows: Vec<String> = s
+            .index
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "({}, {})",
+                    p.push(e.field, "text"),
+                    p.push(e.digest, "bytea")
+                )
+            })
+            .collect();
+        ctes.push(format!(
+            "indexed AS (INSERT INTO blind_index (field, digest, subject_id) \
+             SELECT v.field, v.digest, c.id FROM created c, (VALUES {}) AS v (field, digest) ON CONFLICT DO NOTHING)",
+            rows.join(", ")
+        ));
+    }
+    let sql = format!("WITH {} SELECT count(*) FROM created", ctes.join(", "));
+    match sqlx::query_scalar_with::<_, i64, _>(&sql, p.args)
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(StoreError::Conflict),
+        Err(e) if super::is_conflict(&e) => Err(StoreError::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The blind index, to be searched by subject. Without statistics SQLite would search
 /// its primary key (field, digest, subject) by field alone, walking every subject's
 /// entry for that field: a scan that grows with the vault.
@@ -407,6 +479,9 @@ impl Store {
         op(move |conn| {
             Box::pin(async move {
                 let now = now_ms();
+                if conn.backend_name() == "PostgreSQL" {
+                    return create_in_one_statement(conn, s, now).await;
+                }
                 let mut script = Script::new(conn);
                 script
                     .sql("INSERT INTO subjects (id, created_at, updated_at) VALUES (?, ?, ?)")

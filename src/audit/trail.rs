@@ -22,6 +22,9 @@ use super::event::{chain_hash, Event};
 use crate::crypto::AuditKey;
 use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp, Writer};
 
+/// Most changes (savepoints) in one batch on PostgreSQL (see `writer`).
+const MAX_CHANGES_PER_BATCH_POSTGRES: usize = 48;
+
 /// Checkpoints triggered by the event count are at least this far apart.
 const MIN_CHECKPOINT_GAP: Duration = Duration::from_secs(1);
 
@@ -331,12 +334,34 @@ async fn writer(
     max_batch: usize,
     healthy: Arc<AtomicBool>,
 ) {
-    while let Some(first) = rx.recv().await {
+    // Each change runs in a savepoint. PostgreSQL keeps at most 64 subtransactions of a
+    // transaction in its fast cache; past that, every visibility check of the rows the
+    // transaction touched goes to pg_subtrans, for every session. So a batch carries
+    // fewer changes than that on PostgreSQL (SQLite has no such limit).
+    let max_changes = match store.backend() {
+        crate::store::Backend::Postgres => MAX_CHANGES_PER_BATCH_POSTGRES,
+        crate::store::Backend::Sqlite => usize::MAX,
+    };
+    let mut held: Option<Pending> = None;
+    loop {
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut changes = usize::from(first.op.is_some());
+        let mut n = first.rows.len();
         let mut batch = vec![first];
-        let mut n = batch[0].rows.len();
         while n < max_batch {
             match rx.try_recv() {
+                Ok(p) if p.op.is_some() && changes >= max_changes => {
+                    held = Some(p);
+                    break;
+                }
                 Ok(p) => {
+                    changes += usize::from(p.op.is_some());
                     n += p.rows.len();
                     batch.push(p);
                 }

@@ -3,14 +3,14 @@
 //! Run: cargo bench --bench audit   (SQLite; PIIVAULT_TEST_DATABASE_URL adds nothing here)
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use piivault::audit::Event;
-use piivault::config::{LogFormat, Settings};
-use piivault::crypto::MasterKeySource;
-use piivault::vault::{SubjectId, View};
+use piivault::vault::View;
 
 const CONCURRENCY: usize = 32;
 
@@ -51,37 +51,13 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            data_dir: dir.path().to_path_buf(),
-            database_url: format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("bench.db").display()
-            ),
-            policy_dir: None,
-            reports_dir: None,
-            master: MasterKeySource::File {
-                path: dir.path().join("master.key"),
-                create: true,
-            },
-            log_format: LogFormat::Text,
-            max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
-            audit_key_file: dir.path().join("audit/signing.key"),
-            file: Default::default(),
-        };
+        let settings = support::settings(dir.path());
         let app = piivault::open(&settings).await.unwrap();
-        let id = SubjectId::generate();
-        let fields = serde_json::json!({"name": "压测", "phone": "13812345678"});
-        app.vault
-            .create(
-                &id,
-                fields.as_object().unwrap(),
-                vec![
-                    piivault::audit::Event::new("test", "operator", "dsr", "test", "create")
-                        .subject(id.as_str()),
-                ],
-            )
-            .await
-            .unwrap();
+        let id = support::subject(
+            &app,
+            serde_json::json!({"name": "压测", "phone": "13812345678"}),
+        )
+        .await;
 
         // In-process: the read alone, and the read plus its durable audit event.
         let wanted = vec![("phone".to_owned(), View::Masked)];

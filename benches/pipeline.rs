@@ -3,15 +3,15 @@
 //! (under `cargo test --all-targets` this is a short smoke run).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod support;
+
 use std::hint::black_box;
 use std::time::Instant;
 
 use piivault::audit::{chain_hash, Event};
 use piivault::authz::IssueRequest;
-use piivault::config::{LogFormat, Settings};
-use piivault::crypto::MasterKeySource;
 use piivault::pipeline::{subjects, Credentials, ReadInput};
-use piivault::vault::{SubjectId, View};
+use piivault::vault::View;
 
 fn report(label: &str, n: u32, start: Instant) {
     let per = start.elapsed().as_nanos() as f64 / f64::from(n);
@@ -28,34 +28,13 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            data_dir: dir.path().to_path_buf(),
-            database_url: format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join("bench.db").display()
-            ),
-            policy_dir: None,
-            reports_dir: None,
-            master: MasterKeySource::File {
-                path: dir.path().join("master.key"),
-                create: true,
-            },
-            log_format: LogFormat::Text,
-            max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
-            audit_key_file: dir.path().join("audit/signing.key"),
-            file: Default::default(),
-        };
+        let settings = support::settings(dir.path());
         let app = piivault::open(&settings).await.unwrap();
-        let id = SubjectId::generate();
-        let fields = serde_json::json!({"name": "压测", "phone": "13812345678", "tier": "gold"});
-        app.vault
-            .create(
-                &id,
-                fields.as_object().unwrap(),
-                vec![Event::new("bench", "operator", "dsr", "bench", "create").subject(id.as_str())],
-            )
-            .await
-            .unwrap();
+        let id = support::subject(
+            &app,
+            serde_json::json!({"name": "压测", "phone": "13812345678", "tier": "gold"}),
+        )
+        .await;
         let (_, secret) = app
             .tokens
             .issue(
@@ -122,9 +101,15 @@ fn main() {
         }
         report("open one field (unwrap key, AES-GCM, mask)", n, start);
 
-        let row = Event::new("tok_x", "customer_service", "service", "req_x", "read_masked")
-            .subject(id.as_str())
-            .field("phone");
+        let row = Event::new(
+            "tok_x",
+            "customer_service",
+            "service",
+            "req_x",
+            "read_masked",
+        )
+        .subject(id.as_str())
+        .field("phone");
         let start = Instant::now();
         for _ in 0..n {
             black_box(row.clone());
@@ -156,7 +141,11 @@ fn main() {
         let m = n / 100;
         let start = Instant::now();
         for _ in 0..m {
-            black_box(subjects::read(&pipeline, &who, id.as_str(), &q).await.unwrap());
+            black_box(
+                subjects::read(&pipeline, &who, id.as_str(), &q)
+                    .await
+                    .unwrap(),
+            );
         }
         report("whole read, one at a time (durable audit commit)", m, start);
         let concurrent = 64u32;

@@ -426,9 +426,10 @@ async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64
             rows.push(row);
         }
     }
-    tx.insert_audit(&rows).await?;
+    let head = rows.last().map(|r| r.seq);
+    tx.insert_audit(rows).await?;
     tx.commit().await?;
-    Ok(rows.last().map(|r| r.seq))
+    Ok(head)
 }
 
 async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {

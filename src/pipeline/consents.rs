@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{Authorized, Error, Pipeline};
-use crate::audit::Decision;
+use crate::audit::{Decision, Event};
 use crate::authz::PurposeSpec;
 use crate::classify::ValidationError;
 use crate::pipl::{ConsentError, GrantRequest};
@@ -70,17 +70,6 @@ pub async fn grant(
         .target(purpose);
     who.require(state, "consent", "write", event.clone())
         .await?;
-    if let Err(e) = state
-        .consents
-        .precheck_grant(&id, purpose, &spec, body)
-        .await
-    {
-        state
-            .audit
-            .record_one(event.outcome(Decision::Error, code(&e)))
-            .await?;
-        return Err(e.into());
-    }
     match state
         .consents
         .grant(
@@ -94,14 +83,24 @@ pub async fn grant(
         .await
     {
         Ok(consent) => Ok(json!({ "id": id.as_str(), "consent": consent })),
-        Err(e @ ConsentError::Audit(_)) => Err(e.into()),
-        Err(e) => {
-            state
-                .audit
-                .record_one(event.outcome(Decision::Error, code(&e)))
-                .await?;
-            Err(e.into())
-        }
+        Err(e) => Err(refused(state, event, e).await),
+    }
+}
+
+/// A consent change that was refused or failed: recorded as an `error` event with its
+/// reason (the change and its own event were not written), and passed on. A trail that
+/// cannot be written is passed on as it is.
+async fn refused(state: &Pipeline, event: Event, e: ConsentError) -> Error {
+    if let ConsentError::Audit(_) = e {
+        return e.into();
+    }
+    match state
+        .audit
+        .record_one(event.outcome(Decision::Error, code(&e)))
+        .await
+    {
+        Ok(()) => e.into(),
+        Err(a) => a.into(),
     }
 }
 
@@ -129,17 +128,6 @@ pub async fn withdraw(
     who.require(state, "consent", "write", event.clone())
         .await?;
     let channel = body.channel.unwrap_or_else(|| "api".into());
-    if let Err(e) = state
-        .consents
-        .precheck_withdraw(&id, purpose, &spec, &channel)
-        .await
-    {
-        state
-            .audit
-            .record_one(event.outcome(Decision::Error, code(&e)))
-            .await?;
-        return Err(e.into());
-    }
     match state
         .consents
         .withdraw(
@@ -153,14 +141,7 @@ pub async fn withdraw(
         .await
     {
         Ok(()) => Ok(json!({ "id": id.as_str(), "purpose": purpose, "withdrawn": true })),
-        Err(e @ ConsentError::Audit(_)) => Err(e.into()),
-        Err(e) => {
-            state
-                .audit
-                .record_one(event.outcome(Decision::Error, code(&e)))
-                .await?;
-            Err(e.into())
-        }
+        Err(e) => Err(refused(state, event, e).await),
     }
 }
 

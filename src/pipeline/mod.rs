@@ -45,8 +45,9 @@ pub struct Pipeline {
     pub limiter: Arc<FailureLimiter>,
 }
 
-/// What an interface knows about a request before the pipeline looks at it.
-#[derive(Debug, Clone, Copy)]
+/// What an interface knows about a request before the pipeline looks at it. Its `Debug`
+/// never shows the bearer secret.
+#[derive(Clone, Copy)]
 pub struct Credentials<'a> {
     /// The `Authorization` header's value, if any.
     pub authorization: Option<&'a str>,
@@ -55,6 +56,17 @@ pub struct Credentials<'a> {
     pub request_id: &'a str,
     /// Where the request came from (bad-token limiting).
     pub client: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authorization", &self.authorization.map(|_| "<redacted>"))
+            .field("purpose", &self.purpose)
+            .field("request_id", &self.request_id)
+            .field("client", &self.client)
+            .finish()
+    }
 }
 
 impl Pipeline {
@@ -205,5 +217,34 @@ impl Authorized {
     pub fn field_access(&self, field: &str) -> Option<FieldAccess> {
         self.policy
             .field_access(&self.caller.role, field, &self.purpose)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret_or_a_value() {
+        let creds = Credentials {
+            authorization: Some("Bearer pvt_secretsecret"),
+            purpose: Some("dsr"),
+            request_id: "req_1",
+            client: None,
+        };
+        let fields: FieldsInput =
+            serde_json::from_str(r#"{"fields": {"phone": "13912345678"}}"#).unwrap();
+        let lookup: LookupInput =
+            serde_json::from_str(r#"{"field": "id_number", "value": "11010519491231002X"}"#)
+                .unwrap();
+        let shown = format!("{creds:?} {fields:?} {lookup:?}");
+        for secret in ["pvt_secretsecret", "13912345678", "11010519491231002X"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("phone") && shown.contains("id_number"),
+            "{shown}"
+        );
     }
 }

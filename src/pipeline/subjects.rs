@@ -99,11 +99,19 @@ async fn failed(state: &Pipeline, event: Event, e: VaultError) -> Error {
     e.into()
 }
 
-/// The fields of a create or a correction.
-#[derive(Debug, Deserialize)]
+/// The fields of a create or a correction. Its `Debug` shows field names, never values.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldsInput {
     pub fields: Map<String, Value>,
+}
+
+impl std::fmt::Debug for FieldsInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldsInput")
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Every field being written must be writable by this role for this purpose. Returns
@@ -324,12 +332,22 @@ pub async fn erase(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<V
     Ok(json!({ "id": id.as_str(), "erased": true }))
 }
 
-/// A lookup: which searchable field, and the value to find.
-#[derive(Debug, Deserialize)]
+/// A lookup: which searchable field, and the value to find. Its `Debug` shows the
+/// field, never the value.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupInput {
     pub field: String,
     pub value: Value,
+}
+
+impl std::fmt::Debug for LookupInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupInput")
+            .field("field", &self.field)
+            .field("value", &"<redacted>")
+            .finish()
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]

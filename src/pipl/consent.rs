@@ -208,50 +208,6 @@ impl Consents {
         Ok(result?)
     }
 
-    /// Everything that can be refused before a grant is recorded in the audit trail.
-    pub async fn precheck_grant(
-        &self,
-        subject: &SubjectId,
-        purpose: &str,
-        spec: &PurposeSpec,
-        req: &GrantRequest,
-    ) -> Result<(), ConsentError> {
-        if !spec.requires_consent() {
-            return Err(ConsentError::NotConsentBased(purpose.to_owned()));
-        }
-        check_text("notice_version", &req.notice_version)?;
-        check_text("channel", &req.channel)?;
-        if !self.store.subject_active(subject.as_str()).await? {
-            return Err(ConsentError::NotFound);
-        }
-        Ok(())
-    }
-
-    /// Everything that can be refused before a withdrawal is recorded.
-    pub async fn precheck_withdraw(
-        &self,
-        subject: &SubjectId,
-        purpose: &str,
-        spec: &PurposeSpec,
-        channel: &str,
-    ) -> Result<(), ConsentError> {
-        if !spec.requires_consent() {
-            return Err(ConsentError::NotConsentBased(purpose.to_owned()));
-        }
-        check_text("channel", channel)?;
-        if !self.store.subject_active(subject.as_str()).await? {
-            return Err(ConsentError::NotFound);
-        }
-        match self
-            .store
-            .current_consent(subject.as_str(), purpose)
-            .await?
-        {
-            Some(c) if c.kind == "grant" => Ok(()),
-            _ => Err(ConsentError::NothingToWithdraw),
-        }
-    }
-
     /// Records a grant, committed with `event`.
     pub async fn grant(
         &self,

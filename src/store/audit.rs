@@ -1,5 +1,6 @@
 use sqlx::{Executor, Row};
 
+use super::write::{tuples, Script};
 use super::{Backend, Store, StoreError, WriteTx, Writer};
 
 /// One audit event as stored.
@@ -97,7 +98,7 @@ impl WriteTx {
             hash: vec![0; 32],
             ..Default::default()
         };
-        let inserted = self.insert_audit(std::slice::from_ref(&row)).await;
+        let inserted = self.insert_audit(vec![row]).await;
         self.conn()
             .execute("ROLLBACK TO SAVEPOINT piivault_probe")
             .await?;
@@ -107,59 +108,40 @@ impl WriteTx {
         inserted
     }
 
-    /// Inserts numbered and chained events, many rows per statement.
-    pub async fn insert_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let sql = format!(
+    /// Inserts numbered and chained events, many rows per statement (anonymous
+    /// placeholders on SQLite: see `Script`).
+    pub async fn insert_audit(&mut self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
+        let mut script = Script::new(self.conn());
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<AuditRow> = rows.by_ref().take(INSERT_CHUNK).collect();
+            script.sql(&format!(
                 "INSERT INTO audit_events ({COLUMNS}) VALUES {}",
-                super::values(self.conn(), chunk.len(), 14)
-            );
-            let mut q = sqlx::query(&sql);
+                tuples(chunk.len(), 14)
+            ));
             for row in chunk {
-                q = q
+                script
                     .bind(row.seq)
                     .bind(row.ts)
-                    .bind(row.actor_token.as_str())
-                    .bind(row.actor_role.as_str())
-                    .bind(row.action.as_str())
-                    .bind(row.subject.as_deref())
-                    .bind(row.field.as_deref())
-                    .bind(row.target.as_deref())
-                    .bind(row.purpose.as_str())
-                    .bind(row.decision.as_str())
-                    .bind(row.reason.as_str())
-                    .bind(row.request_id.as_str())
-                    .bind(row.prev_hash.as_slice())
-                    .bind(row.hash.as_slice());
+                    .bind(row.actor_token)
+                    .bind(row.actor_role)
+                    .bind(row.action)
+                    .bind(row.subject)
+                    .bind(row.field)
+                    .bind(row.target)
+                    .bind(row.purpose)
+                    .bind(row.decision)
+                    .bind(row.reason)
+                    .bind(row.request_id)
+                    .bind(row.prev_hash)
+                    .bind(row.hash);
             }
-            q.execute(&mut *self.conn()).await?;
         }
-        Ok(())
+        script.run(self.conn()).await
     }
 }
 
 impl Store {
-    /// Appends events to the chain in one transaction of their own: numbers them after
-    /// the head and lets `link` compute each event's hash from its predecessor's.
-    pub async fn append_audit(
-        &self,
-        rows: &mut [AuditRow],
-        link: impl Fn(&AuditRow) -> Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write(Writer::Audit, false).await?;
-        let head = tx.lock_chain().await?;
-        let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
-        for row in rows.iter_mut() {
-            seq += 1;
-            row.seq = seq;
-            row.prev_hash = prev;
-            row.hash = link(row);
-            prev = row.hash.clone();
-        }
-        tx.insert_audit(rows).await?;
-        tx.commit().await
-    }
-
     /// The last event's sequence number and hash.
     pub async fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(

@@ -1,15 +1,13 @@
 //! The change feed that keeps every process's caches honest (see `src/changes.rs`).
 
+use super::audit::CHAIN_LOCK;
+use super::write::Script;
 use super::{Store, StoreError};
 
 /// A token was revoked; the key is its id.
 pub const TOKEN: &str = "token";
 /// A subject's consent, hold or existence changed; the key is its id.
 pub const SUBJECT: &str = "subject";
-
-/// Advisory lock key shared with the audit chain: on PostgreSQL change rows are
-/// numbered under it, so a poller that has seen `seq` can never later meet a smaller one.
-pub(super) const CHAIN_LOCK: i64 = super::audit::CHAIN_LOCK;
 
 /// Records a change, inside the transaction that makes it.
 pub(super) async fn note(
@@ -18,24 +16,15 @@ pub(super) async fn note(
     key: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    if conn.backend_name() == "PostgreSQL" {
-        // Re-entrant: the audit writer already holds it for its batch.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHAIN_LOCK)
-            .execute(&mut *conn)
-            .await?;
-    }
-    sqlx::query("INSERT INTO cache_changes (kind, key, at) VALUES ($1, $2, $3)")
-        .bind(kind)
-        .bind(key)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    let mut script = Script::new(conn);
+    note_in(&mut script, kind, key, at);
+    script.run(conn).await
 }
 
-/// [`note`] as part of a script.
-pub(super) fn note_in(script: &mut super::write::Script, kind: &str, key: &str, at: i64) {
+/// [`note`] as part of a script. On PostgreSQL change rows are numbered under the
+/// audit chain's advisory lock (re-entrant: the audit writer already holds it for its
+/// batch), so a poller that has seen `seq` can never later meet a smaller one.
+pub(super) fn note_in(script: &mut Script, kind: &str, key: &str, at: i64) {
     if script.postgres() {
         script
             .sql("SELECT pg_advisory_xact_lock(?)")
@@ -68,20 +57,16 @@ impl Store {
     }
 
     /// Removes changes older than `before` (ms); every live process has long seen them.
-    pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let count = done.clone();
+    pub async fn prune_changes(&self, before: i64) -> Result<(), StoreError> {
         self.transact(super::write::op(move |conn| {
             Box::pin(async move {
-                let r = sqlx::query("DELETE FROM cache_changes WHERE at < $1")
+                sqlx::query("DELETE FROM cache_changes WHERE at < $1")
                     .bind(before)
                     .execute(&mut *conn)
                     .await?;
-                count.store(r.rows_affected(), std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             })
         }))
-        .await?;
-        Ok(done.load(std::sync::atomic::Ordering::Relaxed))
+        .await
     }
 }

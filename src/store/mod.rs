@@ -211,34 +211,6 @@ fn create_private_file(url: &str) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))
 }
 
-/// The `VALUES` list of a multi-row insert: `rows` tuples of `per_row` placeholders.
-/// SQLite gets anonymous `?` placeholders: sqlx maps a numbered one by asking SQLite for
-/// its name, which SQLite finds by a linear search, so thousands of `$N` in one
-/// statement cost quadratic time. PostgreSQL gets `$1…$N`.
-fn values(conn: &AnyConnection, rows: usize, per_row: usize) -> String {
-    let numbered = conn.backend_name() == "PostgreSQL";
-    let mut sql = String::with_capacity(rows * per_row * 4);
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for k in 1..=per_row {
-            if k > 1 {
-                sql.push(',');
-            }
-            if numbered {
-                sql.push('$');
-                sql.push_str(&(i * per_row + k).to_string());
-            } else {
-                sql.push('?');
-            }
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 /// Is this a unique-constraint violation (a concurrent writer got there first)?
 fn is_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())

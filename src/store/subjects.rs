@@ -1,6 +1,6 @@
 use sqlx::Row;
 
-use super::write::{op, tuples, Script};
+use super::write::{add_arg, op, tuples, Script};
 use super::{now_ms, Store, StoreError, WriteOp};
 
 /// A subject's DEK as stored: wrapped by KEK `kek_version`.
@@ -71,6 +71,24 @@ pub struct SubjectSnapshot {
 
 type Conn = sqlx::AnyConnection;
 
+/// The one-round-trip snapshot query; `$blob` is the backend's byte-string type (the
+/// only difference between the two).
+macro_rules! snapshot_sql {
+    ($blob:literal) => {
+        concat!(
+            "SELECT CAST(0 AS BIGINT), legal_hold_case, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
+                    CAST(NULL AS BIGINT), CAST(NULL AS ", $blob, ") \
+               FROM subjects WHERE id = $1 AND erased_at IS NULL \
+             UNION ALL \
+             SELECT CAST(1 AS BIGINT), CAST(NULL AS TEXT), version, kek_version, encryptions, wrapped \
+               FROM subject_keys WHERE subject_id = $1 \
+             UNION ALL \
+             SELECT CAST(2 AS BIGINT), field, dek_version, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), sealed \
+               FROM subject_fields WHERE subject_id = $1"
+        )
+    };
+}
+
 /// Marks the subject as changed; `NotFound` if it does not exist or is erased. On
 /// PostgreSQL this locks the subject row, so concurrent writers to one subject queue.
 async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreError> {
@@ -99,12 +117,40 @@ impl Params {
     where
         T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
     {
-        use sqlx::Arguments;
-        // Encoding an owned integer, text or byte buffer cannot fail; if it ever did,
-        // the statement fails on a missing argument.
-        let _ = self.args.add(value);
+        add_arg(&mut self.args, value);
         self.n += 1;
         format!("${}::{ty}", self.n)
+    }
+
+    /// `(field, dek_version, sealed)` rows of a `VALUES` list.
+    fn field_rows(&mut self, fields: Vec<FieldRow>) -> String {
+        let rows: Vec<String> = fields
+            .into_iter()
+            .map(|f| {
+                format!(
+                    "({}, {}, {})",
+                    self.push(f.field, "text"),
+                    self.push(f.dek_version, "bigint"),
+                    self.push(f.sealed, "bytea")
+                )
+            })
+            .collect();
+        rows.join(", ")
+    }
+
+    /// `(field, digest)` rows of a `VALUES` list.
+    fn index_rows(&mut self, index: impl IntoIterator<Item = (String, Vec<u8>)>) -> String {
+        let rows: Vec<String> = index
+            .into_iter()
+            .map(|(field, digest)| {
+                format!(
+                    "({}, {})",
+                    self.push(field, "text"),
+                    self.push(digest, "bytea")
+                )
+            })
+            .collect();
+        rows.join(", ")
     }
 }
 
@@ -151,21 +197,11 @@ async fn correct_in_one_statement(
         .collect();
     if !changed.is_empty() {
         let list: Vec<String> = changed.into_iter().map(|f| p.push(f, "text")).collect();
-        let keep: Vec<String> = w
-            .index
-            .iter()
-            .map(|e| {
-                format!(
-                    "({}, {})",
-                    p.push(e.field.clone(), "text"),
-                    p.push(e.digest.clone(), "bytea")
-                )
-            })
-            .collect();
-        let spare = if keep.is_empty() {
+        let spare = if w.index.is_empty() {
             String::new()
         } else {
-            format!(" AND (field, digest) NOT IN ({})", keep.join(", "))
+            let keep = p.index_rows(w.index.iter().map(|e| (e.field.clone(), e.digest.clone())));
+            format!(" AND (field, digest) NOT IN ({keep})")
         };
         ctes.push(format!(
             "unindexed AS (DELETE FROM blind_index WHERE subject_id = {id} AND field IN ({}){spare} AND {guard})",
@@ -180,48 +216,25 @@ async fn correct_in_one_statement(
         ));
     }
     if !w.set.is_empty() {
-        let rows: Vec<String> = w
-            .set
-            .into_iter()
-            .map(|f| {
-                format!(
-                    "({}, {}, {})",
-                    p.push(f.field, "text"),
-                    p.push(f.dek_version, "bigint"),
-                    p.push(f.sealed, "bytea")
-                )
-            })
-            .collect();
+        let rows = p.field_rows(w.set);
         ctes.push(format!(
             "upserted AS (INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) \
-             SELECT {id}, v.field, v.dek_version, v.sealed, {at} FROM (VALUES {}) AS v (field, dek_version, sealed) \
+             SELECT {id}, v.field, v.dek_version, v.sealed, {at} FROM (VALUES {rows}) AS v (field, dek_version, sealed) \
              WHERE {guard} ON CONFLICT (subject_id, field) DO UPDATE SET \
-             dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at)",
-            rows.join(", ")
+             dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at)"
         ));
     }
     if !w.index.is_empty() {
-        let rows: Vec<String> = w
-            .index
-            .into_iter()
-            .map(|e| {
-                format!(
-                    "({}, {})",
-                    p.push(e.field, "text"),
-                    p.push(e.digest, "bytea")
-                )
-            })
-            .collect();
+        let rows = p.index_rows(w.index.into_iter().map(|e| (e.field, e.digest)));
         ctes.push(format!(
             "indexed AS (INSERT INTO blind_index (field, digest, subject_id) \
-             SELECT v.field, v.digest, {id} FROM (VALUES {}) AS v (field, digest) \
-             WHERE {guard} ON CONFLICT DO NOTHING)",
-            rows.join(", ")
+             SELECT v.field, v.digest, {id} FROM (VALUES {rows}) AS v (field, digest) \
+             WHERE {guard} ON CONFLICT DO NOTHING)"
         ));
     }
     let (kind, lock) = (
         p.push(super::changes::SUBJECT.to_owned(), "text"),
-        p.push(super::changes::CHAIN_LOCK, "bigint"),
+        p.push(super::audit::CHAIN_LOCK, "bigint"),
     );
     ctes.push(format!(
         "noted AS (INSERT INTO cache_changes (kind, key, at) SELECT {kind}, {id}, {at} \
@@ -266,40 +279,17 @@ async fn create_in_one_statement(
         ),
     ];
     if !s.fields.is_empty() {
-        let rows: Vec<String> = s
-            .fields
-            .into_iter()
-            .map(|f| {
-                format!(
-                    "({}, {}, {})",
-                    p.push(f.field, "text"),
-                    p.push(f.dek_version, "bigint"),
-                    p.push(f.sealed, "bytea")
-                )
-            })
-            .collect();
+        let rows = p.field_rows(s.fields);
         ctes.push(format!(
             "filled AS (INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) \
-             SELECT c.id, v.field, v.dek_version, v.sealed, {at} FROM created c, (VALUES {}) AS v (field, dek_version, sealed))",
-            rows.join(", ")
+             SELECT c.id, v.field, v.dek_version, v.sealed, {at} FROM created c, (VALUES {rows}) AS v (field, dek_version, sealed))"
         ));
     }
     if !s.index.is_empty() {
-        let rows: Vec<String> = s
-            .index
-            .into_iter()
-            .map(|e| {
-                format!(
-                    "({}, {})",
-                    p.push(e.field, "text"),
-                    p.push(e.digest, "bytea")
-                )
-            })
-            .collect();
+        let rows = p.index_rows(s.index.into_iter().map(|e| (e.field, e.digest)));
         ctes.push(format!(
             "indexed AS (INSERT INTO blind_index (field, digest, subject_id) \
-             SELECT v.field, v.digest, c.id FROM created c, (VALUES {}) AS v (field, digest) ON CONFLICT DO NOTHING)",
-            rows.join(", ")
+             SELECT v.field, v.digest, c.id FROM created c, (VALUES {rows}) AS v (field, digest) ON CONFLICT DO NOTHING)"
         ));
     }
     let sql = format!("WITH {} SELECT count(*) FROM created", ctes.join(", "));
@@ -407,22 +397,11 @@ impl Store {
     /// A subject's hold state, data keys and stored fields in one round trip; `None` if
     /// it does not exist or was erased. Keys come in version order.
     pub async fn subject_snapshot(&self, id: &str) -> Result<Option<SubjectSnapshot>, StoreError> {
-        let blob = match self.backend {
-            super::Backend::Sqlite => "BLOB",
-            super::Backend::Postgres => "BYTEA",
+        let sql = match self.backend {
+            super::Backend::Sqlite => snapshot_sql!("BLOB"),
+            super::Backend::Postgres => snapshot_sql!("BYTEA"),
         };
-        let sql = format!(
-            "SELECT CAST(0 AS BIGINT), legal_hold_case, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
-                    CAST(NULL AS BIGINT), CAST(NULL AS {blob}) \
-               FROM subjects WHERE id = $1 AND erased_at IS NULL \
-             UNION ALL \
-             SELECT CAST(1 AS BIGINT), CAST(NULL AS TEXT), version, kek_version, encryptions, wrapped \
-               FROM subject_keys WHERE subject_id = $1 \
-             UNION ALL \
-             SELECT CAST(2 AS BIGINT), field, dek_version, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), sealed \
-               FROM subject_fields WHERE subject_id = $1"
-        );
-        let rows = sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql).bind(id).fetch_all(&self.pool).await?;
         let mut snapshot: Option<SubjectSnapshot> = None;
         let mut keys = Vec::new();
         let mut fields = Vec::new();

@@ -344,14 +344,11 @@ impl Script {
     where
         T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
     {
-        use sqlx::Arguments;
         let args = match self.statements.last_mut() {
             Some((_, a)) if self.postgres => a,
             _ => &mut self.args,
         };
-        // Encoding an owned integer, text or byte buffer into an argument list
-        // cannot fail; if it ever did, the statement fails on a missing argument.
-        let _ = args.add(value);
+        add_arg(args, value);
         self
     }
 
@@ -383,6 +380,17 @@ impl Script {
             }
         })
     }
+}
+
+/// Appends one argument to a bound query's list.
+pub(super) fn add_arg<T>(args: &mut sqlx::any::AnyArguments<'static>, value: T)
+where
+    T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
+{
+    use sqlx::Arguments;
+    // Encoding an owned integer, text or byte buffer into an argument list cannot fail;
+    // if it ever did, the statement fails on a missing argument.
+    let _ = args.add(value);
 }
 
 /// `(?, ?), (?, ?)`: `rows` tuples of `per_row` placeholders, for a [`Script`].

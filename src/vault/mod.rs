@@ -230,7 +230,7 @@ impl Vault {
             fields: rows,
             index,
         });
-        self.commit(id, events, op).await
+        Ok(self.commit(id, events, op).await?)
     }
 
     /// Makes a change to subject `id` and appends its events, in one transaction, then
@@ -241,7 +241,7 @@ impl Vault {
         id: &SubjectId,
         events: Vec<Event>,
         op: WriteOp,
-    ) -> Result<(), VaultError> {
+    ) -> Result<(), CommitError> {
         if events.is_empty() {
             return Err(
                 AuditError::Unavailable("a change must carry its audit events".into()).into(),
@@ -249,7 +249,7 @@ impl Vault {
         }
         let result = self.audit.record_with(events, op).await;
         self.forget(id.as_str());
-        Ok(result?)
+        result
     }
 
     /// Forgets what is cached about a subject (it changed, here or on another node).
@@ -457,11 +457,6 @@ impl Vault {
         fields: &Map<String, Value>,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
-        if events.is_empty() {
-            return Err(
-                AuditError::Unavailable("a change must carry its audit events".into()).into(),
-            );
-        }
         let values = self.parse_fields(fields, true)?;
         let n = values.iter().filter(|(_, v)| v.is_some()).count();
         for attempt in 1..=WRITE_ATTEMPTS {
@@ -479,12 +474,8 @@ impl Vault {
                     .collect(),
                 index,
             };
-            let result = self
-                .audit
-                .record_with(events.clone(), self.store.write_subject_op(write))
-                .await;
-            self.forget(id.as_str());
-            match result {
+            let op = self.store.write_subject_op(write);
+            match self.commit(id, events.clone(), op).await {
                 Err(CommitError::Change(StoreError::Conflict)) if attempt < WRITE_ATTEMPTS => {
                     continue
                 }
@@ -511,8 +502,9 @@ impl Vault {
         case: Option<&str>,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
-        self.commit(id, events, self.store.set_legal_hold_op(id.as_str(), case))
-            .await
+        Ok(self
+            .commit(id, events, self.store.set_legal_hold_op(id.as_str(), case))
+            .await?)
     }
 
     /// Subjects whose searchable `field` equals `value` after normalisation, each with
@@ -552,11 +544,6 @@ impl Vault {
         document: &Value,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
-        if events.is_empty() {
-            return Err(
-                AuditError::Unavailable("a change must carry its audit events".into()).into(),
-            );
-        }
         let spec = self.collection(collection)?;
         if !document.is_object() {
             return Err(ValidationError::new(
@@ -594,7 +581,7 @@ impl Vault {
                 created_at: now_ms(),
             };
             let op = self.store.insert_record_op(id.as_str(), wk.new_row, row);
-            match self.audit.record_with(events.clone(), op).await {
+            match self.commit(id, events.clone(), op).await {
                 Err(CommitError::Change(StoreError::Conflict)) if attempt < WRITE_ATTEMPTS => {
                     continue
                 }

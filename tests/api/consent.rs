@@ -4,28 +4,10 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::both_stores;
 use crate::helpers::*;
-
-async fn consent(
-    t: &TestApp,
-    tok: &str,
-    purpose_hdr: &str,
-    id: &str,
-    purpose: &str,
-    body: Value,
-) -> (StatusCode, Value) {
-    t.call(
-        Method::PUT,
-        &format!("/v1/subjects/{id}/consents/{purpose}"),
-        Some(tok),
-        Some(purpose_hdr),
-        Some(&body),
-    )
-    .await
-}
 
 both_stores!(
     consent_gates_reads_for_consent_based_purposes,
@@ -77,7 +59,7 @@ both_stores!(
         );
 
         // Customer service records the consent given on the phone (not separate).
-        let (s, b) = consent(
+        let (s, b) = grant_consent(
             &t,
             &cs,
             "service",
@@ -104,7 +86,7 @@ both_stores!(
             (s, b["error"]["code"].clone()),
             (StatusCode::FORBIDDEN, json!("separate_consent_missing"))
         );
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &cs,
             "service",
@@ -134,37 +116,21 @@ both_stores!(
         assert_eq!(b["ids"], json!([id]), "{other} has not consented");
 
         // Withdrawal takes effect on the very next request.
-        let (s, _) = t
-            .call(
-                Method::DELETE,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&cs),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, _) = withdraw_consent(&t, &cs, "service", &id, "marketing").await;
         assert_eq!(s, StatusCode::OK);
         let (s, b) = read(&mkt, "marketing", "tier").await;
         assert_eq!(
             (s, b["error"]["code"].clone()),
             (StatusCode::FORBIDDEN, json!("consent_missing"))
         );
-        let (s, b) = t
-            .call(
-                Method::DELETE,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&cs),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, b) = withdraw_consent(&t, &cs, "service", &id, "marketing").await;
         assert_eq!(
             (s, b["error"]["code"].clone()),
             (StatusCode::BAD_REQUEST, json!("no_active_consent"))
         );
 
         // Transfer abroad always needs separate consent (Art. 39).
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -179,7 +145,7 @@ both_stores!(
             (s, b["error"]["code"].clone()),
             (StatusCode::FORBIDDEN, json!("separate_consent_missing"))
         );
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -192,7 +158,7 @@ both_stores!(
         assert_eq!(read(&mkt, "cross_border", "tier").await.0, StatusCode::OK);
 
         // Purposes that do not rest on consent take no consent; bad input is refused.
-        let (s, b) = consent(
+        let (s, b) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -205,7 +171,7 @@ both_stores!(
             (s, b["error"]["code"].clone()),
             (StatusCode::UNPROCESSABLE_ENTITY, json!("not_consent_based"))
         );
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -215,7 +181,7 @@ both_stores!(
         )
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -225,7 +191,7 @@ both_stores!(
         )
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -237,7 +203,7 @@ both_stores!(
         assert_eq!(s, StatusCode::NOT_FOUND);
         // Billing may not record consents.
         let billing = t.token("billing", &["billing"]).await;
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &billing,
             "billing",
@@ -358,7 +324,7 @@ both_stores!(
         let dsr = t.dsr().await;
         let mkt = t.token("marketing", &["marketing"]).await;
         let id = t.create(&dsr, full_subject()).await;
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -400,7 +366,7 @@ both_stores!(
             assert!(Instant::now() < deadline, "the new version never applied");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (s, b) = consent(
+        let (s, b) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -447,7 +413,7 @@ both_stores!(minors_need_a_guardians_consent, |db| async move {
         )
         .await;
     for id in [&child, &flagged, &adult] {
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",
@@ -474,7 +440,7 @@ both_stores!(minors_need_a_guardians_consent, |db| async move {
             (StatusCode::FORBIDDEN, json!("guardian_consent_missing")),
             "{b}"
         );
-        let (s, _) = consent(
+        let (s, _) = grant_consent(
             &t,
             &dsr,
             "dsr",

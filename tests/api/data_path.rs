@@ -202,15 +202,15 @@ both_stores!(
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{b}");
-        let (s, b) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/subjects/{fresh}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                Some(&json!({"notice_version": "v1"})),
-            )
-            .await;
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &fresh,
+            "marketing",
+            json!({"notice_version": "v1"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{b}");
         let (s, _) = t.call(Method::GET, "/readyz", None, None, None).await;
         assert_eq!(s, StatusCode::OK);
@@ -488,15 +488,15 @@ both_stores!(
             .token_with_ttl("marketing", &["marketing"], Duration::from_secs(3600))
             .await;
         let cs = t.token("customer_service", &["service"]).await;
-        let (s, _) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                Some(&json!({"notice_version": "v1"})),
-            )
-            .await;
+        let (s, _) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "v1"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         let tier = format!("/v1/subjects/{id}?fields=tier");
         // Warm the caches: token and consent.
@@ -505,30 +505,22 @@ both_stores!(
         }
 
         // Consent withdrawn: the next read is refused.
-        let (s, _) = t
-            .call(
-                Method::DELETE,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                None,
-            )
-            .await;
+        let (s, _) = withdraw_consent(&t, &dsr, "dsr", &id, "marketing").await;
         assert_eq!(s, StatusCode::OK);
         let (s, b) = get(&t, &mkt, "marketing", &tier).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
         assert_eq!(b["error"]["code"], "consent_missing");
 
         // Granted again: honoured at once too.
-        let (s, _) = t
-            .call(
-                Method::PUT,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                Some(&json!({"notice_version": "v2"})),
-            )
-            .await;
+        let (s, _) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "v2"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(get(&t, &mkt, "marketing", &tier).await.0, StatusCode::OK);
 
@@ -634,15 +626,15 @@ both_stores!(
                 json!({"name": "两节点", "phone": phone(4), "tier": "gold"}),
             )
             .await;
-        let (s, _) = a
-            .call(
-                Method::PUT,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                Some(&json!({"notice_version": "v1"})),
-            )
-            .await;
+        let (s, _) = grant_consent(
+            &a,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "v1"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         let (mkt_id, mkt) = a
             .token_with_ttl("marketing", &["marketing"], Duration::from_secs(3600))
@@ -658,15 +650,7 @@ both_stores!(
         }
 
         // Withdrawn on A: once B has read the change feed, B refuses.
-        let (s, _) = a
-            .call(
-                Method::DELETE,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                None,
-            )
-            .await;
+        let (s, _) = withdraw_consent(&a, &dsr, "dsr", &id, "marketing").await;
         assert_eq!(s, StatusCode::OK);
         b.changes.sync().await.unwrap();
         let (s, body) = on_b(mkt2.clone(), "marketing", tier.clone()).await;
@@ -687,15 +671,15 @@ both_stores!(
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
 
         // And without the explicit read: B's own poller picks a change up by itself.
-        let (s, _) = a
-            .call(
-                Method::PUT,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                Some(&json!({"notice_version": "v2"})),
-            )
-            .await;
+        let (s, _) = grant_consent(
+            &a,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "v2"}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         assert!(
             eventually(|| {
@@ -705,15 +689,7 @@ both_stores!(
             .await,
             "node B never saw the new grant"
         );
-        let (s, _) = a
-            .call(
-                Method::DELETE,
-                &format!("/v1/subjects/{id}/consents/marketing"),
-                Some(&dsr),
-                Some("dsr"),
-                None,
-            )
-            .await;
+        let (s, _) = withdraw_consent(&a, &dsr, "dsr", &id, "marketing").await;
         assert_eq!(s, StatusCode::OK);
         assert!(
             eventually(|| {

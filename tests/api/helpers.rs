@@ -392,6 +392,44 @@ impl Drop for TestApp {
     }
 }
 
+/// Grants consent to `purpose` for subject `id` (body as the API takes it), calling with
+/// `tok` under `purpose_hdr`.
+pub async fn grant_consent(
+    t: &TestApp,
+    tok: &str,
+    purpose_hdr: &str,
+    id: &str,
+    purpose: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    t.call(
+        Method::PUT,
+        &format!("/v1/subjects/{id}/consents/{purpose}"),
+        Some(tok),
+        Some(purpose_hdr),
+        Some(&body),
+    )
+    .await
+}
+
+/// Withdraws consent to `purpose` for subject `id`.
+pub async fn withdraw_consent(
+    t: &TestApp,
+    tok: &str,
+    purpose_hdr: &str,
+    id: &str,
+    purpose: &str,
+) -> (StatusCode, Value) {
+    t.call(
+        Method::DELETE,
+        &format!("/v1/subjects/{id}/consents/{purpose}"),
+        Some(tok),
+        Some(purpose_hdr),
+        None,
+    )
+    .await
+}
+
 /// A complete, valid subject with distinctive values.
 pub fn full_subject() -> Value {
     serde_json::json!({

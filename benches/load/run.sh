@@ -5,6 +5,8 @@
 #
 #   benches/load/run.sh                      # both stores, 1/16/64 connections, 5 s each
 #   STORES=sqlite CONNS="64" DURATION=10 benches/load/run.sh
+#   PERF=read1 STORES=sqlite CONNS=64 benches/load/run.sh   # also perf-records the server
+#       during that workload into perf-<store>-<workload>-<conns>.data (or $PERF_OUT)
 #   FILL=1000000 SUBJECT_CACHE=0 WORKLOADS=read1 benches/load/run.sh   # scale: 1M subjects,
 #       every read from the store (filler rows grow the tables; see fill.py)
 #
@@ -82,7 +84,14 @@ run_store() {
     for w in $WORKLOADS; do
       local threads=2; [ "$c" -lt 2 ] && threads=1
       local out rps p50 p99 errs
+      local perf_pid=""
+      if [ "${PERF:-}" = "$w" ]; then
+        # Profile the server while this workload runs (perf, call graphs by frame pointer).
+        perf record -q -F 499 -g -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
+        perf_pid=$!
+      fi
       out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency -s "benches/load/$w.lua" "$base")
+      [ -n "$perf_pid" ] && wait "$perf_pid"
       rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
       p50=$(awk '$1=="50%" {print $2}' <<<"$out")
       p99=$(awk '$1=="99%" {print $2}' <<<"$out")

@@ -1,6 +1,6 @@
 use sha2::{Digest, Sha256};
 
-use crate::store::{now_ms, AuditRow};
+use crate::store::{now_ms, AuditRow, AuditRowRef};
 
 /// The outcome an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,10 +105,10 @@ impl Event {
 
 /// SHA-256 over the previous hash and a canonical, length-prefixed encoding of every
 /// column of the event (absent values encoded apart from empty ones).
-pub fn chain_hash(row: &AuditRow) -> Vec<u8> {
+pub fn chain_hash(row: AuditRowRef<'_>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"piivault/audit/v1");
-    h.update(&row.prev_hash);
+    h.update(row.prev_hash);
     h.update(row.seq.to_be_bytes());
     h.update(row.ts.to_be_bytes());
     let text = |h: &mut Sha256, s: Option<&str>| match s {
@@ -120,20 +120,20 @@ pub fn chain_hash(row: &AuditRow) -> Vec<u8> {
         }
     };
     for s in [
-        Some(row.actor_token.as_str()),
-        Some(row.actor_role.as_str()),
-        Some(row.action.as_str()),
-        row.subject.as_deref(),
-        row.field.as_deref(),
-        row.target.as_deref(),
-        Some(row.purpose.as_str()),
-        Some(row.decision.as_str()),
-        Some(row.reason.as_str()),
-        Some(row.request_id.as_str()),
+        Some(row.actor_token),
+        Some(row.actor_role),
+        Some(row.action),
+        row.subject,
+        row.field,
+        row.target,
+        Some(row.purpose),
+        Some(row.decision),
+        Some(row.reason),
+        Some(row.request_id),
     ] {
         text(&mut h, s);
     }
-    h.finalize().to_vec()
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -147,7 +147,7 @@ mod tests {
             .subject("sub_1")
             .field("bank_card")
             .into_row();
-        let h = chain_hash(&base);
+        let h = chain_hash(base.borrowed());
         let mut variants = Vec::new();
         let mut r = base.clone();
         r.seq = 1;
@@ -172,7 +172,7 @@ mod tests {
         r.field = Some("ank_card".into());
         variants.push(r);
         for v in variants {
-            assert_ne!(chain_hash(&v), h, "{v:?}");
+            assert_ne!(chain_hash(v.borrowed()), h, "{v:?}");
         }
     }
 }

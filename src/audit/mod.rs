@@ -11,4 +11,5 @@ pub use reports::{parse_bound, ReportDef, ReportError, ReportResult, Reports};
 pub use trail::{Audit, AuditConfig, AuditError, CommitError};
 pub use verify::{
     read_checkpoint_file, verify, verify_archive, write_archive, ArchiveError, VerifyReport,
+    VERIFY_READERS,
 };

@@ -241,38 +241,16 @@ impl Audit {
         else {
             return Ok(None);
         };
-        let (mut at, mut prev) = state.last.clone().unwrap_or((0, vec![0u8; 32]));
-        if head <= at {
+        if state.last.as_ref().is_some_and(|(at, _)| head <= *at) {
             return Ok(None);
         }
-        while at < head {
-            let rows = self
-                .store
-                .audit_events(at, 2000)
+        if let Some((seq, reason)) =
+            super::verify::check_segment(&self.store, state.last.clone(), (head, &head_hash))
                 .await
-                .map_err(|e| fail(e.to_string()))?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in rows {
-                if row.seq > head {
-                    break;
-                }
-                if row.seq != at + 1 || row.prev_hash != prev || chain_hash(&row) != row.hash {
-                    tracing::error!(
-                        seq = at + 1,
-                        "audit chain is broken; refusing to sign a checkpoint"
-                    );
-                    return Err(fail(format!("the chain is broken at seq {}", at + 1)));
-                }
-                at = row.seq;
-                prev = row.hash;
-            }
-        }
-        if at != head || prev != head_hash {
-            return Err(fail(format!(
-                "the chain does not reach its head at seq {head}"
-            )));
+                .map_err(|e| fail(e.to_string()))?
+        {
+            tracing::error!(seq, "audit chain is broken; refusing to sign a checkpoint");
+            return Err(fail(reason));
         }
         let ts = now_ms();
         let cp = CheckpointRow {
@@ -421,7 +399,7 @@ async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64
             seq += 1;
             row.seq = seq;
             row.prev_hash = prev;
-            row.hash = chain_hash(&row);
+            row.hash = chain_hash(row.borrowed()).to_vec();
             prev = row.hash.clone();
             rows.push(row);
         }

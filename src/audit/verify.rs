@@ -1,7 +1,7 @@
 //! Verifying the trail: every link of the chain, and every signed checkpoint (from the
 //! database and from the checkpoint file) against the public keys an auditor trusts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::chain_hash;
 use crate::crypto::AuditPublicKey;
-use crate::store::{AuditRow, CheckpointRow, Store, StoreError};
+use crate::store::{AuditRow, AuditRowRef, CheckpointRow, Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -71,18 +71,18 @@ impl Walker {
     }
 
     /// Checks the next event; false once the chain is broken (the walk stops there).
-    fn push(&mut self, row: &AuditRow) -> bool {
+    fn push(&mut self, row: AuditRowRef<'_>) -> bool {
         let expected = self.at + 1;
         let broken = if row.seq != expected {
             Some(format!(
                 "sequence gap: expected event {expected}, found {}",
                 row.seq
             ))
-        } else if row.prev_hash != self.prev {
+        } else if row.prev_hash != self.prev.as_slice() {
             Some(format!(
                 "event {expected} does not link to the event before it"
             ))
-        } else if chain_hash(row) != row.hash {
+        } else if chain_hash(row).as_slice() != row.hash {
             Some(format!(
                 "event {expected} does not match its hash (altered)"
             ))
@@ -90,16 +90,68 @@ impl Walker {
             None
         };
         if let Some(reason) = broken {
-            self.problems.push((expected, reason));
-            self.complete = false;
+            self.broken(reason);
             return false;
         }
         if let Some(slot) = self.hash_at.get_mut(&row.seq) {
-            *slot = Some(row.hash.clone());
+            *slot = Some(row.hash.to_vec());
         }
         self.at = row.seq;
-        self.prev = row.hash.clone();
+        self.prev.clear();
+        self.prev.extend_from_slice(row.hash);
         true
+    }
+
+    /// The chain is broken just after the last event checked.
+    fn broken(&mut self, reason: String) {
+        self.problems.push((self.at + 1, reason));
+        self.complete = false;
+    }
+
+    /// Walks the stored chain from where the walker stands up to `head`, reading
+    /// pages ahead (each on its own connection and, on SQLite, its own thread) while
+    /// this one is checked. Stops at the first broken link.
+    async fn walk(&mut self, store: &Store, head: i64) -> Result<(), StoreError> {
+        let fetch = |after: i64| {
+            let store = store.clone();
+            let through = after.saturating_add(VERIFY_PAGE).min(head);
+            (
+                through,
+                tokio::spawn(async move { store.audit_packed(after, through).await }),
+            )
+        };
+        let mut pending = VecDeque::new();
+        let mut next = self.at;
+        loop {
+            while next < head && pending.len() < VERIFY_READERS {
+                let (through, task) = fetch(next);
+                next = through;
+                pending.push_back(task);
+            }
+            let Some(page) = pending.pop_front() else {
+                break;
+            };
+            let page = page.await.map_err(|e| StoreError::Task(e.to_string()))??;
+            for row in page.iter() {
+                match row {
+                    Ok(row) if self.push(row) => {}
+                    Ok(_) => return Ok(()),
+                    Err(_) => {
+                        let reason = format!(
+                            "event {} cannot be read (altered outside the vault)",
+                            self.at + 1
+                        );
+                        self.broken(reason);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if self.at < head {
+            let reason = format!("sequence gap: events {}..={head} are missing", self.at + 1);
+            self.broken(reason);
+        }
+        Ok(())
     }
 
     /// A pruned trail starts after an anchor, which must be a signed checkpoint.
@@ -190,7 +242,10 @@ fn merge(mut checkpoints: Vec<CheckpointRow>, extra: &[CheckpointRow]) -> Vec<Ch
 }
 
 /// Events read per page while verifying.
-const VERIFY_PAGE: i64 = 10_000;
+const VERIFY_PAGE: i64 = 4_000;
+/// Pages read at once while verifying (each on its own connection): open the store
+/// with one connection more than this for `audit verify`.
+pub const VERIFY_READERS: usize = 4;
 
 /// Walks the whole chain and checks every checkpoint. The report names the first bad
 /// event: a broken link, or the start of a stretch that a signed checkpoint disowns.
@@ -203,24 +258,29 @@ pub async fn verify(
     let anchor = store.audit_anchor().await?;
     let mut walker = Walker::new(&checkpoints, anchor.clone());
     walker.check_anchor(anchor.as_ref(), &checkpoints, trusted);
-    // The next page is read while this one is hashed (the reader works on another
-    // thread), so reading and hashing overlap.
-    let fetch = |after: i64| {
-        let store = store.clone();
-        tokio::spawn(async move { store.audit_events(after, VERIFY_PAGE).await })
-    };
-    let mut next = fetch(walker.at);
-    'walk: loop {
-        let rows = next.await.map_err(|e| StoreError::Task(e.to_string()))??;
-        let Some(last) = rows.last() else { break };
-        next = fetch(last.seq);
-        for row in &rows {
-            if !walker.push(row) {
-                break 'walk;
-            }
-        }
-    }
+    // Events appended while this runs are left for the next verification.
+    let head = store.audit_head().await?.map_or(0, |(seq, _)| seq);
+    walker.walk(store, head).await?;
     Ok(walker.finish(&checkpoints, trusted))
+}
+
+/// Checks the stored chain from `start` (a checkpointed event, or the beginning) to
+/// the head `(seq, hash)`: every link, every event's hash, and that it ends at that
+/// head. Returns the first problem found, if any.
+pub(super) async fn check_segment(
+    store: &Store,
+    start: Option<(i64, Vec<u8>)>,
+    head: (i64, &[u8]),
+) -> Result<Option<(i64, String)>, StoreError> {
+    let mut walker = Walker::new(&[], start);
+    walker.walk(store, head.0).await?;
+    if walker.complete && walker.prev != head.1 {
+        walker.broken(format!(
+            "the chain does not reach its head at event {}",
+            head.0
+        ));
+    }
+    Ok(walker.problems.into_iter().next())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -393,7 +453,7 @@ pub fn verify_archive(
     let mut walker = Walker::new(&checkpoints, anchor.clone());
     walker.check_anchor(anchor.as_ref(), &checkpoints, trusted);
     for row in &rows {
-        if !walker.push(row) {
+        if !walker.push(row.borrowed()) {
             break;
         }
     }

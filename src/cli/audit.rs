@@ -229,7 +229,8 @@ async fn verify(
                 .unwrap_or(&settings.data_dir)
                 .join("checkpoints.log")
         });
-        let store = Store::connect(&settings.database_url, 2)
+        let readers = crate::audit::VERIFY_READERS as u32;
+        let store = Store::connect(&settings.database_url, readers + 1)
             .await
             .context("opening the store")?;
         let report = crate::verify_trail(&store, &keys, &checkpoint_file).await?;

@@ -34,6 +34,235 @@ pub struct CheckpointRow {
 
 type RawCheckpoint = (i64, Vec<u8>, i64, String, Vec<u8>);
 
+impl AuditRow {
+    /// The same event, borrowed.
+    pub fn borrowed(&self) -> AuditRowRef<'_> {
+        AuditRowRef {
+            seq: self.seq,
+            ts: self.ts,
+            actor_token: &self.actor_token,
+            actor_role: &self.actor_role,
+            action: &self.action,
+            subject: self.subject.as_deref(),
+            field: self.field.as_deref(),
+            target: self.target.as_deref(),
+            purpose: &self.purpose,
+            decision: &self.decision,
+            reason: &self.reason,
+            request_id: &self.request_id,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+}
+
+/// One audit event borrowed from where it was read (an [`AuditRow`], or a page of
+/// [`PackedEvents`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRowRef<'a> {
+    pub seq: i64,
+    pub ts: i64,
+    pub actor_token: &'a str,
+    pub actor_role: &'a str,
+    pub action: &'a str,
+    pub subject: Option<&'a str>,
+    pub field: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub purpose: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    pub request_id: &'a str,
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+/// A run of consecutive events read as one value: the database concatenates each
+/// event's columns into `seq,ts,` followed by twelve length-prefixed values
+/// (`<bytes>:<value>`, or `-` for NULL), and the events in order. Reading 2,000 events
+/// as one value instead of 2,000 rows of 14 columns is what makes `audit verify`
+/// fast: the driver's cost is per row and per column, not per byte.
+///
+/// A row whose packing is NULL (a NULL in a NOT NULL column) is left out by the
+/// aggregate, which the reader sees as a gap in the sequence: it cannot hide an event.
+#[derive(Debug, Default)]
+pub struct PackedEvents {
+    bytes: Vec<u8>,
+}
+
+/// A page of [`PackedEvents`] that does not follow the format (or holds text that is
+/// not UTF-8): the trail was altered outside the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an audit event cannot be read (altered outside the vault)")]
+pub struct Unreadable;
+
+impl PackedEvents {
+    /// Packs rows the way the database does (for tests of the reader).
+    pub fn pack(rows: &[AuditRow]) -> Self {
+        let mut bytes = Vec::new();
+        for r in rows {
+            bytes.extend_from_slice(format!("{},{},", r.seq, r.ts).as_bytes());
+            let texts = [
+                Some(&r.actor_token),
+                Some(&r.actor_role),
+                Some(&r.action),
+                r.subject.as_ref(),
+                r.field.as_ref(),
+                r.target.as_ref(),
+                Some(&r.purpose),
+                Some(&r.decision),
+                Some(&r.reason),
+                Some(&r.request_id),
+            ];
+            let values = texts
+                .into_iter()
+                .map(|t| t.map(|t| t.as_bytes()))
+                .chain([Some(r.prev_hash.as_slice()), Some(r.hash.as_slice())]);
+            for v in values {
+                match v {
+                    None => bytes.push(b'-'),
+                    Some(v) => {
+                        bytes.extend_from_slice(format!("{}:", v.len()).as_bytes());
+                        bytes.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+        Self { bytes }
+    }
+
+    /// The events in order; after an [`Unreadable`], nothing more.
+    pub fn iter(&self) -> impl Iterator<Item = Result<AuditRowRef<'_>, Unreadable>> + '_ {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let row = unpack(&mut rest).ok_or(Unreadable);
+            if row.is_err() {
+                rest = &[];
+            }
+            Some(row)
+        })
+    }
+}
+
+/// Reads one packed event off the front of `rest`.
+fn unpack<'a>(rest: &mut &'a [u8]) -> Option<AuditRowRef<'a>> {
+    fn number(rest: &mut &[u8], end: u8) -> Option<i64> {
+        let at = rest.iter().position(|b| *b == end)?;
+        let (digits, tail) = rest.split_at(at);
+        *rest = &tail[1..];
+        let (negative, digits) = match digits.split_first() {
+            Some((b'-', d)) => (true, d),
+            _ => (false, digits),
+        };
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits.iter().try_fold(0i64, |n, d| {
+            n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+        })?;
+        Some(if negative { -n } else { n })
+    }
+    fn value<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+        if let Some(tail) = rest.strip_prefix(b"-") {
+            *rest = tail;
+            return Some(None);
+        }
+        let len = usize::try_from(number(rest, b':')?).ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        let (v, tail) = rest.split_at(len);
+        *rest = tail;
+        Some(Some(v))
+    }
+    fn text<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a str>> {
+        value(rest)?
+            .map(|v| std::str::from_utf8(v).ok())
+            .map_or(Some(None), |t| t.map(Some))
+    }
+    fn required<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+        text(rest)?
+    }
+    Some(AuditRowRef {
+        seq: number(rest, b',')?,
+        ts: number(rest, b',')?,
+        actor_token: required(rest)?,
+        actor_role: required(rest)?,
+        action: required(rest)?,
+        subject: text(rest)?,
+        field: text(rest)?,
+        target: text(rest)?,
+        purpose: required(rest)?,
+        decision: required(rest)?,
+        reason: required(rest)?,
+        request_id: required(rest)?,
+        prev_hash: value(rest)??,
+        hash: value(rest)??,
+    })
+}
+
+/// The SELECT that packs the events `seq > $1 AND seq <= $2` (see [`PackedEvents`]).
+fn packed_sql(backend: Backend) -> &'static str {
+    use std::sync::LazyLock;
+    const TEXTS: [&str; 10] = [
+        "actor_token",
+        "actor_role",
+        "action",
+        "subject",
+        "field",
+        "target",
+        "purpose",
+        "decision",
+        "reason",
+        "request_id",
+    ];
+    const NULLABLE: [&str; 3] = ["subject", "field", "target"];
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        // octet_length() counts bytes; `||` passes a BLOB's bytes through as they are
+        // (and measured faster here than one concat() call per event).
+        let mut p = String::from("seq || ',' || ts || ','");
+        for c in TEXTS {
+            p += &if NULLABLE.contains(&c) {
+                format!(" || iif({c} IS NULL, '-', octet_length({c}) || ':' || {c})")
+            } else {
+                format!(" || octet_length({c}) || ':' || {c}")
+            };
+        }
+        for c in ["prev_hash", "hash"] {
+            p += &format!(" || octet_length({c}) || ':' || {c}");
+        }
+        format!(
+            "SELECT CAST(group_concat(p, '') AS BLOB) FROM \
+             (SELECT {p} AS p FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq)"
+        )
+    });
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+        // The text in one concat() turned to bytes once, then the hashes as they are.
+        // octet_length() counts bytes in the server's encoding: on a database that is
+        // not UTF-8 the lengths do not match and verification fails (never passes).
+        let mut p = String::from("convert_to(concat(seq, ',', ts, ','");
+        for c in TEXTS {
+            p += &if NULLABLE.contains(&c) {
+                format!(", coalesce(octet_length({c}) || ':' || {c}, '-')")
+            } else {
+                format!(", octet_length({c}), ':', {c}")
+            };
+        }
+        p += ", octet_length(prev_hash), ':'), 'UTF8') || prev_hash \
+              || convert_to(octet_length(hash) || ':', 'UTF8') || hash";
+        format!(
+            "SELECT string_agg(p, ''::bytea ORDER BY seq) FROM \
+             (SELECT seq, {p} AS p FROM audit_events WHERE seq > $1 AND seq <= $2) t"
+        )
+    });
+    match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    }
+}
+
 /// Advisory lock key that serialises appends to the chain across vault nodes.
 pub(super) const CHAIN_LOCK: i64 = 0x7069_6976_6175_6c74;
 
@@ -174,6 +403,22 @@ impl Store {
             }
             out.extend(page);
         }
+    }
+
+    /// The events `after_seq < seq <= through_seq`, packed (see [`PackedEvents`]).
+    pub async fn audit_packed(
+        &self,
+        after_seq: i64,
+        through_seq: i64,
+    ) -> Result<PackedEvents, StoreError> {
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(packed_sql(self.backend()))
+            .bind(after_seq)
+            .bind(through_seq)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(PackedEvents {
+            bytes: bytes.unwrap_or_default(),
+        })
     }
 
     /// One page of events after `after_seq`, optionally only those about `subject`.
@@ -320,5 +565,92 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(gone.rows_affected())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64) -> AuditRow {
+        AuditRow {
+            seq,
+            ts: -5,
+            actor_token: "tok_1".into(),
+            actor_role: "审计员".into(),
+            action: "read".into(),
+            subject: (seq % 2 == 0).then(|| "sub_1".into()),
+            field: Some(String::new()),
+            target: Some("3:x-,".into()),
+            purpose: "audit".into(),
+            decision: "allow".into(),
+            reason: "ok".into(),
+            request_id: "req_1".into(),
+            prev_hash: vec![0, b':', b'-', 255],
+            hash: vec![7; 32],
+        }
+    }
+
+    fn unpacked(p: &PackedEvents) -> Vec<Result<AuditRow, Unreadable>> {
+        p.iter()
+            .map(|r| {
+                r.map(|r| AuditRow {
+                    seq: r.seq,
+                    ts: r.ts,
+                    actor_token: r.actor_token.into(),
+                    actor_role: r.actor_role.into(),
+                    action: r.action.into(),
+                    subject: r.subject.map(Into::into),
+                    field: r.field.map(Into::into),
+                    target: r.target.map(Into::into),
+                    purpose: r.purpose.into(),
+                    decision: r.decision.into(),
+                    reason: r.reason.into(),
+                    request_id: r.request_id.into(),
+                    prev_hash: r.prev_hash.to_vec(),
+                    hash: r.hash.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packed_events_read_back_exactly() {
+        let rows = vec![row(1), row(2), row(3)];
+        let read = unpacked(&PackedEvents::pack(&rows));
+        assert_eq!(read, rows.into_iter().map(Ok).collect::<Vec<_>>());
+        assert!(unpacked(&PackedEvents::default()).is_empty());
+    }
+
+    #[test]
+    fn a_malformed_page_stops_at_the_event_it_cannot_read() {
+        let good = PackedEvents::pack(&[row(1)]).bytes;
+        let mut cases: Vec<Vec<u8>> = vec![
+            good[..good.len() - 1].to_vec(),        // truncated
+            [&good[..], b"2,".as_slice()].concat(), // a second event cut short
+            b"x,1,".to_vec(),                       // not a number
+            b"1,1,99999999999999999999:".to_vec(),  // a length that overflows
+            b"1,1,5:ab".to_vec(),                   // a length past the end
+            b"1,1,".to_vec(),                       // nothing after the numbers
+            b",1,".to_vec(),                        // an empty number
+            b"1,1,1:\xff".to_vec(),                 // text that is not UTF-8
+            [&good[..], b"-".as_slice()].concat(),  // a NULL where a number goes
+        ];
+        // A NULL in a column that may not be NULL.
+        let text = String::from_utf8_lossy(&good).replacen("5:tok_1", "-", 1);
+        cases.push(text.into_bytes());
+        for bytes in cases {
+            let read = unpacked(&PackedEvents {
+                bytes: bytes.clone(),
+            });
+            let bad = read.iter().position(Result::is_err);
+            assert_eq!(
+                bad,
+                Some(read.len() - 1),
+                "{:?}: {read:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
     }
 }

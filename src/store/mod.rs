@@ -16,7 +16,7 @@ mod subjects;
 mod tokens;
 mod write;
 
-pub use audit::{AuditRow, CheckpointRow, ReportParam};
+pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
 pub use consent::ConsentRow;
 pub use keys::{MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;

@@ -429,6 +429,47 @@ both_stores!(the_trail_refuses_update_and_delete, |db| async move {
     assert!(report(&t).await.ok);
 });
 
+both_stores!(
+    packed_pages_read_exactly_what_the_rows_hold,
+    |db| async move {
+        // `audit verify` reads events packed by the database; every value must come back
+        // byte for byte, absent apart from empty, whatever the text holds.
+        let t = spawn_app(db).await;
+        let odd = [
+            ("", Some("")),
+            ("3:abc", None),
+            ("-", Some("12:")),
+            ("审计 ✓ ünïcødé", Some("a,b:c-")),
+            ("tab\tnewline\n", Some("\u{1F600}")),
+        ];
+        let events = odd
+            .iter()
+            .map(|(reason, target)| {
+                let e = piivault::audit::Event::new("tok_odd", "auditor", "audit", reason, "read")
+                    .outcome(piivault::audit::Decision::Deny, reason);
+                match target {
+                    Some(v) => e.target(v).field(""),
+                    None => e.subject("sub_0"),
+                }
+            })
+            .collect();
+        t.app.audit.record(events).await.unwrap();
+        let rows = t.events().await;
+        let head = rows.last().unwrap().seq;
+        for (after, through) in [(0, head), (1, head - 1), (head, head + 10)] {
+            let packed = t.app.store.audit_packed(after, through).await.unwrap();
+            let read: Vec<_> = packed.iter().map(|r| format!("{:?}", r.unwrap())).collect();
+            let expected: Vec<_> = rows
+                .iter()
+                .filter(|r| r.seq > after && r.seq <= through)
+                .map(|r| format!("{:?}", r.borrowed()))
+                .collect();
+            assert_eq!(read, expected, "events {after}..={through}");
+        }
+        assert!(report(&t).await.ok);
+    }
+);
+
 both_stores!(tampering_is_detected_and_located, |db| async move {
     // A changed field.
     let (t, _) = seeded(db).await;
@@ -441,6 +482,20 @@ both_stores!(tampering_is_detected_and_located, |db| async move {
     let r = report(&t).await;
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(5)), "{r:?}");
     assert!(r.reason.unwrap().contains("altered"));
+
+    // Bytes that are not text where text belongs (SQLite stores what it is given).
+    if db == Db::Sqlite {
+        let (t, _) = seeded(db).await;
+        let raw = t.raw().await;
+        unlock(&t, &raw).await;
+        sqlx::query("UPDATE audit_events SET reason = X'ff00fe' WHERE seq = 6")
+            .execute(&raw)
+            .await
+            .unwrap();
+        let r = report(&t).await;
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(6)), "{r:?}");
+        assert!(r.reason.unwrap().contains("cannot be read"));
+    }
 
     // A deleted row.
     let (t, _) = seeded(db).await;
@@ -509,7 +564,7 @@ both_stores!(tampering_is_detected_and_located, |db| async move {
     for (i, e) in events.iter_mut().enumerate() {
         e.seq = i as i64 + 1;
         e.prev_hash = prev.clone();
-        e.hash = piivault::audit::chain_hash(e);
+        e.hash = piivault::audit::chain_hash(e.borrowed()).to_vec();
         prev = e.hash.clone();
         sqlx::query(
             "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, subject, field, target, purpose, decision, reason, request_id, prev_hash, hash) \

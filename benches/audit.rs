@@ -86,7 +86,7 @@ async fn postgres_verify(base: &str, dir: &std::path::Path, events: i64) {
         .unwrap();
     let pg_dir = dir.join("postgres");
     let settings = piivault::config::Settings {
-        database_url: url,
+        database_url: url.into(),
         ..support::settings(&pg_dir)
     };
     let app = piivault::open(&settings).await.unwrap();

@@ -11,6 +11,9 @@ use zeroize::Zeroizing;
 
 use crate::crypto::MasterKeySource;
 
+mod store_record;
+pub use store_record::{redacted, DatabaseUrl, StoreRecord, RECORD_FILE};
+
 pub const DEFAULT_DATA_DIR: &str = "./piivault-data";
 pub const DEFAULT_POLICY_DIR: &str = "policies";
 pub const DEFAULT_REPORTS_DIR: &str = "audit";
@@ -23,7 +26,10 @@ pub struct GlobalArgs {
     /// Data directory: SQLite database, master key file, TLS material.
     #[arg(long, global = true, env = "PIIVAULT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Store URL: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data directory).
+    /// Store URL: sqlite://PATH or postgres://USER@HOST/DB. Default: the store recorded in
+    /// DATA_DIR/piivault.toml on first start (SQLite in the data directory if none is
+    /// named then); naming a different store is refused. A password is best left out of
+    /// the URL and given in PIIVAULT_DATABASE_PASSWORD or PIIVAULT_DATABASE_PASSWORD_FILE.
     #[arg(long, global = true, env = "PIIVAULT_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
     /// Optional TOML configuration file (lowest precedence after defaults).
@@ -117,13 +123,43 @@ pub enum ConfigError {
     File { path: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// The command names another store than the one the data directory belongs to.
+    #[error(
+        "the data directory {data_dir} belongs to the store {recorded} (recorded in {record}), \
+         but this command names {named}; leave out --database-url (and PIIVAULT_DATABASE_URL) \
+         to use the recorded store, or use another data directory"
+    )]
+    OtherStore {
+        data_dir: String,
+        record: String,
+        recorded: String,
+        named: String,
+    },
+    /// No vault has been started in the data directory, and no store was named.
+    #[error(
+        "there is no vault in {0}: start one there with `piivault serve --data-dir {0}` \
+         (it records its store in {RECORD_FILE}), or name the store with --database-url"
+    )]
+    NoVault(String),
+}
+
+/// What a command does with the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// It may start a new vault there (`serve`).
+    MayInitialise,
+    /// It works on the vault already there.
+    Existing,
+    /// It does not use the store (reads policy files only).
+    NoStore,
 }
 
 /// Resolved settings shared by every subcommand.
 #[derive(Debug)]
 pub struct Settings {
     pub data_dir: PathBuf,
-    pub database_url: String,
+    /// The store: the one recorded in the data directory, or the one named.
+    pub database_url: DatabaseUrl,
     /// None: use the classification compiled into the binary.
     pub policy_dir: Option<PathBuf>,
     /// None: use the report definitions compiled into the binary.
@@ -136,6 +172,37 @@ pub struct Settings {
     pub audit_key_file: PathBuf,
     /// The TOML file, for subcommand-specific settings.
     pub file: FileConfig,
+}
+
+/// The store for `data_dir`: the one recorded there (a `named` store must be the same
+/// one), else the one named, else, for a command that may start a vault or for a data
+/// directory from before stores were recorded, SQLite in the data directory.
+fn store_url(
+    data_dir: &Path,
+    named: Option<String>,
+    opening: Opening,
+) -> Result<DatabaseUrl, ConfigError> {
+    let default_sqlite = data_dir.join("piivault.db");
+    match (StoreRecord::read(data_dir)?, named) {
+        (Some(record), Some(named)) => {
+            if record.names_same_store(&named)? {
+                Ok(named.into())
+            } else {
+                Err(ConfigError::OtherStore {
+                    data_dir: data_dir.display().to_string(),
+                    record: StoreRecord::path(data_dir).display().to_string(),
+                    recorded: record.database_url,
+                    named: redacted(&named),
+                })
+            }
+        }
+        (Some(record), None) => store_record::with_password(&record.database_url),
+        (None, Some(named)) => Ok(named.into()),
+        (None, None) if opening != Opening::Existing || default_sqlite.exists() => {
+            Ok(format!("sqlite://{}?mode=rwc", default_sqlite.display()).into())
+        }
+        (None, None) => Err(ConfigError::NoVault(data_dir.display().to_string())),
+    }
 }
 
 fn env_secret(name: &str) -> Option<Zeroizing<String>> {
@@ -152,7 +219,7 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
 }
 
 impl Settings {
-    pub fn resolve(args: &GlobalArgs) -> Result<Self, ConfigError> {
+    pub fn resolve(args: &GlobalArgs, opening: Opening) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -171,16 +238,13 @@ impl Settings {
             .clone()
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let database_url = args
-            .database_url
-            .clone()
-            .or_else(|| file.database_url.clone())
-            .unwrap_or_else(|| {
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    data_dir.join("piivault.db").display()
-                )
-            });
+        let database_url = store_url(
+            &data_dir,
+            args.database_url
+                .clone()
+                .or_else(|| file.database_url.clone()),
+            opening,
+        )?;
         let policy_dir = match args.policy_dir.clone().or_else(|| file.policy_dir.clone()) {
             Some(dir) => Some(dir),
             None => Some(PathBuf::from(DEFAULT_POLICY_DIR)).filter(|d| d.is_dir()),

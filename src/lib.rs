@@ -76,6 +76,26 @@ pub fn load_catalogue(settings: &Settings) -> anyhow::Result<Catalogue> {
     }
 }
 
+/// Checks that `settings` names the store the data directory belongs to. Returns true
+/// if the directory has no record yet: once the store has opened, [`open`] records it,
+/// and from then on the data directory (its master key, TLS material and audit key)
+/// and the store go together.
+fn check_store_binding(settings: &Settings) -> anyhow::Result<bool> {
+    use crate::config::StoreRecord;
+    match StoreRecord::read(&settings.data_dir)? {
+        Some(record) if !record.names_same_store(&settings.database_url)? => {
+            anyhow::bail!(
+                "the data directory {} belongs to the store {}, not {}",
+                settings.data_dir.display(),
+                record.database_url,
+                settings.database_url
+            )
+        }
+        Some(_) => Ok(false),
+        None => Ok(true),
+    }
+}
+
 /// Opens (and on first start initialises) the vault described by `settings`.
 pub async fn open(settings: &Settings) -> anyhow::Result<App> {
     std::fs::DirBuilder::new()
@@ -93,6 +113,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
             .await
             .context("loading the access policy")?,
     );
+    let unrecorded = check_store_binding(settings)?;
     let connections = if settings.database_url.starts_with("sqlite:") {
         8
     } else {
@@ -105,6 +126,10 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         .await
         .context("loading the master key")?;
     let keys = Arc::new(keys);
+    if unrecorded {
+        crate::config::StoreRecord::write(&settings.data_dir, &settings.database_url)
+            .context("recording the store in the data directory")?;
+    }
     let audit_key = Arc::new(
         AuditKey::load_or_create(&settings.audit_key_file)
             .context("loading the audit signing key")?,

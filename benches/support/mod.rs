@@ -14,7 +14,7 @@ use piivault::App;
 pub fn settings(dir: &Path) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),
-        database_url: format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()),
+        database_url: format!("sqlite://{}?mode=rwc", dir.join("bench.db").display()).into(),
         policy_dir: None,
         reports_dir: None,
         master: MasterKeySource::File {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{GlobalArgs, Settings};
+use crate::config::{GlobalArgs, Opening, Settings};
 
 /// piivault: a secure customer-data vault (field-level encryption, scoped tokens,
 /// PIPL-ready). One binary: the server and the operator command line.
@@ -48,7 +48,12 @@ pub enum Command {
 
 /// Runs a parsed command line; the exit code says whether it worked.
 pub async fn run(cli: Cli) -> ExitCode {
-    let settings = match Settings::resolve(&cli.global) {
+    let opening = match cli.command {
+        Command::Serve(_) => Opening::MayInitialise,
+        Command::Policy(_) => Opening::NoStore,
+        _ => Opening::Existing,
+    };
+    let settings = match Settings::resolve(&cli.global, opening) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -112,7 +112,7 @@ pub fn policies_with(extra: &str) -> tempfile::TempDir {
 pub fn settings(dir: &Path, database_url: String) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),
-        database_url,
+        database_url: database_url.into(),
         policy_dir: Some(policy_dir()),
         reports_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("audit")),
         master: MasterKeySource::File {

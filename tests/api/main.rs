@@ -8,6 +8,7 @@ mod helpers;
 mod audit_reports;
 mod audit_trail;
 mod canary;
+mod cli_store;
 mod consent;
 mod crypto_binding;
 mod data_path;

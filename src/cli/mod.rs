@@ -3,6 +3,7 @@
 
 mod audit;
 mod dsr;
+mod import;
 mod policy;
 mod retention;
 mod serve;
@@ -41,6 +42,9 @@ pub enum Command {
     /// The data-subject request queue.
     #[command(subcommand)]
     Dsr(dsr::DsrCommand),
+    /// Import subjects from a CSV or JSON-lines file: every line validated first, then
+    /// stored in batches, encrypted and audited like any create; resumable.
+    Import(import::ImportArgs),
     /// Inspect the access policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -68,6 +72,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(cmd) => audit::run(&settings, cmd).await,
         Command::Dsr(cmd) => dsr::run(&settings, cmd).await,
         Command::Retention(cmd) => retention::run(&settings, cmd).await,
+        Command::Import(args) => import::run(&settings, args).await,
     };
     match result {
         Ok(code) => code,

@@ -136,3 +136,29 @@ impl From<TokenError> for Error {
         }
     }
 }
+
+/// For interfaces that print (the command line): the stable code and what happened,
+/// never a value.
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unauthorized { code, message } | Self::NotFound { code, message } => {
+                write!(f, "{code}: {message}")
+            }
+            Self::Forbidden { code, message, .. } | Self::BadRequest { code, message } => {
+                write!(f, "{code}: {message}")
+            }
+            Self::TooManyFailures { .. } => f.write_str("too_many_failures"),
+            Self::Invalid(v) => write!(f, "{}: {}: {}", v.rule, v.field, v.message),
+            Self::PayloadTooLarge => f.write_str("payload_too_large"),
+            Self::Unavailable => f.write_str("unavailable: the store cannot be reached"),
+            Self::AuditUnavailable => f.write_str(
+                "audit_unavailable: the audit trail cannot be written; nothing was changed",
+            ),
+            Self::Integrity => {
+                f.write_str("integrity_error: stored data failed its integrity check")
+            }
+            Self::Internal(cause) => write!(f, "internal: {cause}"),
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod consents;
 pub mod dsr;
 mod error;
+pub mod import;
 pub mod subjects;
 pub mod tokens;
 

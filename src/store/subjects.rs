@@ -28,6 +28,17 @@ pub struct IndexEntry {
     pub digest: Vec<u8>,
 }
 
+/// Rows per INSERT statement in an import (at 6 columns, well inside SQLite's 32,766
+/// and PostgreSQL's 65,535 bind parameters).
+pub const IMPORT_ROWS_PER_INSERT: usize = 500;
+
+/// One bound value of an import row.
+enum Arg {
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
 /// A new subject with its first DEK, fields and index entries.
 #[derive(Debug)]
 pub struct NewSubject {
@@ -473,6 +484,111 @@ impl Store {
                 script.run(conn).await
             })
         })
+    }
+
+    /// Many new subjects at once (an import): each table filled by multi-row INSERTs of
+    /// at most [`IMPORT_ROWS_PER_INSERT`] rows. A subject that already exists is a
+    /// `Conflict`, and the whole op fails.
+    pub fn import_subjects_op(&self, subjects: Vec<NewSubject>) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                let now = now_ms();
+                let mut script = Script::new(conn);
+                let mut chunks =
+                    |sql: &str,
+                     per_row: usize,
+                     rows: &mut dyn ExactSizeIterator<Item = Vec<Arg>>| {
+                        let mut rows = rows.peekable();
+                        while rows.peek().is_some() {
+                            let chunk: Vec<Vec<Arg>> =
+                                rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
+                            script.sql(&format!("{sql} VALUES {}", tuples(chunk.len(), per_row)));
+                            for arg in chunk.into_iter().flatten() {
+                                match arg {
+                                    Arg::Int(v) => script.bind(v),
+                                    Arg::Text(v) => script.bind(v),
+                                    Arg::Bytes(v) => script.bind(v),
+                                };
+                            }
+                        }
+                    };
+                chunks(
+                    "INSERT INTO subjects (id, created_at, updated_at)",
+                    3,
+                    &mut subjects
+                        .iter()
+                        .map(|s| vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)])
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                );
+                chunks(
+                    "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
+                    6,
+                    &mut subjects
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                Arg::Text(s.id.clone()),
+                                Arg::Int(s.key.version),
+                                Arg::Int(s.key.kek_version),
+                                Arg::Bytes(s.key.wrapped.clone()),
+                                Arg::Int(s.fields.len() as i64),
+                                Arg::Int(now),
+                            ]
+                        })
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                );
+                let mut fields = Vec::new();
+                let mut index = Vec::new();
+                for s in subjects {
+                    for f in s.fields {
+                        fields.push(vec![
+                            Arg::Text(s.id.clone()),
+                            Arg::Text(f.field),
+                            Arg::Int(f.dek_version),
+                            Arg::Bytes(f.sealed),
+                            Arg::Int(now),
+                        ]);
+                    }
+                    for e in s.index {
+                        index.push(vec![
+                            Arg::Text(e.field),
+                            Arg::Bytes(e.digest),
+                            Arg::Text(s.id.clone()),
+                        ]);
+                    }
+                }
+                chunks(
+                    "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+                    5,
+                    &mut fields.into_iter(),
+                );
+                chunks(
+                    "INSERT INTO blind_index (field, digest, subject_id)",
+                    3,
+                    &mut index.into_iter(),
+                );
+                script.run(conn).await
+            })
+        })
+    }
+
+    /// How many of `ids` exist as subjects (erased or not).
+    pub async fn count_subjects(&self, ids: &[String]) -> Result<i64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let list = (1..=ids.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT count(*) FROM subjects WHERE id IN ({list})");
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        Ok(query.fetch_one(&self.pool).await?)
     }
 
     /// A correction; `NotFound` if the subject does not exist or is erased.

@@ -1,12 +1,25 @@
 use crate::crypto::random_id;
 
-/// An opaque subject id, `sub_` and 32 hex digits. Random; never derived from PI.
+/// An opaque subject id, `sub_` and 32 hex digits. Random (or, in an import, derived
+/// from a random secret and a line number); never derived from PI.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SubjectId(String);
 
 impl SubjectId {
     pub fn generate() -> Self {
         Self(random_id("sub"))
+    }
+
+    /// The id of line `line` of an import run: unpredictable without the run's secret,
+    /// the same every time for the same run and line, so a resumed import recognises
+    /// the subjects it already created instead of creating them twice.
+    pub fn for_import(run_secret: &[u8; 16], line: u64) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"piivault/import/v1");
+        h.update(run_secret);
+        h.update(line.to_be_bytes());
+        Self(format!("sub_{}", hex::encode(&h.finalize()[..16])))
     }
 
     /// Accepts only the shape the vault generates.

@@ -233,6 +233,50 @@ impl Vault {
         Ok(self.commit(id, events, op).await?)
     }
 
+    /// Validates and encrypts a new subject without storing it (an import prepares many,
+    /// then [`Vault::import`] stores them together).
+    pub fn prepare_subject(
+        &self,
+        id: &SubjectId,
+        fields: &Map<String, Value>,
+    ) -> Result<NewSubject, VaultError> {
+        let values = self.parse_fields(fields, false)?;
+        let key = DataKey::generate();
+        let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
+        let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
+        Ok(NewSubject {
+            id: id.as_str().to_owned(),
+            key: SubjectKeyRow {
+                version: 1,
+                kek_version,
+                wrapped,
+                encryptions: 0,
+            },
+            fields: rows,
+            index,
+        })
+    }
+
+    /// Validates without encrypting: what an import checks in its first pass.
+    pub fn validate_fields(&self, fields: &Map<String, Value>) -> Result<(), VaultError> {
+        self.parse_fields(fields, false).map(|_| ())
+    }
+
+    /// Stores prepared subjects and their events in one transaction: all or none.
+    pub async fn import(
+        &self,
+        subjects: Vec<NewSubject>,
+        events: Vec<Event>,
+    ) -> Result<(), VaultError> {
+        if events.len() < subjects.len() {
+            return Err(
+                AuditError::Unavailable("a change must carry its audit events".into()).into(),
+            );
+        }
+        let op = self.store.import_subjects_op(subjects);
+        Ok(self.audit.record_with(events, op).await?)
+    }
+
     /// Makes a change to subject `id` and appends its events, in one transaction, then
     /// forgets the cached snapshot. A change without an event is refused: nothing
     /// changes unrecorded.

@@ -88,8 +88,8 @@ both_stores!(
         let mut wrong = settings(t.dir.path(), other_url.clone());
         wrong.policy_dir = t.settings.policy_dir.clone();
         let Err(err) = piivault::open(&wrong).await else {
-        panic!("a vault opened on another store");
-    };
+            panic!("a vault opened on another store");
+        };
         assert!(
             format!("{err:#}").contains("belongs to the store"),
             "{err:#}"

@@ -14,6 +14,7 @@ mod crypto_binding;
 mod data_path;
 mod dsr;
 mod erasure;
+mod import;
 mod lifecycle;
 mod policy_admin;
 mod policy_matrix;

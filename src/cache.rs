@@ -21,6 +21,7 @@ struct Inner<K, V> {
 }
 
 pub struct Cache<K, V> {
+    name: &'static str,
     inner: Mutex<Inner<K, V>>,
     ttl: Duration,
     max: usize,
@@ -40,8 +41,10 @@ impl<K, V> std::fmt::Debug for Cache<K, V> {
 impl<K: Eq + Hash, V: Clone> Cache<K, V> {
     /// A cache of at most `max` entries, each kept at most `ttl`. It starts switched off
     /// until the change feed has been read once.
-    pub fn new(max: usize, ttl: Duration) -> Self {
+    /// `name` labels its hit and miss counts in the metrics.
+    pub fn new(name: &'static str, max: usize, ttl: Duration) -> Self {
         Self {
+            name,
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
                 generation: 0,
@@ -63,11 +66,15 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         if !self.enabled.load(Ordering::Acquire) {
             return None;
         }
-        let inner = self.lock();
-        match inner.map.get(key) {
-            Some((v, at)) if at.elapsed() < self.ttl => Some(v.clone()),
-            _ => None,
-        }
+        let found = {
+            let inner = self.lock();
+            match inner.map.get(key) {
+                Some((v, at)) if at.elapsed() < self.ttl => Some(v.clone()),
+                _ => None,
+            }
+        };
+        crate::metrics::cache_lookup(self.name, found.is_some());
+        found
     }
 
     /// The generation to pass to `insert`; take it before reading the store.
@@ -142,7 +149,7 @@ mod tests {
 
     #[test]
     fn off_until_enabled_and_after_disabled() {
-        let c: Cache<&str, i32> = Cache::new(10, Duration::from_secs(60));
+        let c: Cache<&str, i32> = Cache::new("test", 10, Duration::from_secs(60));
         c.insert(c.generation(), "a", 1);
         assert_eq!(c.get(&"a"), None);
         c.set_enabled(true);
@@ -156,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_read_older_than_a_forget_is_not_cached() {
-        let c: Cache<&str, i32> = Cache::new(10, Duration::from_secs(60));
+        let c: Cache<&str, i32> = Cache::new("test", 10, Duration::from_secs(60));
         c.set_enabled(true);
         let seen = c.generation();
         // A change commits and is forgotten while the reader was reading the old value.
@@ -167,13 +174,13 @@ mod tests {
 
     #[test]
     fn bounded_and_expiring() {
-        let c: Cache<u32, u32> = Cache::new(4, Duration::from_secs(60));
+        let c: Cache<u32, u32> = Cache::new("test", 4, Duration::from_secs(60));
         c.set_enabled(true);
         for i in 0..100 {
             c.insert(c.generation(), i, i);
             assert!(c.len() <= 4);
         }
-        let expired: Cache<u32, u32> = Cache::new(4, Duration::ZERO);
+        let expired: Cache<u32, u32> = Cache::new("test", 4, Duration::ZERO);
         expired.set_enabled(true);
         expired.insert(expired.generation(), 1, 1);
         assert_eq!(expired.get(&1), None);

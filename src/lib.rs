@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod pipl;
 pub mod store;
@@ -98,6 +99,7 @@ fn check_store_binding(settings: &Settings) -> anyhow::Result<bool> {
 
 /// Opens (and on first start initialises) the vault described by `settings`.
 pub async fn open(settings: &Settings) -> anyhow::Result<App> {
+    metrics::handle();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -346,7 +346,12 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        match commit_batch(&store, &mut batch).await {
+        metrics::gauge!(crate::metrics::AUDIT_QUEUE).set(rx.len() as f64);
+        metrics::histogram!(crate::metrics::AUDIT_BATCH_EVENTS).record(n as f64);
+        let started = std::time::Instant::now();
+        let committed = commit_batch(&store, &mut batch).await;
+        metrics::histogram!(crate::metrics::AUDIT_COMMIT).record(started.elapsed().as_secs_f64());
+        match committed {
             Ok(last) => {
                 if !healthy.swap(true, Ordering::Relaxed) {
                     tracing::warn!("audit trail writable again; serving");
@@ -364,6 +369,7 @@ async fn writer(
             }
             Err(e) => {
                 healthy.store(false, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
                 tracing::error!(error = %e, events = n, "audit events could not be written; failing closed");
                 let message = e.to_string();
                 for p in batch {

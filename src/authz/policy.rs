@@ -558,10 +558,14 @@ impl Policy {
                     Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
                 }
                 tracing::info!(policy = %digest, "policy reloaded");
+                metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "loaded")
+                    .increment(1);
                 Reload::Applied { digest }
             }
             Err(e) => {
                 tracing::error!(error = %e, policy = %self.current().digest(), "policy reload refused; the last good policy stays in force");
+                metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "refused")
+                    .increment(1);
                 Reload::Refused(e)
             }
         }

@@ -131,7 +131,7 @@ impl Tokens {
             audit,
             keys,
             max_ttl,
-            cache: Arc::new(Cache::new(TOKEN_CACHE_MAX, TOKEN_CACHE_TTL)),
+            cache: Arc::new(Cache::new("tokens", TOKEN_CACHE_MAX, TOKEN_CACHE_TTL)),
         }
     }
 

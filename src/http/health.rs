@@ -15,6 +15,25 @@ pub fn router() -> Router<AppState> {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text exposition. No token: it holds counts, latencies and pool use,
+/// labelled by route template, method, status, reason code, cache, role and purpose
+/// names only (SECURITY.md says what it reveals and how to keep it in).
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let (in_use, idle) = state.store.pool_use();
+    metrics::gauge!(crate::metrics::POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(crate::metrics::POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+    let handle = crate::metrics::handle();
+    handle.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
 }
 
 /// Ready when the store answers and the audit trail can be written (an empty batch

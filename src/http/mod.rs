@@ -56,6 +56,13 @@ pub struct RequestId(pub String);
 async fn request_context(access_log: bool, mut req: Request, next: Next) -> Response {
     let id = random_id("req");
     req.extensions_mut().insert(RequestId(id.clone()));
+    // The route template (`/v1/subjects/{id}`), never the path: a path holds ids.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -66,7 +73,9 @@ async fn request_context(access_log: bool, mut req: Request, next: Next) -> Resp
     let start = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    let elapsed_us = start.elapsed().as_micros() as u64;
+    let elapsed = start.elapsed();
+    crate::metrics::http_request(&route, &method, status, elapsed);
+    let elapsed_us = elapsed.as_micros() as u64;
     if access_log {
         span.in_scope(
             || tracing::info!(target: "piivault::access", status, elapsed_us, "request done"),

@@ -328,7 +328,10 @@ pub async fn commit(state: &Pipeline, run: &Run, batch: Vec<Prepared>) -> Result
             .target(&format!("{}:line:{}", run.id, p.line))
         })
         .collect();
+    let batch_len = batch.len();
     let subjects = batch.into_iter().map(|p| p.subject).collect();
+    let n = batch_len as u64;
     state.vault.import(subjects, events).await?;
+    metrics::counter!(crate::metrics::IMPORTED).increment(n);
     Ok(Committed::Stored)
 }

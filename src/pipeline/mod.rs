@@ -92,6 +92,12 @@ impl Pipeline {
             Ok(caller) => Ok(caller),
             Err(e @ (TokenError::Store(_) | TokenError::Audit(_))) => Err(e.into()),
             Err(e) => {
+                let refused: Error = e.into();
+                let code = match &refused {
+                    Error::Unauthorized { code, .. } => *code,
+                    _ => "other",
+                };
+                metrics::counter!(crate::metrics::TOKENS_REFUSED, "code" => code).increment(1);
                 if let Some(ip) = creds.client {
                     if let Verdict::Limited { retry_after } = self.limiter.failure(ip) {
                         tracing::warn!(client = %ip, "bad tokens over budget; delaying");
@@ -99,7 +105,7 @@ impl Pipeline {
                         return Err(Error::TooManyFailures { retry_after });
                     }
                 }
-                Err(e.into())
+                Err(refused)
             }
         }
     }
@@ -181,6 +187,8 @@ impl Authorized {
         message: String,
     ) -> Error {
         tracing::info!(object, action = %event.action, "denied by policy");
+        metrics::counter!(crate::metrics::POLICY_REFUSALS, "role" => self.caller.role.clone())
+            .increment(1);
         match pipeline
             .audit
             .record_one(event.outcome(Decision::Deny, "policy_denied"))

@@ -213,6 +213,7 @@ pub async fn read(
         let spec = catalogue.field(&name).map_err(Error::Invalid)?;
         if let Some(code) = gate.as_ref().and_then(|g| g.check(spec.sensitive).code()) {
             if who.field_access(&name).is_some() {
+                metrics::counter!(crate::metrics::CONSENT_REFUSALS, "code" => code).increment(1);
                 denied.push((name, code));
                 continue;
             }
@@ -222,7 +223,11 @@ pub async fn read(
                 wanted.push((name, View::Clear))
             }
             Some(_) => wanted.push((name, View::Masked)),
-            None => denied.push((name, "policy_denied")),
+            None => {
+                metrics::counter!(crate::metrics::POLICY_REFUSALS, "role" => who.caller.role.clone())
+                    .increment(1);
+                denied.push((name, "policy_denied"))
+            }
         }
     }
     let denials: Vec<Event> = denied
@@ -396,8 +401,12 @@ pub async fn lookup(
                 continue;
             };
             if let Some(gate) = consent_gate(state, who, &sid, None).await? {
-                if gate.check(sensitive).code().is_none() {
-                    kept.push(sid.as_str().to_owned());
+                match gate.check(sensitive).code() {
+                    None => kept.push(sid.as_str().to_owned()),
+                    Some(code) => {
+                        metrics::counter!(crate::metrics::CONSENT_REFUSALS, "code" => code)
+                            .increment(1);
+                    }
                 }
             }
         }

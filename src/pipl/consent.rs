@@ -155,7 +155,7 @@ impl Consents {
         Self {
             store,
             audit,
-            cache: Arc::new(Cache::new(CONSENT_CACHE_MAX, CONSENT_CACHE_TTL)),
+            cache: Arc::new(Cache::new("consents", CONSENT_CACHE_MAX, CONSENT_CACHE_TTL)),
             purposes: Default::default(),
         }
     }

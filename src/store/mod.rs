@@ -149,6 +149,12 @@ impl Store {
         })
     }
 
+    /// Pooled connections in use and idle.
+    pub fn pool_use(&self) -> (u32, usize) {
+        let idle = self.pool.num_idle();
+        (self.pool.size().saturating_sub(idle as u32), idle)
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

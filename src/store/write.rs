@@ -125,6 +125,17 @@ impl Dedicated {
         if guard.is_none() {
             let mut conn = self.options.connect().await?;
             super::configure(&mut conn, self.backend).await?;
+            if self.backend == Backend::Sqlite {
+                // The one connection that writes keeps more of the indexes it writes to
+                // in memory (the pooled readers keep 16 MB each), and lets the WAL grow
+                // to 64 MB before copying it back: a page written by many commits in
+                // between is copied once.
+                sqlx::Executor::execute(
+                    &mut conn,
+                    "PRAGMA cache_size = -131072; PRAGMA wal_autocheckpoint = 16384;",
+                )
+                .await?;
+            }
             *guard = Some(conn);
         }
         Ok(Lease::Dedicated(guard))

@@ -10,16 +10,28 @@ impl SubjectId {
         Self(random_id("sub"))
     }
 
-    /// The id of line `line` of an import run: unpredictable without the run's secret,
-    /// the same every time for the same run and line, so a resumed import recognises
-    /// the subjects it already created instead of creating them twice.
+    /// The id of line `line` of an import run: the run's 4-byte prefix, the line number
+    /// (6 bytes) and 6 bytes derived from the run's secret and the line. Ids of one run
+    /// sort in line order, so an import appends to every index keyed by subject instead
+    /// of writing all over them; the same run and line always give the same id, so a
+    /// resumed import recognises the subjects it already created. Knowing one id of a
+    /// run, another cannot be guessed without the secret (48 bits of it).
     pub fn for_import(run_secret: &[u8; 16], line: u64) -> Self {
         use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(b"piivault/import/v1");
-        h.update(run_secret);
-        h.update(line.to_be_bytes());
-        Self(format!("sub_{}", hex::encode(&h.finalize()[..16])))
+        let derive = |what: &[u8]| {
+            let mut h = Sha256::new();
+            h.update(b"piivault/import/v1");
+            h.update(run_secret);
+            h.update(what);
+            h.finalize()
+        };
+        let prefix = derive(b"prefix");
+        let tag = derive(&line.to_be_bytes());
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&prefix[..4]);
+        id[4..10].copy_from_slice(&line.to_be_bytes()[2..]);
+        id[10..].copy_from_slice(&tag[..6]);
+        Self(format!("sub_{}", hex::encode(id)))
     }
 
     /// Accepts only the shape the vault generates.

@@ -119,6 +119,7 @@ impl Vault {
             store,
             audit,
             snapshots: Arc::new(Cache::new(
+                "subjects",
                 DEFAULT_SNAPSHOT_CACHE_ENTRIES,
                 SNAPSHOT_CACHE_TTL,
             )),
@@ -131,7 +132,7 @@ impl Vault {
     /// Keeps at most `entries` subject snapshots in memory (0: none; every read asks the
     /// store). The new cache is this vault's own; clones made before keep the old one.
     pub fn with_snapshot_cache(mut self, entries: usize) -> Self {
-        let cache = Cache::new(entries, SNAPSHOT_CACHE_TTL);
+        let cache = Cache::new("subjects", entries, SNAPSHOT_CACHE_TTL);
         cache.set_enabled(self.snapshots.enabled());
         self.snapshots = Arc::new(cache);
         self

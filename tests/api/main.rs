@@ -16,6 +16,7 @@ mod dsr;
 mod erasure;
 mod import;
 mod lifecycle;
+mod metrics;
 mod policy_admin;
 mod policy_matrix;
 mod retention;

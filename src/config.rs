@@ -51,7 +51,9 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub master_key_file: Option<PathBuf>,
-    /// Log format.
+    /// Log format: text, or json (one object a line; the lines of a request carry its
+    /// request id, as its audit events do). The level comes from PIIVAULT_LOG or
+    /// RUST_LOG (default info). No colour codes unless standard error is a terminal.
     #[arg(long, global = true, env = "PIIVAULT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Audit signing key file (Ed25519; default DATA_DIR/audit/signing.key). Its public

@@ -13,10 +13,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber. The level comes from `PIIVAULT_LOG`, else `RUST_LOG`
+/// (both in `tracing` filter syntax: `debug`, `info,piivault::access=debug`), else `info`.
 /// Keep the returned guard until the process ends: dropping it flushes the last lines.
 pub fn init(format: LogFormat) -> Option<WorkerGuard> {
-    let filter = EnvFilter::try_from_default_env()
+    let filter = EnvFilter::try_from_env("PIIVAULT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rustls=warn"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -27,7 +29,10 @@ pub fn init(format: LogFormat) -> Option<WorkerGuard> {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(true)
+            // Every span, outermost first: the `request` span carries the request id
+            // that the audit events of the request carry too.
+            .with_current_span(false)
+            .with_span_list(true)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -4,6 +4,7 @@
 mod audit;
 mod dsr;
 mod import;
+mod keys;
 mod policy;
 mod retention;
 mod serve;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Import subjects from a CSV or JSON-lines file: every line validated first, then
     /// stored in batches, encrypted and audited like any create; resumable.
     Import(import::ImportArgs),
+    /// The key inventory (rotation comes with the key-lifecycle work).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Inspect the access policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -73,6 +77,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Dsr(cmd) => dsr::run(&settings, cmd).await,
         Command::Retention(cmd) => retention::run(&settings, cmd).await,
         Command::Import(args) => import::run(&settings, args).await,
+        Command::Keys(cmd) => keys::run(&settings, cmd).await,
     };
     match result {
         Ok(code) => code,
@@ -92,4 +97,44 @@ pub(crate) fn operator_event(action: &str) -> crate::audit::Event {
         &crate::crypto::random_id("cli"),
         action,
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, at every depth, says what it does, and so does each of its
+    /// options and arguments.
+    #[test]
+    fn every_command_and_option_explains_itself() {
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} {id} has no help text");
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "{name} has no help text");
+                seen.push(name.clone());
+                walk(sub, &name, seen);
+            }
+        }
+        let mut seen = Vec::new();
+        walk(&super::Cli::command(), "piivault", &mut seen);
+        for expected in [
+            "piivault import",
+            "piivault keys",
+            "piivault keys list",
+            "piivault serve",
+        ] {
+            assert!(
+                seen.iter().any(|s| s == expected),
+                "{expected} missing from {seen:?}"
+            );
+        }
+    }
 }

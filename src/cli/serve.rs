@@ -69,7 +69,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
             secret.as_str()
         );
     }
-    eprintln!(
+    let listening = format!(
         "piivault listening on {}://{} (clients trust {})",
         server.scheme,
         server.addr,
@@ -77,6 +77,11 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
             .ca
             .display()
     );
+    // A JSON log stays JSON: the line is an INFO event there, a plain line otherwise.
+    match settings.log_format {
+        crate::config::LogFormat::Json => tracing::info!("{listening}"),
+        crate::config::LogFormat::Text => eprintln!("{listening}"),
+    }
     let handle = server.handle();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -115,3 +115,65 @@ impl Store {
         Ok(())
     }
 }
+
+/// One line of the key inventory, as stored (no key material).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyVersionRow {
+    /// `master`, `data`, or a system key's name (`blind_index`, `token_hash`).
+    pub kind: String,
+    pub version: i64,
+    /// The master-key version that wraps it (none for a master key).
+    pub wrapped_by: Option<i64>,
+    pub created_at: i64,
+    /// Data keys: how many subjects' keys are at this version and wrapping.
+    pub keys: i64,
+    /// Values encrypted under them (data keys; 0 where not counted).
+    pub encryptions: i64,
+}
+
+impl Store {
+    /// Every key version the store knows of: master versions (their check values only),
+    /// system keys, and data keys counted per version and wrapping master version.
+    pub async fn key_inventory(&self) -> Result<Vec<KeyVersionRow>, StoreError> {
+        let row =
+            |kind: String, version, wrapped_by, created_at, keys, encryptions| KeyVersionRow {
+                kind,
+                version,
+                wrapped_by,
+                created_at,
+                keys,
+                encryptions,
+            };
+        let mut out = Vec::new();
+        let masters: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT version, created_at FROM master_keys ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?;
+        out.extend(
+            masters
+                .into_iter()
+                .map(|(v, at)| row("master".into(), v, None, at, 1, 0)),
+        );
+        let system: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT name, version, kek_version, created_at FROM system_keys ORDER BY name, version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        out.extend(
+            system
+                .into_iter()
+                .map(|(name, v, kek, at)| row(name, v, Some(kek), at, 1, 0)),
+        );
+        let data: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT version, kek_version, CAST(count(*) AS BIGINT), CAST(COALESCE(sum(encryptions), 0) AS BIGINT), \
+             CAST(min(created_at) AS BIGINT) FROM subject_keys GROUP BY version, kek_version ORDER BY version, kek_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        out.extend(
+            data.into_iter()
+                .map(|(v, kek, n, enc, at)| row("data".into(), v, Some(kek), at, n, enc)),
+        );
+        Ok(out)
+    }
+}

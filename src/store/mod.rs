@@ -18,7 +18,7 @@ mod write;
 
 pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
 pub use consent::ConsentRow;
-pub use keys::{MasterKeyRow, SystemKeyRow};
+pub use keys::{KeyVersionRow, MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;
 pub use retention::ExpiredRow;
 pub use subjects::{

@@ -237,6 +237,46 @@ both_stores!(
         .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["fields"]["id_number"]["value"], CANARIES[1]);
+
+        // --log-format json: one object a line, no colour codes, and the lines logged
+        // while serving a request carry the request id its audit events carry.
+        let resp = client
+            .get(format!(
+                "https://localhost:{port}/v1/subjects/{id}?fields=phone"
+            ))
+            .bearer_auth(&tok)
+            .header("X-Purpose", "dsr")
+            .send()
+            .await
+            .unwrap();
+        let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let stderr_log = dir.path().join("stderr-1.log");
+        let carries_id = |line: &Value| {
+            line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == request_id.as_str()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&stderr_log).unwrap();
+            assert!(!text.contains('\u{1b}'), "colour codes in a log file");
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+                .collect();
+            if lines
+                .iter()
+                .any(|l| carries_id(l) && l["target"] == "piivault::access")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line carries {request_id}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         stop(first);
 
         // Second start: same key, same certificate, no new bootstrap token, data readable.

@@ -123,3 +123,40 @@ fn a_data_directory_without_a_vault_is_refused() {
         "files were created"
     );
 }
+
+both_stores!(
+    keys_list_shows_the_inventory_without_key_material,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        for i in 0..3 {
+            t.create(
+                &dsr,
+                json!({"name": format!("钥匙{i}"), "phone": "13812345678"}),
+            )
+            .await;
+        }
+        let out = piivault(&["keys", "list", "--json"], t.dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let keys = list["keys"].as_array().unwrap();
+        let find = |kind: &str| keys.iter().find(|k| k["kind"] == kind).cloned().unwrap();
+        assert_eq!(find("master")["state"], "active");
+        assert_eq!(find("master")["version"], 1);
+        assert_eq!(find("blind_index")["wrapped_by"], 1);
+        assert_eq!(find("token_hash")["wrapped_by"], 1);
+        let data = find("data");
+        assert_eq!(data["keys"], 3);
+        assert_eq!(data["encryptions"], 6);
+        let audit = list["audit"].as_array().unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0]["key_id"], t.app.trusted_audit_keys()[0].key_id());
+        // No key material: the master key file's text and the wrapped keys stay out.
+        let master = std::fs::read_to_string(t.dir.path().join("master.key")).unwrap();
+        let secret = master.trim().rsplit(':').next().unwrap();
+        assert!(!text(&out).contains(secret));
+        let table = piivault(&["keys", "list"], t.dir.path());
+        assert!(table.status.success());
+        assert!(text(&table).contains("decrypt-only") || text(&table).contains("active"));
+    }
+);

@@ -1,25 +1,34 @@
 //! `/v1/subjects/{id}/consents`: grant, withdraw, list with history (`pipeline::consents`).
 
 use axum::extract::{Path, State};
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
+use super::openapi::{GrantBody, Refusals, WithdrawBody};
 use super::AppState;
 use crate::pipeline::consents::{self, WithdrawRequest};
 use crate::pipl::GrantRequest;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/subjects/{id}/consents", get(list))
-        .route(
-            "/v1/subjects/{id}/consents/{purpose}",
-            put(grant).delete(withdraw),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(grant, withdraw))
 }
 
+/// Record a consent to a purpose (PIPL Art. 14).
+#[utoipa::path(put, path = "/v1/subjects/{id}/consents/{purpose}", tag = "consents",
+    params(("id" = String, Path, description = "Subject id"), ("purpose" = String, Path, description = "A declared purpose"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    request_body = GrantBody,
+    responses(
+        (status = 200, description = "The consent as recorded", body = Object),
+        (status = 400, description = "Code: `unknown_purpose`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn grant(
     State(state): State<AppState>,
     who: Authorized,
@@ -31,6 +40,15 @@ async fn grant(
     ))
 }
 
+/// Withdraw a consent (PIPL Art. 15): reads for that purpose stop at once.
+#[utoipa::path(delete, path = "/v1/subjects/{id}/consents/{purpose}", tag = "consents",
+    params(("id" = String, Path, description = "Subject id"), ("purpose" = String, Path, description = "A declared purpose"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    request_body(content = Option<WithdrawBody>, description = "Optional: the channel it came in by"),
+    responses(
+        (status = 200, description = "The consent as withdrawn", body = Object),
+        (status = 404, description = "Codes: `subject_not_found`, `consent_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn withdraw(
     State(state): State<AppState>,
     who: Authorized,
@@ -53,6 +71,14 @@ async fn withdraw(
     ))
 }
 
+/// A subject's consents, current state and history.
+#[utoipa::path(get, path = "/v1/subjects/{id}/consents", tag = "consents",
+    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses(
+        (status = 200, description = "`{consents: [...], history: [...]}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn list(
     State(state): State<AppState>,
     who: Authorized,

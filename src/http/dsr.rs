@@ -4,28 +4,35 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
+use super::openapi::{HoldBody, Refusals, RequestBody, UpdateBody};
 use super::AppState;
 use crate::pipeline::dsr::{self, CreateRequest, HoldRequest, ListQuery, UpdateRequest};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/requests", get(list).post(create))
-        .route("/v1/requests/{id}", get(show).patch(update))
-        .route("/v1/subjects/{id}/export", get(export))
-        .route(
-            "/v1/subjects/{id}/hold",
-            axum::routing::put(place_hold).delete(lift_hold),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update))
+        .routes(routes!(export))
+        .routes(routes!(place_hold, lift_hold))
 }
 
 type Answer = Result<Json<Value>, ApiError>;
 
+/// Record a data-subject request; its due date counts working days.
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", params(("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = RequestBody,
+    responses(
+        (status = 201, description = "The request with its id and due date", body = Object),
+        (status = 400, description = "Code: `invalid_request_kind`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn create(
     State(state): State<AppState>,
     who: Authorized,
@@ -37,6 +44,10 @@ async fn create(
     ))
 }
 
+/// The request queue, oldest due first.
+#[utoipa::path(get, path = "/v1/requests", tag = "requests",
+    params(("overdue" = Option<bool>, Query, description = "Only unfinished requests past their due date"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses((status = 200, description = "`{requests: [...]}`", body = Object), Refusals))]
 async fn list(
     State(state): State<AppState>,
     who: Authorized,
@@ -45,10 +56,27 @@ async fn list(
     Ok(Json(dsr::list(&state, &who, &q).await?))
 }
 
+/// One request.
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests",
+    params(("id" = String, Path, description = "Request id (`dsr_…`)"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses(
+        (status = 200, description = "The request", body = Object),
+        (status = 404, description = "Code: `request_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn show(State(state): State<AppState>, who: Authorized, Path(id): Path<String>) -> Answer {
     Ok(Json(dsr::show(&state, &who, &id).await?))
 }
 
+/// Move a request on (`in_progress`, `completed`, `rejected` with a reason).
+#[utoipa::path(patch, path = "/v1/requests/{id}", tag = "requests",
+    params(("id" = String, Path, description = "Request id"), ("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The request as updated", body = Object),
+        (status = 400, description = "Code: `bad_transition`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `request_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn update(
     State(state): State<AppState>,
     who: Authorized,
@@ -59,6 +87,16 @@ async fn update(
 }
 
 /// The portable bundle, as a download named after the subject id (never after PI).
+/// Everything held about a subject, decrypted, with its consents and access history
+/// (PIPL Art. 45), as a JSON attachment.
+#[utoipa::path(get, path = "/v1/subjects/{id}/export", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses(
+        (status = 200, description = "The export bundle (JSON, as an attachment)", body = Object),
+        (status = 403, description = "Code: `legal_hold`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn export(
     State(state): State<AppState>,
     who: Authorized,
@@ -70,6 +108,15 @@ async fn export(
     Ok(([(header::CONTENT_DISPOSITION, disposition)], Json(bundle)).into_response())
 }
 
+/// Place a legal hold (PIPL Art. 47 ¶2): storage only until it is lifted.
+#[utoipa::path(put, path = "/v1/subjects/{id}/hold", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = HoldBody,
+    responses(
+        (status = 200, description = "`{id, hold: case}`", body = Object),
+        (status = 400, description = "Code: `invalid_case`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn place_hold(
     State(state): State<AppState>,
     who: Authorized,
@@ -79,6 +126,14 @@ async fn place_hold(
     Ok(Json(dsr::place_hold(&state, &who, &id, &body).await?))
 }
 
+/// Lift a legal hold.
+#[utoipa::path(delete, path = "/v1/subjects/{id}/hold", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses(
+        (status = 200, description = "`{id, hold: null}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn lift_hold(
     State(state): State<AppState>,
     who: Authorized,

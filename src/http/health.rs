@@ -2,22 +2,40 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
 }
 
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "`{status: ok}`", body = Object)))]
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// This document (OpenAPI 3.1), generated from the routes themselves.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        super::OPENAPI.get().cloned().unwrap_or_default(),
+    )
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 /// Prometheus text exposition. No token: it holds counts, latencies and pool use,
 /// labelled by route template, method, status, reason code, cache, role and purpose
 /// names only (SECURITY.md says what it reveals and how to keep it in).
@@ -36,6 +54,11 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
     )
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "`{status: ready}`", body = Object),
+        (status = 503, description = "`{status: unavailable, store, audit}`: the store cannot be reached or the trail cannot be written", body = Object),
+    ))]
 /// Ready when the store answers and the audit trail can be written (an empty batch
 /// goes through the audit writer). A vault that cannot audit serves nothing, so it is
 /// not ready; it becomes ready again by itself once the trail can be written.

@@ -6,6 +6,7 @@ mod dsr;
 mod error;
 mod extract;
 mod health;
+pub mod openapi;
 mod subjects;
 pub mod tls;
 mod tokens;
@@ -93,15 +94,27 @@ async fn request_context(access_log: bool, mut req: Request, next: Next) -> Resp
     response
 }
 
-/// The whole API. `access_log`: one INFO line per request (else DEBUG).
-pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {
-    Router::new()
+/// The OpenAPI document, as served (built with the first router).
+static OPENAPI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The routes and their OpenAPI document, from the same handlers.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::router())
         .merge(subjects::router())
         .merge(tokens::router())
         .merge(audit::router())
         .merge(consents::router())
         .merge(dsr::router())
+        .split_for_parts()
+}
+
+/// The whole API. `access_log`: one INFO line per request (else DEBUG).
+pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {
+    let (routes, doc) = routes();
+    OPENAPI.get_or_init(|| doc.to_json().unwrap_or_default());
+    routes
         .fallback(|| async {
             ApiError::NotFound {
                 code: "not_found",

@@ -2,21 +2,30 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
+use super::openapi::{IssueBody, Refusals};
 use super::AppState;
 use crate::pipeline::tokens::{self, IssueInput};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tokens", post(issue).get(list))
-        .route("/v1/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(issue, list))
+        .routes(routes!(revoke))
 }
 
+/// Issue a token for a role and purposes; the secret is in this answer only.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", params(("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = IssueBody,
+    responses(
+        (status = 201, description = "`{id, token, role, purposes, expires_at}`", body = Object),
+        (status = 400, description = "Codes: `invalid_token_request`, `unknown_purpose`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn issue(
     State(state): State<AppState>,
     who: Authorized,
@@ -28,10 +37,21 @@ async fn issue(
     ))
 }
 
+/// Every token (ids, roles, purposes, expiry, revocation; never a secret).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses((status = 200, description = "`{tokens: [...]}`", body = Object), Refusals))]
 async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
     Ok(Json(tokens::list(&state, &who).await?))
 }
 
+/// Revoke a token: refused on this node at once, on every node within the cache bound.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id (`tok_…`)"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    responses(
+        (status = 200, description = "`{id, revoked: true}`", body = Object),
+        (status = 404, description = "Code: `token_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
 async fn revoke(
     State(state): State<AppState>,
     who: Authorized,

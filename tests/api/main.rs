@@ -17,6 +17,7 @@ mod erasure;
 mod import;
 mod lifecycle;
 mod metrics;
+mod openapi;
 mod policy_admin;
 mod policy_matrix;
 mod retention;

@@ -1,5 +1,6 @@
 //! Bulk import: subjects from a CSV file (a header row of field names, one subject a
-//! row) or JSON lines (`{"fields": {…}}`, one subject a line, the API's field names).
+//! row) or JSON lines (`{"fields": {…}, "records": {…}, "consents": […]}`, one subject a
+//! line, the API's field names; records and consents optional).
 //! Each line is validated exactly as the API validates a create, encrypted under its
 //! own data key, and stored with one audit event per subject, many subjects to a
 //! transaction.
@@ -17,7 +18,8 @@ use serde_json::{Map, Value};
 use super::{Error, Pipeline};
 use crate::audit::Event;
 use crate::classify::{FieldType, ValidationError};
-use crate::store::NewSubject;
+use crate::pipl::{ConsentError, Consents, GrantRequest};
+use crate::store::{ConsentRow, ImportSubject};
 use crate::vault::{SubjectId, VaultError};
 
 /// The two file formats.
@@ -47,6 +49,10 @@ impl Format {
 pub struct Line {
     pub number: u64,
     pub fields: Map<String, Value>,
+    /// (collection, document) for each record.
+    pub records: Vec<(String, Value)>,
+    /// (purpose, what was consented to) for each consent given.
+    pub consents: Vec<(String, GrantRequest)>,
 }
 
 /// Why a line cannot be imported: where, which field, which rule. Never the value.
@@ -93,6 +99,19 @@ impl LineError {
 #[serde(deny_unknown_fields)]
 struct JsonLine {
     fields: Map<String, Value>,
+    /// Collection name to a list of documents.
+    #[serde(default)]
+    records: std::collections::BTreeMap<String, Vec<Value>>,
+    #[serde(default)]
+    consents: Vec<JsonConsent>,
+}
+
+/// A consent in a JSON line: the purpose and what `PUT …/consents/{purpose}` takes.
+#[derive(Deserialize)]
+struct JsonConsent {
+    purpose: String,
+    #[serde(flatten)]
+    grant: GrantRequest,
 }
 
 /// Reads the lines of a file. A line that cannot even be read (bad CSV, bad JSON) comes
@@ -127,10 +146,16 @@ pub fn lines<'a>(
                         .map(|l| Line {
                             number,
                             fields: l.fields,
+                            records: l
+                                .records
+                                .into_iter()
+                                .flat_map(|(c, docs)| docs.into_iter().map(move |d| (c.clone(), d)))
+                                .collect(),
+                            consents: l.consents.into_iter().map(|c| (c.purpose, c.grant)).collect(),
                         })
                         .map_err(|e| {
                             let message = if e.is_data() {
-                                "a line is an object with one member, \"fields\", an object of field names and values"
+                                "a line is an object: \"fields\" (field names and values), optional \"records\" (collection to documents) and \"consents\" ([{purpose, notice_version, channel, separate, guardian}])"
                             } else {
                                 "the line is not a JSON object"
                             };
@@ -188,7 +213,12 @@ pub fn lines<'a>(
                             };
                             fields.insert(name.clone(), value);
                         }
-                        Some(Ok(Line { number, fields }))
+                        Some(Ok(Line {
+                            number,
+                            fields,
+                            records: Vec::new(),
+                            consents: Vec::new(),
+                        }))
                     }
                     Err(e) => {
                         let number = e.position().map_or(0, |p| p.line());
@@ -210,12 +240,67 @@ pub fn lines<'a>(
     }
 }
 
-/// Checks a line as a create would be checked, without encrypting it.
+/// Checks a line as a create, its records and its consents would be checked, without
+/// encrypting anything.
 pub fn check(state: &Pipeline, line: &Line) -> Result<(), LineError> {
     state
         .vault
         .validate_fields(&line.fields)
-        .map_err(|e| line_error(line.number, e))
+        .map_err(|e| line_error(line.number, e))?;
+    for (collection, document) in &line.records {
+        state
+            .vault
+            .record_bytes(collection, document)
+            .map_err(|e| match e {
+                VaultError::UnknownCollection => LineError::new(
+                    line.number,
+                    collection,
+                    "collection_not_found",
+                    "not a record collection in the classification",
+                ),
+                other => line_error(line.number, other),
+            })?;
+    }
+    consent_rows(
+        state,
+        &SubjectId::for_import(&[0; 16], line.number),
+        line,
+        "check",
+    )?;
+    Ok(())
+}
+
+/// The consent events of a line, checked as a grant over the API would be.
+fn consent_rows(
+    state: &Pipeline,
+    id: &SubjectId,
+    line: &Line,
+    actor: &str,
+) -> Result<Vec<ConsentRow>, LineError> {
+    let policy = state.policy.current();
+    line.consents
+        .iter()
+        .map(|(purpose, grant)| {
+            let field = format!("consents.{purpose}");
+            let spec = policy.purposes().get(purpose).ok_or_else(|| {
+                LineError::new(line.number, &field, "unknown_purpose", "not declared in purposes.toml")
+            })?;
+            Consents::grant_row(id, purpose, spec, grant, actor).map_err(|e| match e {
+                ConsentError::NotConsentBased(_) => LineError::new(
+                    line.number,
+                    &field,
+                    "not_consent_based",
+                    "this purpose does not rest on consent",
+                ),
+                _ => LineError::new(
+                    line.number,
+                    &field,
+                    "invalid_consent",
+                    "notice_version and channel must be 1 to 64 characters without control characters",
+                ),
+            })
+        })
+        .collect()
 }
 
 fn line_error(line: u64, e: VaultError) -> LineError {
@@ -267,20 +352,25 @@ impl Run {
 pub struct Prepared {
     pub line: u64,
     pub id: SubjectId,
-    subject: NewSubject,
+    subject: ImportSubject,
 }
 
-/// Validates and encrypts a line under its own new data key.
+/// Validates and encrypts a line (fields and records) under its own new data key.
 pub fn prepare(state: &Pipeline, run: &Run, line: &Line) -> Result<Prepared, LineError> {
     let id = run.subject_id(line.number);
-    let subject = state
+    let (subject, records) = state
         .vault
-        .prepare_subject(&id, &line.fields)
+        .prepare_subject(&id, &line.fields, &line.records)
         .map_err(|e| line_error(line.number, e))?;
+    let consents = consent_rows(state, &id, line, &run.actor_token)?;
     Ok(Prepared {
         line: line.number,
         id,
-        subject,
+        subject: ImportSubject {
+            subject,
+            records,
+            consents,
+        },
     })
 }
 
@@ -314,20 +404,31 @@ pub async fn commit(state: &Pipeline, run: &Run, batch: Vec<Prepared>) -> Result
             "part of this import batch exists and part does not: the store was changed outside the import",
         ));
     }
-    let events = batch
-        .iter()
-        .map(|p| {
-            Event::new(
-                &run.actor_token,
-                &run.actor_role,
-                &run.purpose,
-                &run.id,
-                "subject.import",
-            )
-            .subject(p.id.as_str())
-            .target(&format!("{}:line:{}", run.id, p.line))
-        })
-        .collect();
+    let event = |action: &str| {
+        Event::new(
+            &run.actor_token,
+            &run.actor_role,
+            &run.purpose,
+            &run.id,
+            action,
+        )
+    };
+    let mut events = Vec::with_capacity(batch.len());
+    for p in &batch {
+        events.push(
+            event("subject.import")
+                .subject(p.id.as_str())
+                .target(&format!("{}:line:{}", run.id, p.line)),
+        );
+        // Each consent recorded is evidence of its own, as a grant over the API is.
+        for c in &p.subject.consents {
+            events.push(
+                event("consent.grant")
+                    .subject(p.id.as_str())
+                    .target(&c.purpose),
+            );
+        }
+    }
     let batch_len = batch.len();
     let subjects = batch.into_iter().map(|p| p.subject).collect();
     let n = batch_len as u64;

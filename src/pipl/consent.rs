@@ -209,21 +209,21 @@ impl Consents {
     }
 
     /// Records a grant, committed with `event`.
-    pub async fn grant(
-        &self,
+    /// The consent event a grant would append, checked (an import stores many of them
+    /// with the subjects they belong to).
+    pub fn grant_row(
         subject: &SubjectId,
         purpose: &str,
         spec: &PurposeSpec,
         req: &GrantRequest,
         actor_token: &str,
-        event: Event,
-    ) -> Result<ConsentState, ConsentError> {
+    ) -> Result<ConsentRow, ConsentError> {
         if !spec.requires_consent() {
             return Err(ConsentError::NotConsentBased(purpose.to_owned()));
         }
         check_text("notice_version", &req.notice_version)?;
         check_text("channel", &req.channel)?;
-        let row = ConsentRow {
+        Ok(ConsentRow {
             seq: 0,
             subject_id: subject.as_str().to_owned(),
             purpose: purpose.to_owned(),
@@ -235,7 +235,19 @@ impl Consents {
             guardian: req.guardian,
             actor_token: actor_token.to_owned(),
             at: now_ms(),
-        };
+        })
+    }
+
+    pub async fn grant(
+        &self,
+        subject: &SubjectId,
+        purpose: &str,
+        spec: &PurposeSpec,
+        req: &GrantRequest,
+        actor_token: &str,
+        event: Event,
+    ) -> Result<ConsentState, ConsentError> {
+        let row = Self::grant_row(subject, purpose, spec, req, actor_token)?;
         let answer = state(&row, spec);
         self.append(row, event).await?;
         Ok(answer)

@@ -22,7 +22,8 @@ pub use keys::{KeyVersionRow, MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;
 pub use retention::ExpiredRow;
 pub use subjects::{
-    FieldRow, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectSnapshot, SubjectWrite,
+    FieldRow, ImportSubject, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectSnapshot,
+    SubjectWrite,
 };
 pub use tokens::TokenRow;
 pub(crate) use write::Writer;

@@ -39,6 +39,14 @@ enum Arg {
     Bytes(Vec<u8>),
 }
 
+/// A subject an import creates, with its records and consents.
+#[derive(Debug)]
+pub struct ImportSubject {
+    pub subject: NewSubject,
+    pub records: Vec<RecordRow>,
+    pub consents: Vec<super::ConsentRow>,
+}
+
 /// A new subject with its first DEK, fields and index entries.
 #[derive(Debug)]
 pub struct NewSubject {
@@ -489,10 +497,41 @@ impl Store {
     /// Many new subjects at once (an import): each table filled by multi-row INSERTs of
     /// at most [`IMPORT_ROWS_PER_INSERT`] rows. A subject that already exists is a
     /// `Conflict`, and the whole op fails.
-    pub fn import_subjects_op(&self, subjects: Vec<NewSubject>) -> WriteOp {
+    pub fn import_subjects_op(&self, imports: Vec<ImportSubject>) -> WriteOp {
         op(move |conn| {
             Box::pin(async move {
                 let now = now_ms();
+                let mut subjects = Vec::with_capacity(imports.len());
+                let mut records = Vec::new();
+                let mut consents = Vec::new();
+                for i in imports {
+                    let own_records = i.records.len();
+                    for r in i.records {
+                        records.push(vec![
+                            Arg::Text(r.id),
+                            Arg::Text(i.subject.id.clone()),
+                            Arg::Text(r.collection),
+                            Arg::Int(r.dek_version),
+                            Arg::Bytes(r.sealed),
+                            Arg::Int(r.created_at),
+                        ]);
+                    }
+                    for c in i.consents {
+                        consents.push(vec![
+                            Arg::Text(c.subject_id),
+                            Arg::Text(c.purpose),
+                            Arg::Text(c.kind),
+                            Arg::Int(c.purpose_version),
+                            Arg::Text(c.notice_version),
+                            Arg::Text(c.channel),
+                            Arg::Int(i64::from(c.separate)),
+                            Arg::Int(i64::from(c.guardian)),
+                            Arg::Text(c.actor_token),
+                            Arg::Int(c.at),
+                        ]);
+                    }
+                    subjects.push((i.subject, own_records));
+                }
                 let mut script = Script::new(conn);
                 let mut chunks =
                     |sql: &str,
@@ -517,7 +556,7 @@ impl Store {
                     3,
                     &mut subjects
                         .iter()
-                        .map(|s| vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)])
+                        .map(|(s, _)| vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)])
                         .collect::<Vec<_>>()
                         .into_iter(),
                 );
@@ -526,13 +565,13 @@ impl Store {
                     6,
                     &mut subjects
                         .iter()
-                        .map(|s| {
+                        .map(|(s, own_records)| {
                             vec![
                                 Arg::Text(s.id.clone()),
                                 Arg::Int(s.key.version),
                                 Arg::Int(s.key.kek_version),
                                 Arg::Bytes(s.key.wrapped.clone()),
-                                Arg::Int(s.fields.len() as i64),
+                                Arg::Int((s.fields.len() + own_records) as i64),
                                 Arg::Int(now),
                             ]
                         })
@@ -541,7 +580,7 @@ impl Store {
                 );
                 let mut fields = Vec::new();
                 let mut index = Vec::new();
-                for s in subjects {
+                for (s, _) in subjects {
                     for f in s.fields {
                         fields.push(vec![
                             Arg::Text(s.id.clone()),
@@ -563,6 +602,17 @@ impl Store {
                     "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at)",
                     5,
                     &mut fields.into_iter(),
+                );
+                chunks(
+                    "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at)",
+                    6,
+                    &mut records.into_iter(),
+                );
+                chunks(
+                    "INSERT INTO consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
+                     channel, separate, guardian, actor_token, at)",
+                    10,
+                    &mut consents.into_iter(),
                 );
                 chunks(
                     "INSERT INTO blind_index (field, digest, subject_id)",

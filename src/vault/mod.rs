@@ -240,12 +240,28 @@ impl Vault {
         &self,
         id: &SubjectId,
         fields: &Map<String, Value>,
-    ) -> Result<NewSubject, VaultError> {
+        records: &[(String, Value)],
+    ) -> Result<(NewSubject, Vec<RecordRow>), VaultError> {
         let values = self.parse_fields(fields, false)?;
         let key = DataKey::generate();
         let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
         let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
-        Ok(NewSubject {
+        let mut sealed_records = Vec::with_capacity(records.len());
+        for (collection, document) in records {
+            let bytes = self.record_bytes(collection, document)?;
+            let record_id = RecordId::generate();
+            sealed_records.push(RecordRow {
+                sealed: key.seal(
+                    &Aad::record(id.as_str(), collection, &record_id.0, 1),
+                    &bytes,
+                ),
+                id: record_id.0,
+                collection: collection.clone(),
+                dek_version: 1,
+                created_at: crate::store::now_ms(),
+            });
+        }
+        let subject = NewSubject {
             id: id.as_str().to_owned(),
             key: SubjectKeyRow {
                 version: 1,
@@ -255,7 +271,8 @@ impl Vault {
             },
             fields: rows,
             index,
-        })
+        };
+        Ok((subject, sealed_records))
     }
 
     /// Validates without encrypting: what an import checks in its first pass.
@@ -263,10 +280,11 @@ impl Vault {
         self.parse_fields(fields, false).map(|_| ())
     }
 
-    /// Stores prepared subjects and their events in one transaction: all or none.
+    /// Stores prepared subjects (with their records and consents) and their events in
+    /// one transaction: all or none.
     pub async fn import(
         &self,
-        subjects: Vec<NewSubject>,
+        subjects: Vec<crate::store::ImportSubject>,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
         if events.len() < subjects.len() {
@@ -581,14 +599,13 @@ impl Vault {
 
     /// Adds a JSON document to one of the subject's collections under `record_id`
     /// (`RecordId::generate`), committed with `events`.
-    pub async fn add_record(
+    /// A record document checked (its collection exists, it is an object within the
+    /// collection's size) and serialised for sealing.
+    pub fn record_bytes(
         &self,
-        id: &SubjectId,
         collection: &str,
-        record_id: &RecordId,
         document: &Value,
-        events: Vec<Event>,
-    ) -> Result<(), VaultError> {
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
         let spec = self.collection(collection)?;
         if !document.is_object() {
             return Err(ValidationError::new(
@@ -613,6 +630,18 @@ impl Vault {
             )
             .into());
         }
+        Ok(bytes)
+    }
+
+    pub async fn add_record(
+        &self,
+        id: &SubjectId,
+        collection: &str,
+        record_id: &RecordId,
+        document: &Value,
+        events: Vec<Event>,
+    ) -> Result<(), VaultError> {
+        let bytes = self.record_bytes(collection, document)?;
         for attempt in 1..=WRITE_ATTEMPTS {
             let wk = self.write_key(id, 1).await?;
             let row = RecordRow {

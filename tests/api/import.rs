@@ -226,6 +226,97 @@ both_stores!(
     }
 );
 
+both_stores!(json_lines_carry_records_and_consents, |db| async move {
+    let t = spawn_app(db).await;
+    let file = t.dir.path().join("full.jsonl");
+    let lines = [
+        json!({
+            "fields": {"name": "郑十一", "phone": "13812340011"},
+            "records": {"service_tickets": [{"text": "第一张工单"}, {"text": "第二张工单"}], "feedback": [{"score": 5}]},
+            "consents": [{"purpose": "marketing", "notice_version": "2026-01", "channel": "app"}],
+        })
+        .to_string(),
+        json!({"fields": {"name": "冯十二"}, "records": {"no_such_collection": [{}]}}).to_string(),
+        json!({"fields": {"name": "陈十三"}, "records": {"feedback": ["not an object"]}}).to_string(),
+        json!({"fields": {"name": "褚十四"}, "consents": [{"purpose": "nonexistent", "notice_version": "1"}]}).to_string(),
+        json!({"fields": {"name": "卫十五"}, "consents": [{"purpose": "service", "notice_version": "1"}]}).to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = import(&t, &[file.to_str().unwrap(), "--skip-invalid"]);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("line ")).collect();
+    assert_eq!(errors.len(), 4, "{text}");
+    assert!(
+        errors[0].starts_with("line 2: field no_such_collection: "),
+        "{text}"
+    );
+    assert!(
+        errors[1].starts_with("line 3: field feedback: document_type"),
+        "{text}"
+    );
+    assert!(
+        errors[2].starts_with("line 4: field consents.nonexistent: unknown_purpose"),
+        "{text}"
+    );
+    assert!(
+        errors[3].starts_with("line 5: field consents.service: not_consent_based"),
+        "{text}"
+    );
+    let ids = mapping(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(ids.len(), 1);
+    let id = &ids[0].1;
+
+    // The records read back decrypted, through the API.
+    let dsr = t.dsr().await;
+    let (status, body) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{id}/records/service_tickets"),
+            Some(&dsr),
+            Some("dsr"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let texts: Vec<&str> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["document"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 2, "{body}");
+    assert!(
+        texts.contains(&"第一张工单") && texts.contains(&"第二张工单"),
+        "{body}"
+    );
+
+    // The consent is in force, with its evidence.
+    let (status, body) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{id}/consents"),
+            Some(&dsr),
+            Some("dsr"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.to_string().contains("\"marketing\""), "{body}");
+    assert!(body.to_string().contains("2026-01"), "{body}");
+    let grants: Vec<_> = t
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "consent.grant" && e.subject.as_deref() == Some(id.as_str()))
+        .collect();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].target.as_deref(), Some("marketing"));
+    // Fields and records under the subject's one data key: 2 fields + 3 records.
+    let keys = t.app.store.subject_keys(id).await.unwrap();
+    assert_eq!((keys.len(), keys[0].encryptions), (1, 5));
+});
+
 both_stores!(
     an_interrupted_import_carries_on_without_duplicates,
     |db| async move {

@@ -216,26 +216,14 @@ impl Vault {
         fields: &Map<String, Value>,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
-        let values = self.parse_fields(fields, false)?;
-        let key = DataKey::generate();
-        let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
-        let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
-        let op = self.store.create_subject_op(NewSubject {
-            id: id.as_str().to_owned(),
-            key: SubjectKeyRow {
-                version: 1,
-                kek_version,
-                wrapped,
-                encryptions: 0,
-            },
-            fields: rows,
-            index,
-        });
+        let (subject, _) = self.prepare_subject(id, fields, &[])?;
+        let op = self.store.create_subject_op(subject);
         Ok(self.commit(id, events, op).await?)
     }
 
-    /// Validates and encrypts a new subject without storing it (an import prepares many,
-    /// then [`Vault::import`] stores them together).
+    /// Validates and encrypts a new subject (fields and records under a new data key)
+    /// without storing it: a create stores one, an import many at once
+    /// ([`Vault::import`]).
     pub fn prepare_subject(
         &self,
         id: &SubjectId,

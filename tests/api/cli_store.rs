@@ -22,14 +22,6 @@ fn piivault(args: &[&str], data_dir: &Path) -> Output {
         .expect("piivault runs")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 const ISSUE: [&str; 8] = [
     "token",
     "issue",
@@ -54,7 +46,7 @@ both_stores!(
         // Only the data directory: the token is issued in the vault's own store, and the
         // running server accepts it.
         let out = piivault(&ISSUE, t.dir.path());
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let dsr = t.dsr().await;
         let id = t
@@ -78,7 +70,7 @@ both_stores!(
         let mut named = ISSUE.to_vec();
         named.extend(["--database-url", &other_url]);
         let out = piivault(&named, t.dir.path());
-        let said = text(&out);
+        let said = output_text(&out);
         assert_eq!(out.status.code(), Some(2), "{said}");
         assert!(said.contains("belongs to the store"), "{said}");
         assert!(said.contains(&t.database_url), "{said}");
@@ -105,7 +97,7 @@ both_stores!(
         let mut named = ISSUE.to_vec();
         named.extend(["--database-url", &same]);
         let out = piivault(&named, t.dir.path());
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
     }
 );
 
@@ -113,7 +105,7 @@ both_stores!(
 fn a_data_directory_without_a_vault_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = piivault(&ISSUE, dir.path());
-    let said = text(&out);
+    let said = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("there is no vault in"), "{said}");
     assert!(said.contains("piivault serve --data-dir"), "{said}");
@@ -137,7 +129,7 @@ both_stores!(
             .await;
         }
         let out = piivault(&["keys", "list", "--json"], t.dir.path());
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let keys = list["keys"].as_array().unwrap();
         let find = |kind: &str| keys.iter().find(|k| k["kind"] == kind).cloned().unwrap();
@@ -154,9 +146,11 @@ both_stores!(
         // No key material: the master key file's text and the wrapped keys stay out.
         let master = std::fs::read_to_string(t.dir.path().join("master.key")).unwrap();
         let secret = master.trim().rsplit(':').next().unwrap();
-        assert!(!text(&out).contains(secret));
+        assert!(!output_text(&out).contains(secret));
         let table = piivault(&["keys", "list"], t.dir.path());
         assert!(table.status.success());
-        assert!(text(&table).contains("decrypt-only") || text(&table).contains("active"));
+        assert!(
+            output_text(&table).contains("decrypt-only") || output_text(&table).contains("active")
+        );
     }
 );

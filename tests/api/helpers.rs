@@ -60,6 +60,15 @@ fn with_database(base: &str, db: &str) -> String {
     format!("{server}/{db}")
 }
 
+/// A finished command's standard output followed by its standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A fresh PostgreSQL database for one test; returns its URL and name.
 pub async fn create_pg_database() -> (String, String) {
     let base = postgres_url().expect("PostgreSQL URL");
@@ -325,14 +334,7 @@ impl TestApp {
             .arg(&self.database_url)
             .output()
             .expect("piivault runs");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), output_text(&out))
     }
 
     /// Every audit event so far.

@@ -24,14 +24,6 @@ fn import(t: &TestApp, args: &[&str]) -> Output {
         .expect("piivault runs")
 }
 
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A valid mainland ID number for `n`.
 fn id_number(n: u32) -> String {
     let body = format!("11010519800101{:03}", n % 1000);
@@ -105,7 +97,7 @@ both_stores!(
 
         // Bad lines stop the import before anything is stored, and are named exactly.
         let out = import(&t, &[file.to_str().unwrap()]);
-        let text = said(&out);
+        let text = output_text(&out);
         assert!(!out.status.success(), "{text}");
         let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("line ")).collect();
         assert_eq!(errors.len(), 3, "{text}");
@@ -134,8 +126,12 @@ both_stores!(
                 map.to_str().unwrap(),
             ],
         );
-        assert!(out.status.success(), "{}", said(&out));
-        assert!(said(&out).contains("imported 2 subjects"), "{}", said(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(
+            output_text(&out).contains("imported 2 subjects"),
+            "{}",
+            output_text(&out)
+        );
         let ids = mapping(&std::fs::read_to_string(&map).unwrap());
         assert_eq!(ids.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![2, 5]);
         let dsr = t.dsr().await;
@@ -186,9 +182,9 @@ both_stores!(
         let out = import(&t, &[file.to_str().unwrap(), "--skip-invalid"]);
         assert!(!out.status.success());
         assert!(
-            said(&out).contains("was imported already"),
+            output_text(&out).contains("was imported already"),
             "{}",
-            said(&out)
+            output_text(&out)
         );
         assert_eq!(import_events(&t).await.len(), 2);
     }
@@ -209,7 +205,7 @@ both_stores!(
         ];
         std::fs::write(&file, lines.join("\n")).unwrap();
         let out = import(&t, &[file.to_str().unwrap(), "--skip-invalid"]);
-        let text = said(&out);
+        let text = output_text(&out);
         assert!(out.status.success(), "{text}");
         assert!(
             text.contains("line 3: field shoe_size: unknown_field"),
@@ -243,7 +239,7 @@ both_stores!(json_lines_carry_records_and_consents, |db| async move {
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
     let out = import(&t, &[file.to_str().unwrap(), "--skip-invalid"]);
-    let text = said(&out);
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("line ")).collect();
     assert_eq!(errors.len(), 4, "{text}");
@@ -369,7 +365,7 @@ both_stores!(
 
         // The same command again finishes the run: every line exactly once.
         let out = import(&t, &[file.to_str().unwrap(), "--batch", "7"]);
-        let text = said(&out);
+        let text = output_text(&out);
         assert!(out.status.success(), "{text}");
         assert!(text.contains("carrying on with run"), "{text}");
         let events = import_events(&t).await;

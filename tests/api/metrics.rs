@@ -60,6 +60,30 @@ both_stores!(
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
 
+        // Every operation of the API, with the canaries in its path, query and body.
+        let admin = t.token("admin", &["admin"]).await;
+        let body = json!({"fields": {"name": name, "phone": phone}, "field": "phone", "value": phone,
+            "subject": id, "kind": "access", "case": "case-1", "notice_version": name, "channel": phone,
+            "role": "auditor", "purposes": ["audit"], "ttl_seconds": 60, "status": "completed", "text": name});
+        for (method, path) in crate::openapi::OPERATIONS {
+            let concrete = path
+                .replace("{id}", &id)
+                .replace("{collection}", "service_tickets")
+                .replace("{purpose}", "marketing")
+                .replace("{name}", "accesses_by_role");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let with_query = format!("{concrete}?fields=phone&from=2026-01-01&q={phone}");
+            for (token, purpose) in [(&admin, "admin"), (&dsr, "dsr")] {
+                t.call(
+                    m.clone(),
+                    &with_query,
+                    Some(token),
+                    Some(purpose),
+                    Some(&body),
+                )
+                .await;
+            }
+        }
         let resp = t
             .client
             .get(format!("{}/metrics", t.base))

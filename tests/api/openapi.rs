@@ -10,7 +10,7 @@ use crate::both_stores;
 use crate::helpers::*;
 
 /// Every operation the API serves.
-const OPERATIONS: &[(&str, &str)] = &[
+pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -108,12 +108,14 @@ run_store() {
   rm -rf "$dir"
 }
 
-# Bytes the store takes now (SQLite: database and WAL files; PostgreSQL: the database).
+# Bytes the store takes now (SQLite: the database file once the WAL is copied back into
+# it, since the WAL file is reused rather than shrunk; PostgreSQL: the database).
 store_bytes() {
   if [ "$1" = postgres ]; then
     psql "$PG_BASE" -qAtc "SELECT pg_database_size('$3')"
   else
-    cat "$2"/piivault.db "$2"/piivault.db-wal 2>/dev/null | wc -c
+    python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(PASSIVE)').fetchall()" "$2/piivault.db" 2>/dev/null || true
+    wc -c <"$2"/piivault.db
   fi
 }
 

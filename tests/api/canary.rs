@@ -33,6 +33,16 @@ struct Running {
     stdout: PathBuf,
 }
 
+/// A test that fails half-way leaves no server running behind it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn base_args(dir: &Path, url: &Option<String>) -> Vec<String> {
     let mut args = vec![
         "--data-dir".to_owned(),

@@ -75,6 +75,9 @@ pub struct Store {
     write_conn: Arc<Dedicated>,
     /// PostgreSQL: the audit writer's own connection.
     audit_conn: Arc<Dedicated>,
+    /// PostgreSQL: connections made only when the trail is read in bulk (`COPY`, which
+    /// the `Any` driver does not offer).
+    bulk: Option<sqlx::PgPool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -142,9 +145,19 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
+        let bulk = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(crate::audit::VERIFY_READERS as u32)
+                    .idle_timeout(Duration::from_secs(30))
+                    .connect_lazy_with(sqlx::postgres::PgConnectOptions::from_str(url)?),
+            ),
+            Backend::Sqlite => None,
+        };
         Ok(Self {
             pool,
             backend,
+            bulk,
             write_conn: Arc::new(Dedicated::new(options.clone(), backend)),
             audit_conn: Arc::new(Dedicated::new(options, backend)),
         })

@@ -304,8 +304,9 @@ fn unpack_copy<'a>(rest: &mut &'a [u8]) -> Option<AuditRowRef<'a>> {
 /// The signature every `COPY … (FORMAT binary)` output starts with.
 const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
-/// The SELECT that packs the events `seq > $1 AND seq <= $2` (see [`PackedEvents`]).
-fn packed_sql(backend: Backend) -> &'static str {
+/// SQLite: the SELECT that packs the events `seq > $1 AND seq <= $2` (see
+/// [`PackedEvents`]; PostgreSQL writes them with COPY instead).
+fn packed_sql() -> &'static str {
     use std::sync::LazyLock;
     const TEXTS: [&str; 10] = [
         "actor_token",
@@ -339,29 +340,7 @@ fn packed_sql(backend: Backend) -> &'static str {
              (SELECT {p} AS p FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq)"
         )
     });
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-        // The text in one concat() turned to bytes once, then the hashes as they are.
-        // octet_length() counts bytes in the server's encoding: on a database that is
-        // not UTF-8 the lengths do not match and verification fails (never passes).
-        let mut p = String::from("convert_to(concat(seq, ',', ts, ','");
-        for c in TEXTS {
-            p += &if NULLABLE.contains(&c) {
-                format!(", coalesce(octet_length({c}) || ':' || {c}, '-')")
-            } else {
-                format!(", octet_length({c}), ':', {c}")
-            };
-        }
-        p += ", octet_length(prev_hash), ':'), 'UTF8') || prev_hash \
-              || convert_to(octet_length(hash) || ':', 'UTF8') || hash";
-        format!(
-            "SELECT string_agg(p, ''::bytea ORDER BY seq) FROM \
-             (SELECT seq, {p} AS p FROM audit_events WHERE seq > $1 AND seq <= $2) t"
-        )
-    });
-    match backend {
-        Backend::Sqlite => &SQLITE,
-        Backend::Postgres => &POSTGRES,
-    }
+    &SQLITE
 }
 
 /// Advisory lock key that serialises appends to the chain across vault nodes.
@@ -515,7 +494,7 @@ impl Store {
         if let Some(bulk) = &self.bulk {
             return copy_events(bulk, after_seq, through_seq).await;
         }
-        let bytes: Option<Vec<u8>> = sqlx::query_scalar(packed_sql(self.backend()))
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar(packed_sql())
             .bind(after_seq)
             .bind(through_seq)
             .fetch_one(&self.pool)

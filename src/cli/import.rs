@@ -21,8 +21,9 @@ const SHOWN_ERRORS: usize = 100;
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// The file: CSV with a header row of field names, or JSON lines (`{"fields": {…}}`
-    /// a line). Interrupted? Run the same command again: it carries on where it
+    /// The file: CSV with a header row of field names, or JSON lines (`{"fields": {…}}` a
+    /// line, optionally with `"records": {"COLLECTION": [{…}]}` and `"consents":
+    /// [{"purpose", "notice_version", "channel", "separate", "guardian"}]`). Interrupted? Run the same command again: it carries on where it
     /// stopped, without importing anything twice (its progress is kept in
     /// FILE.piivault-import).
     file: PathBuf,

@@ -28,7 +28,9 @@ pub enum Format {
     /// A header row of field names, then one subject a row. An empty cell is an absent
     /// field; a `tags` cell lists its tags separated by `;`.
     Csv,
-    /// One JSON object a line: `{"fields": {…}}`, as the API's create takes it.
+    /// One JSON object a line: `{"fields": {…}}` as the API's create takes it, optionally
+    /// with `"records"` (collection to documents) and `"consents"` (purpose, notice
+    /// version, channel, separate, guardian).
     Jsonl,
 }
 

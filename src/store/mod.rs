@@ -196,6 +196,9 @@ impl Store {
     pub async fn close(&self) {
         self.write_conn.close().await;
         self.audit_conn.close().await;
+        if let Some(bulk) = &self.bulk {
+            bulk.close().await;
+        }
         self.pool.close().await;
     }
 

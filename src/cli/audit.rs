@@ -81,7 +81,8 @@ pub enum ReportFormat {
     Json,
 }
 
-fn default_public_keys(settings: &Settings) -> Vec<PathBuf> {
+/// The audit public key files beside the signing key (`*.pub`).
+pub(super) fn default_public_keys(settings: &Settings) -> Vec<PathBuf> {
     let dir = settings
         .audit_key_file
         .parent()

@@ -117,18 +117,10 @@ fn state(r: &crate::store::KeyVersionRow, current_master: Option<i64>) -> &'stat
     }
 }
 
-/// The audit public keys beside the signing key (`*.pub`).
+/// The audit public keys beside the signing key (`*.pub`), those that parse.
 fn audit_public_keys(settings: &Settings) -> Vec<AuditPublicKey> {
-    let Some(dir) = settings.audit_key_file.parent() else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+    super::audit::default_public_keys(settings)
+        .into_iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .filter_map(|t| AuditPublicKey::parse(&t).ok())
         .collect()

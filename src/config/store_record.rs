@@ -120,22 +120,51 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
-/// `url` without its password, for messages and for the record.
+/// Query parameters that carry a secret (sqlx reads `password` from the query too).
+const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];
+
+/// `url` with every secret in it (the password, and a password given as a query
+/// parameter) replaced by `replacement`, or left out when it is `None`.
+fn scrub(u: &mut Url, replacement: Option<&str>) {
+    if u.password().is_some() {
+        let _ = u.set_password(replacement);
+    }
+    if u.query_pairs()
+        .any(|(k, _)| SECRET_PARAMS.contains(&k.as_ref()))
+    {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .filter_map(
+                |(k, v)| match (SECRET_PARAMS.contains(&k.as_ref()), replacement) {
+                    (false, _) => Some((k.into_owned(), v.into_owned())),
+                    (true, Some(r)) => Some((k.into_owned(), r.to_owned())),
+                    (true, None) => None,
+                },
+            )
+            .collect();
+        if pairs.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+    }
+}
+
+/// `url` without its secrets, for messages.
 pub fn redacted(url: &str) -> String {
     match Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
+        Ok(mut u) => {
+            scrub(&mut u, Some("***"));
             u.to_string()
         }
-        Ok(u) => u.to_string(),
         Err(_) => "(an unreadable URL)".into(),
     }
 }
 
-/// The URL as recorded: no password; SQLite paths absolute.
+/// The URL as recorded: no secret; SQLite paths absolute.
 fn canonical(url: &str) -> Result<String, ConfigError> {
     let mut u = parse(url)?;
-    let _ = u.set_password(None);
+    scrub(&mut u, None);
     if u.scheme() == "sqlite" {
         let (path, query) = sqlite_parts(url);
         let absolute = std::path::absolute(&path)
@@ -239,6 +268,14 @@ mod tests {
             redacted("postgres://vault:s3cret@db/pv"),
             "postgres://vault:***@db/pv"
         );
+        // A password given as a query parameter (sqlx reads it there too).
+        let q = StoreRecord::write(
+            dir.path(),
+            "postgres://vault@db/pv?sslmode=require&password=s3cret",
+        )
+        .unwrap();
+        assert_eq!(q.database_url, "postgres://vault@db/pv?sslmode=require");
+        assert!(!redacted("postgres://vault@db/pv?password=s3cret").contains("s3cret"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::Authorized;
-use super::openapi::Refusals;
+use super::openapi::{Purpose, Refusals};
 use super::AppState;
 use crate::pipeline::audit::{self, ReportFormat};
 
@@ -25,14 +25,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Walk the whole chain and check every signed checkpoint.
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(("X-Purpose" = String, Header, description = "The purpose of this request")),
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(Purpose),
     responses((status = 200, description = "`{ok, events, checkpoints, first_bad_seq?, reason?}`", body = Object), Refusals))]
 async fn verify(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
     Ok(Json(audit::verify(&state, &who).await?))
 }
 
 /// The public keys that verify the trail's signed checkpoints.
-#[utoipa::path(get, path = "/v1/audit/public-key", tag = "audit", params(("X-Purpose" = String, Header, description = "The purpose of this request")),
+#[utoipa::path(get, path = "/v1/audit/public-key", tag = "audit", params(Purpose),
     responses((status = 200, description = "`{keys: [...]}`", body = Object), Refusals))]
 async fn public_key(
     State(state): State<AppState>,
@@ -42,7 +42,7 @@ async fn public_key(
 }
 
 /// The reports defined in `audit/`.
-#[utoipa::path(get, path = "/v1/audit/reports", tag = "audit", params(("X-Purpose" = String, Header, description = "The purpose of this request")),
+#[utoipa::path(get, path = "/v1/audit/reports", tag = "audit", params(Purpose),
     responses((status = 200, description = "`{reports: [...]}`", body = Object), Refusals))]
 async fn list_reports(
     State(state): State<AppState>,
@@ -58,7 +58,7 @@ async fn list_reports(
         ("from" = Option<String>, Query, description = "Start (YYYY-MM-DD or RFC 3339)"),
         ("to" = Option<String>, Query, description = "End (YYYY-MM-DD or RFC 3339)"),
         ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
-        ("X-Purpose" = String, Header, description = "The purpose of this request"),
+        Purpose,
     ),
     responses(
         (status = 200, description = "`{columns, rows}`, or CSV text", content((Object = "application/json"), (String = "text/csv"))),

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
-use super::openapi::{GrantBody, Refusals, WithdrawBody};
+use super::openapi::{GrantBody, Purpose, Refusals, WithdrawBody};
 use super::AppState;
 use crate::pipeline::consents::{self, WithdrawRequest};
 use crate::pipl::GrantRequest;
@@ -21,7 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Record a consent to a purpose (PIPL Art. 14).
 #[utoipa::path(put, path = "/v1/subjects/{id}/consents/{purpose}", tag = "consents",
-    params(("id" = String, Path, description = "Subject id"), ("purpose" = String, Path, description = "A declared purpose"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Subject id"), ("purpose" = String, Path, description = "A declared purpose"), Purpose),
     request_body = GrantBody,
     responses(
         (status = 200, description = "The consent as recorded", body = Object),
@@ -42,7 +42,7 @@ async fn grant(
 
 /// Withdraw a consent (PIPL Art. 15): reads for that purpose stop at once.
 #[utoipa::path(delete, path = "/v1/subjects/{id}/consents/{purpose}", tag = "consents",
-    params(("id" = String, Path, description = "Subject id"), ("purpose" = String, Path, description = "A declared purpose"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Subject id"), ("purpose" = String, Path, description = "A declared purpose"), Purpose),
     request_body(content = Option<WithdrawBody>, description = "Optional: the channel it came in by"),
     responses(
         (status = 200, description = "The consent as withdrawn", body = Object),
@@ -73,7 +73,7 @@ async fn withdraw(
 
 /// A subject's consents, current state and history.
 #[utoipa::path(get, path = "/v1/subjects/{id}/consents", tag = "consents",
-    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Subject id"), Purpose),
     responses(
         (status = 200, description = "`{consents: [...], history: [...]}`", body = Object),
         (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
-use super::openapi::{HoldBody, Refusals, RequestBody, UpdateBody};
+use super::openapi::{HoldBody, Purpose, Refusals, RequestBody, UpdateBody};
 use super::AppState;
 use crate::pipeline::dsr::{self, CreateRequest, HoldRequest, ListQuery, UpdateRequest};
 
@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 type Answer = Result<Json<Value>, ApiError>;
 
 /// Record a data-subject request; its due date counts working days.
-#[utoipa::path(post, path = "/v1/requests", tag = "requests", params(("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = RequestBody,
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", params(Purpose), request_body = RequestBody,
     responses(
         (status = 201, description = "The request with its id and due date", body = Object),
         (status = 400, description = "Code: `invalid_request_kind`", body = super::openapi::ErrorBody),
@@ -46,7 +46,7 @@ async fn create(
 
 /// The request queue, oldest due first.
 #[utoipa::path(get, path = "/v1/requests", tag = "requests",
-    params(("overdue" = Option<bool>, Query, description = "Only unfinished requests past their due date"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("overdue" = Option<bool>, Query, description = "Only unfinished requests past their due date"), Purpose),
     responses((status = 200, description = "`{requests: [...]}`", body = Object), Refusals))]
 async fn list(
     State(state): State<AppState>,
@@ -58,7 +58,7 @@ async fn list(
 
 /// One request.
 #[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests",
-    params(("id" = String, Path, description = "Request id (`dsr_…`)"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Request id (`dsr_…`)"), Purpose),
     responses(
         (status = 200, description = "The request", body = Object),
         (status = 404, description = "Code: `request_not_found`", body = super::openapi::ErrorBody),
@@ -70,7 +70,7 @@ async fn show(State(state): State<AppState>, who: Authorized, Path(id): Path<Str
 
 /// Move a request on (`in_progress`, `completed`, `rejected` with a reason).
 #[utoipa::path(patch, path = "/v1/requests/{id}", tag = "requests",
-    params(("id" = String, Path, description = "Request id"), ("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = UpdateBody,
+    params(("id" = String, Path, description = "Request id"), Purpose), request_body = UpdateBody,
     responses(
         (status = 200, description = "The request as updated", body = Object),
         (status = 400, description = "Code: `bad_transition`", body = super::openapi::ErrorBody),
@@ -90,7 +90,7 @@ async fn update(
 /// Everything held about a subject, decrypted, with its consents and access history
 /// (PIPL Art. 45), as a JSON attachment.
 #[utoipa::path(get, path = "/v1/subjects/{id}/export", tag = "requests",
-    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Subject id"), Purpose),
     responses(
         (status = 200, description = "The export bundle (JSON, as an attachment)", body = Object),
         (status = 403, description = "Code: `legal_hold`", body = super::openapi::ErrorBody),
@@ -110,7 +110,7 @@ async fn export(
 
 /// Place a legal hold (PIPL Art. 47 ¶2): storage only until it is lifted.
 #[utoipa::path(put, path = "/v1/subjects/{id}/hold", tag = "requests",
-    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = HoldBody,
+    params(("id" = String, Path, description = "Subject id"), Purpose), request_body = HoldBody,
     responses(
         (status = 200, description = "`{id, hold: case}`", body = Object),
         (status = 400, description = "Code: `invalid_case`", body = super::openapi::ErrorBody),
@@ -128,7 +128,7 @@ async fn place_hold(
 
 /// Lift a legal hold.
 #[utoipa::path(delete, path = "/v1/subjects/{id}/hold", tag = "requests",
-    params(("id" = String, Path, description = "Subject id"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Subject id"), Purpose),
     responses(
         (status = 200, description = "`{id, hold: null}`", body = Object),
         (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,6 +64,16 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     pub field: Option<String>,
+}
+
+/// The header every route behind a token takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct Purpose {
+    /// The purpose of this request: one the token may claim, declared in purposes.toml.
+    #[param(rename = "X-Purpose")]
+    x_purpose: String,
 }
 
 /// What every route behind a token can answer besides its own outcomes.

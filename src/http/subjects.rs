@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::openapi::{Created, FieldsBody, Found, LookupBody, Refusals, SubjectRead};
+use super::openapi::{Created, FieldsBody, Found, LookupBody, Purpose, Refusals, SubjectRead};
 use super::AppState;
 use crate::pipeline::{subjects, Authorized, FieldsInput, LookupInput, ReadInput};
 
@@ -28,7 +28,7 @@ type Answer = Result<Json<Value>, ApiError>;
 /// Create a subject with its fields, each validated, encrypted under the subject's own
 /// data key and audited.
 #[utoipa::path(post, path = "/v1/subjects", tag = "subjects",
-    params(("X-Purpose" = String, Header, description = "The purpose of this request, one the token may claim")),
+    params(Purpose),
     request_body = FieldsBody,
     responses(
         (status = 201, description = "Created", body = Created),
@@ -50,7 +50,7 @@ async fn create(
         ("id" = String, Path, description = "Subject id (`sub_…`)"),
         ("fields" = Option<String>, Query, description = "Comma-separated field names (default: all)"),
         ("masked" = Option<String>, Query, description = "Comma-separated fields to mask even where clear is allowed"),
-        ("X-Purpose" = String, Header, description = "The purpose of this request, one the token may claim"),
+        Purpose,
     ),
     responses(
         (status = 200, description = "The fields, or per field the reason it was refused", body = SubjectRead),
@@ -72,7 +72,7 @@ async fn read(
 #[utoipa::path(patch, path = "/v1/subjects/{id}", tag = "subjects",
     params(
         ("id" = String, Path, description = "Subject id"),
-        ("X-Purpose" = String, Header, description = "The purpose of this request"),
+        Purpose,
     ),
     request_body = FieldsBody,
     responses(
@@ -96,7 +96,7 @@ async fn correct(
 #[utoipa::path(delete, path = "/v1/subjects/{id}", tag = "subjects",
     params(
         ("id" = String, Path, description = "Subject id"),
-        ("X-Purpose" = String, Header, description = "The purpose of this request"),
+        Purpose,
     ),
     responses(
         (status = 200, description = "`{id, erased: true}`", body = Object),
@@ -111,7 +111,7 @@ async fn erase(State(state): State<AppState>, who: Authorized, Path(id): Path<St
 /// Find subjects by a searchable field's value (blind index); each subject found is an
 /// audited access.
 #[utoipa::path(post, path = "/v1/subjects/lookup", tag = "subjects",
-    params(("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(Purpose),
     request_body = LookupBody,
     responses(
         (status = 200, description = "The subjects found", body = Found),
@@ -131,7 +131,7 @@ async fn lookup(
     params(
         ("id" = String, Path, description = "Subject id"),
         ("collection" = String, Path, description = "Collection name from the classification"),
-        ("X-Purpose" = String, Header, description = "The purpose of this request"),
+        Purpose,
     ),
     request_body = Object,
     responses(
@@ -156,7 +156,7 @@ async fn add_record(
     params(
         ("id" = String, Path, description = "Subject id"),
         ("collection" = String, Path, description = "Collection name"),
-        ("X-Purpose" = String, Header, description = "The purpose of this request"),
+        Purpose,
     ),
     responses(
         (status = 200, description = "`{records: [{id, created_at, document}]}`", body = Object),

@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Authorized};
-use super::openapi::{IssueBody, Refusals};
+use super::openapi::{IssueBody, Purpose, Refusals};
 use super::AppState;
 use crate::pipeline::tokens::{self, IssueInput};
 
@@ -20,7 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Issue a token for a role and purposes; the secret is in this answer only.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", params(("X-Purpose" = String, Header, description = "The purpose of this request")), request_body = IssueBody,
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", params(Purpose), request_body = IssueBody,
     responses(
         (status = 201, description = "`{id, token, role, purposes, expires_at}`", body = Object),
         (status = 400, description = "Codes: `invalid_token_request`, `unknown_purpose`", body = super::openapi::ErrorBody),
@@ -38,7 +38,7 @@ async fn issue(
 }
 
 /// Every token (ids, roles, purposes, expiry, revocation; never a secret).
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(("X-Purpose" = String, Header, description = "The purpose of this request")),
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(Purpose),
     responses((status = 200, description = "`{tokens: [...]}`", body = Object), Refusals))]
 async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
     Ok(Json(tokens::list(&state, &who).await?))
@@ -46,7 +46,7 @@ async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Val
 
 /// Revoke a token: refused on this node at once, on every node within the cache bound.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path, description = "Token id (`tok_…`)"), ("X-Purpose" = String, Header, description = "The purpose of this request")),
+    params(("id" = String, Path, description = "Token id (`tok_…`)"), Purpose),
     responses(
         (status = 200, description = "`{id, revoked: true}`", body = Object),
         (status = 404, description = "Code: `token_not_found`", body = super::openapi::ErrorBody),

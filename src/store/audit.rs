@@ -135,40 +135,6 @@ pub struct PackedEvents {
 pub struct Unreadable;
 
 impl PackedEvents {
-    /// Packs rows the way the database does (for tests of the reader).
-    pub fn pack(rows: &[AuditRow]) -> Self {
-        let mut bytes = Vec::new();
-        for r in rows {
-            bytes.extend_from_slice(format!("{},{},", r.seq, r.ts).as_bytes());
-            let texts = [
-                Some(&r.actor_token),
-                Some(&r.actor_role),
-                Some(&r.action),
-                r.subject.as_ref(),
-                r.field.as_ref(),
-                r.target.as_ref(),
-                Some(&r.purpose),
-                Some(&r.decision),
-                Some(&r.reason),
-                Some(&r.request_id),
-            ];
-            let values = texts
-                .into_iter()
-                .map(|t| t.map(|t| t.as_bytes()))
-                .chain([Some(r.prev_hash.as_slice()), Some(r.hash.as_slice())]);
-            for v in values {
-                match v {
-                    None => bytes.push(b'-'),
-                    Some(v) => {
-                        bytes.extend_from_slice(format!("{}:", v.len()).as_bytes());
-                        bytes.extend_from_slice(v);
-                    }
-                }
-            }
-        }
-        Self { bytes, copy: false }
-    }
-
     /// The events in order; after an [`Unreadable`], nothing more.
     pub fn iter(&self) -> impl Iterator<Item = Result<AuditRowRef<'_>, Unreadable>> + '_ {
         let mut rest = self.bytes.as_slice();
@@ -225,17 +191,25 @@ fn unpack<'a>(rest: &mut &'a [u8]) -> Option<AuditRowRef<'a>> {
         *rest = tail;
         Some(Some(v))
     }
-    fn text<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a str>> {
+    assemble(rest, |r| number(r, b','), value)
+}
+
+/// An event from the columns in table order, read by `int` (seq, ts) and `value` (the
+/// rest: `None` is NULL); text must be UTF-8.
+fn assemble<'a>(
+    rest: &mut &'a [u8],
+    int: impl Fn(&mut &'a [u8]) -> Option<i64>,
+    value: impl Fn(&mut &'a [u8]) -> Option<Option<&'a [u8]>>,
+) -> Option<AuditRowRef<'a>> {
+    let text = |rest: &mut &'a [u8]| -> Option<Option<&'a str>> {
         value(rest)?
             .map(|v| std::str::from_utf8(v).ok())
             .map_or(Some(None), |t| t.map(Some))
-    }
-    fn required<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
-        text(rest)?
-    }
+    };
+    let required = |rest: &mut &'a [u8]| text(rest)?;
     Some(AuditRowRef {
-        seq: number(rest, b',')?,
-        ts: number(rest, b',')?,
+        seq: int(rest)?,
+        ts: int(rest)?,
         actor_token: required(rest)?,
         actor_role: required(rest)?,
         action: required(rest)?,
@@ -272,33 +246,10 @@ fn unpack_copy<'a>(rest: &mut &'a [u8]) -> Option<AuditRowRef<'a>> {
     fn int(rest: &mut &[u8]) -> Option<i64> {
         Some(i64::from_be_bytes(value(rest)??.try_into().ok()?))
     }
-    fn text<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a str>> {
-        value(rest)?
-            .map(|v| std::str::from_utf8(v).ok())
-            .map_or(Some(None), |t| t.map(Some))
-    }
-    fn required<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
-        text(rest)?
-    }
     if i16::from_be_bytes(take(rest, 2)?.try_into().ok()?) != 14 {
         return None;
     }
-    Some(AuditRowRef {
-        seq: int(rest)?,
-        ts: int(rest)?,
-        actor_token: required(rest)?,
-        actor_role: required(rest)?,
-        action: required(rest)?,
-        subject: text(rest)?,
-        field: text(rest)?,
-        target: text(rest)?,
-        purpose: required(rest)?,
-        decision: required(rest)?,
-        reason: required(rest)?,
-        request_id: required(rest)?,
-        prev_hash: value(rest)??,
-        hash: value(rest)??,
-    })
+    assemble(rest, int, value)
 }
 
 /// The signature every `COPY … (FORMAT binary)` output starts with.
@@ -676,6 +627,40 @@ mod tests {
         }
     }
 
+    /// Packs rows the way SQLite does.
+    fn pack(rows: &[AuditRow]) -> PackedEvents {
+        let mut bytes = Vec::new();
+        for r in rows {
+            bytes.extend_from_slice(format!("{},{},", r.seq, r.ts).as_bytes());
+            let texts = [
+                Some(&r.actor_token),
+                Some(&r.actor_role),
+                Some(&r.action),
+                r.subject.as_ref(),
+                r.field.as_ref(),
+                r.target.as_ref(),
+                Some(&r.purpose),
+                Some(&r.decision),
+                Some(&r.reason),
+                Some(&r.request_id),
+            ];
+            let values = texts
+                .into_iter()
+                .map(|t| t.map(|t| t.as_bytes()))
+                .chain([Some(r.prev_hash.as_slice()), Some(r.hash.as_slice())]);
+            for v in values {
+                match v {
+                    None => bytes.push(b'-'),
+                    Some(v) => {
+                        bytes.extend_from_slice(format!("{}:", v.len()).as_bytes());
+                        bytes.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+        PackedEvents { bytes, copy: false }
+    }
+
     fn unpacked(p: &PackedEvents) -> Vec<Result<AuditRow, Unreadable>> {
         p.iter()
             .map(|r| {
@@ -702,7 +687,7 @@ mod tests {
     #[test]
     fn packed_events_read_back_exactly() {
         let rows = vec![row(1), row(2), row(3)];
-        let read = unpacked(&PackedEvents::pack(&rows));
+        let read = unpacked(&pack(&rows));
         assert_eq!(read, rows.into_iter().map(Ok).collect::<Vec<_>>());
         assert!(unpacked(&PackedEvents::default()).is_empty());
     }
@@ -768,7 +753,7 @@ mod tests {
 
     #[test]
     fn a_malformed_page_stops_at_the_event_it_cannot_read() {
-        let good = PackedEvents::pack(&[row(1)]).bytes;
+        let good = pack(&[row(1)]).bytes;
         let mut cases: Vec<Vec<u8>> = vec![
             good[..good.len() - 1].to_vec(),        // truncated
             [&good[..], b"2,".as_slice()].concat(), // a second event cut short

@@ -39,6 +39,25 @@ enum Arg {
     Bytes(Vec<u8>),
 }
 
+/// `INSERT … VALUES` for `rows` (all of one width), [`IMPORT_ROWS_PER_INSERT`] a statement.
+fn insert_rows(script: &mut Script, insert: &str, rows: Vec<Vec<Arg>>) {
+    let Some(per_row) = rows.first().map(Vec::len) else {
+        return;
+    };
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
+        script.sql(&format!("{insert} VALUES {}", tuples(chunk.len(), per_row)));
+        for arg in chunk.into_iter().flatten() {
+            match arg {
+                Arg::Int(v) => script.bind(v),
+                Arg::Text(v) => script.bind(v),
+                Arg::Bytes(v) => script.bind(v),
+            };
+        }
+    }
+}
+
 /// A subject an import creates, with its records and consents.
 #[derive(Debug)]
 pub struct ImportSubject {
@@ -501,22 +520,43 @@ impl Store {
         op(move |conn| {
             Box::pin(async move {
                 let now = now_ms();
-                let mut subjects = Vec::with_capacity(imports.len());
-                let mut records = Vec::new();
-                let mut consents = Vec::new();
-                for i in imports {
-                    let own_records = i.records.len();
-                    for r in i.records {
+                let (mut subjects, mut keys, mut fields) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut records, mut consents, mut index) = (Vec::new(), Vec::new(), Vec::new());
+                for ImportSubject {
+                    subject: s,
+                    records: rs,
+                    consents: cs,
+                } in imports
+                {
+                    subjects.push(vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)]);
+                    keys.push(vec![
+                        Arg::Text(s.id.clone()),
+                        Arg::Int(s.key.version),
+                        Arg::Int(s.key.kek_version),
+                        Arg::Bytes(s.key.wrapped),
+                        Arg::Int((s.fields.len() + rs.len()) as i64),
+                        Arg::Int(now),
+                    ]);
+                    for f in s.fields {
+                        fields.push(vec![
+                            Arg::Text(s.id.clone()),
+                            Arg::Text(f.field),
+                            Arg::Int(f.dek_version),
+                            Arg::Bytes(f.sealed),
+                            Arg::Int(now),
+                        ]);
+                    }
+                    for r in rs {
                         records.push(vec![
                             Arg::Text(r.id),
-                            Arg::Text(i.subject.id.clone()),
+                            Arg::Text(s.id.clone()),
                             Arg::Text(r.collection),
                             Arg::Int(r.dek_version),
                             Arg::Bytes(r.sealed),
                             Arg::Int(r.created_at),
                         ]);
                     }
-                    for c in i.consents {
+                    for c in cs {
                         consents.push(vec![
                             Arg::Text(c.subject_id),
                             Arg::Text(c.purpose),
@@ -530,66 +570,6 @@ impl Store {
                             Arg::Int(c.at),
                         ]);
                     }
-                    subjects.push((i.subject, own_records));
-                }
-                let mut script = Script::new(conn);
-                let mut chunks =
-                    |sql: &str,
-                     per_row: usize,
-                     rows: &mut dyn ExactSizeIterator<Item = Vec<Arg>>| {
-                        let mut rows = rows.peekable();
-                        while rows.peek().is_some() {
-                            let chunk: Vec<Vec<Arg>> =
-                                rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
-                            script.sql(&format!("{sql} VALUES {}", tuples(chunk.len(), per_row)));
-                            for arg in chunk.into_iter().flatten() {
-                                match arg {
-                                    Arg::Int(v) => script.bind(v),
-                                    Arg::Text(v) => script.bind(v),
-                                    Arg::Bytes(v) => script.bind(v),
-                                };
-                            }
-                        }
-                    };
-                chunks(
-                    "INSERT INTO subjects (id, created_at, updated_at)",
-                    3,
-                    &mut subjects
-                        .iter()
-                        .map(|(s, _)| vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)])
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                );
-                chunks(
-                    "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
-                    6,
-                    &mut subjects
-                        .iter()
-                        .map(|(s, own_records)| {
-                            vec![
-                                Arg::Text(s.id.clone()),
-                                Arg::Int(s.key.version),
-                                Arg::Int(s.key.kek_version),
-                                Arg::Bytes(s.key.wrapped.clone()),
-                                Arg::Int((s.fields.len() + own_records) as i64),
-                                Arg::Int(now),
-                            ]
-                        })
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                );
-                let mut fields = Vec::new();
-                let mut index = Vec::new();
-                for (s, _) in subjects {
-                    for f in s.fields {
-                        fields.push(vec![
-                            Arg::Text(s.id.clone()),
-                            Arg::Text(f.field),
-                            Arg::Int(f.dek_version),
-                            Arg::Bytes(f.sealed),
-                            Arg::Int(now),
-                        ]);
-                    }
                     for e in s.index {
                         index.push(vec![
                             Arg::Text(e.field),
@@ -598,27 +578,30 @@ impl Store {
                         ]);
                     }
                 }
-                chunks(
-                    "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at)",
-                    5,
-                    &mut fields.into_iter(),
-                );
-                chunks(
-                    "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at)",
-                    6,
-                    &mut records.into_iter(),
-                );
-                chunks(
-                    "INSERT INTO consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
-                     channel, separate, guardian, actor_token, at)",
-                    10,
-                    &mut consents.into_iter(),
-                );
-                chunks(
-                    "INSERT INTO blind_index (field, digest, subject_id)",
-                    3,
-                    &mut index.into_iter(),
-                );
+                let mut script = Script::new(conn);
+                for (sql, rows) in [
+                    ("INSERT INTO subjects (id, created_at, updated_at)", subjects),
+                    (
+                        "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
+                        keys,
+                    ),
+                    (
+                        "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+                        fields,
+                    ),
+                    (
+                        "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at)",
+                        records,
+                    ),
+                    (
+                        "INSERT INTO consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
+                         channel, separate, guardian, actor_token, at)",
+                        consents,
+                    ),
+                    ("INSERT INTO blind_index (field, digest, subject_id)", index),
+                ] {
+                    insert_rows(&mut script, sql, rows);
+                }
                 script.run(conn).await
             })
         })

@@ -59,7 +59,6 @@ pub const POLICY_REFUSALS: &str = "piivault_policy_refusals_total";
 pub const TOKENS_REFUSED: &str = "piivault_tokens_refused_total";
 pub const CONSENT_REFUSALS: &str = "piivault_consent_refusals_total";
 pub const POOL_CONNECTIONS: &str = "piivault_db_pool_connections";
-pub const IMPORTED: &str = "piivault_import_subjects_total";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -111,7 +110,6 @@ fn describe() {
         POOL_CONNECTIONS,
         "Database pool connections by state (in_use, idle)"
     );
-    describe_counter!(IMPORTED, "Subjects stored by imports");
 }
 
 /// One HTTP request done.

@@ -431,10 +431,7 @@ pub async fn commit(state: &Pipeline, run: &Run, batch: Vec<Prepared>) -> Result
             );
         }
     }
-    let batch_len = batch.len();
     let subjects = batch.into_iter().map(|p| p.subject).collect();
-    let n = batch_len as u64;
     state.vault.import(subjects, events).await?;
-    metrics::counter!(crate::metrics::IMPORTED).increment(n);
     Ok(Committed::Stored)
 }

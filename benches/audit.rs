@@ -4,6 +4,8 @@
 //!      cargo bench --bench audit -- verify   (only `audit verify`; with
 //!      PIIVAULT_BENCH_DATABASE_URL=postgres://…/db also on a fresh PostgreSQL database
 //!      created beside that one and dropped afterwards)
+//!      cargo bench --bench audit -- write    (only the audit writer: one event per
+//!      caller, 64 callers, over 2,000 subjects, as audited reads produce them)
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod support;
@@ -47,6 +49,7 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // `cargo bench --bench audit -- verify`: only the verification.
     let only_verify = std::env::args().any(|a| a == "verify");
+    let only_write = std::env::args().any(|a| a == "write");
     let secs = if full { 5.0 } else { 0.2 };
     let events: i64 = if full { 1_000_000 } else { 200 };
     piivault::install_crypto_provider();
@@ -64,8 +67,13 @@ fn main() {
         )
         .await;
 
+        if only_write {
+            write_speed(&app, secs).await;
+            return;
+        }
         if !only_verify {
             throughput(&app, &id, &settings, dir.path(), secs).await;
+            write_speed(&app, secs).await;
         }
         verify_speed("SQLite", &app, &id, events).await;
         if let Ok(base) = std::env::var("PIIVAULT_BENCH_DATABASE_URL") {
@@ -219,6 +227,59 @@ async fn throughput(
         }
         server.shutdown().await.unwrap();
     }
+}
+
+/// The audit writer alone: 64 callers each waiting for one event at a time to be
+/// durable, over 2,000 subjects (the subject index is written at random places, as
+/// under the read load). Prints events/s and how many events each commit carried.
+async fn write_speed(app: &piivault::App, secs: f64) {
+    const CALLERS: usize = 64;
+    let subjects: Arc<Vec<String>> = Arc::new(
+        (0..2000)
+            .map(|i| {
+                format!(
+                    "sub_{:016x}",
+                    (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                )
+            })
+            .collect(),
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let commits = app.audit.commits();
+    let mut tasks = Vec::new();
+    for caller in 0..CALLERS {
+        let (audit, subjects, done) = (app.audit.clone(), subjects.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = caller;
+            while Instant::now() < until {
+                i = (i + 7919) % subjects.len();
+                let e = Event::new(
+                    "tok_bench",
+                    "customer_service",
+                    "service",
+                    "req_bench",
+                    "read",
+                )
+                .subject(&subjects[i])
+                .field("phone");
+                audit.record_one(e).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = done.load(Ordering::Relaxed) as f64;
+    let batches = (app.audit.commits() - commits).max(1) as f64;
+    println!(
+        "{:<52} {:>10.0} /s ({:.1} events a commit)",
+        "audit writer, 64 callers, 2,000 subjects",
+        n / start.elapsed().as_secs_f64(),
+        n / batches
+    );
 }
 
 /// `audit verify` over a trail of `events` events: the median of three runs.

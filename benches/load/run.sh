@@ -6,7 +6,8 @@
 #   benches/load/run.sh                      # both stores, 1/16/64 connections, 5 s each
 #   STORES=sqlite CONNS="64" DURATION=10 benches/load/run.sh
 #   PERF=read1 STORES=sqlite CONNS=64 benches/load/run.sh   # also perf-records the server
-#       during that workload into perf-<store>-<workload>-<conns>.data (or $PERF_OUT)
+#       during that workload into perf-<store>-<workload>-<conns>.data (or $PERF_OUT);
+#       PERF_GRAPH="--call-graph dwarf" for call graphs through C code without frame pointers
 #   FILL=1000000 SUBJECT_CACHE=0 WORKLOADS=read1 benches/load/run.sh   # scale: 1M subjects,
 #       every read from the store (filler rows grow the tables; see fill.py)
 #
@@ -79,26 +80,30 @@ run_store() {
   local health=""
   printf '\n%s (%s subjects seeded, %s filler, subject cache %s, %ss per run, wrk -t2)\n' \
     "$store" "$SUBJECTS" "$FILL" "${SUBJECT_CACHE:-default}" "$DURATION"
-  printf '%-24s %5s %10s %9s %9s %8s %7s\n' workload conns req/s p50_ms p99_ms errors ratio
+  printf '%-24s %5s %10s %9s %9s %8s %7s %9s %9s\n' workload conns req/s p50_ms p99_ms errors ratio ev/commit commit_ms
   for c in $CONNS; do
     for w in $WORKLOADS; do
       local threads=2; [ "$c" -lt 2 ] && threads=1
       local out rps p50 p99 errs
-      local perf_pid=""
+      local perf_pid="" m0 m1
+      m0=$(audit_sums "$base")
       if [ "${PERF:-}" = "$w" ]; then
         # Profile the server while this workload runs (perf, call graphs by frame pointer).
-        perf record -q -F 499 -g -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
+        perf record -q -F 499 ${PERF_GRAPH:--g} -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
         perf_pid=$!
       fi
       out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency -s "benches/load/$w.lua" "$base")
       [ -n "$perf_pid" ] && wait "$perf_pid"
+      m1=$(audit_sums "$base")
       rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
       p50=$(awk '$1=="50%" {print $2}' <<<"$out")
       p99=$(awk '$1=="99%" {print $2}' <<<"$out")
       errs=$( (grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$out" || echo "x 0") | awk '{print $NF}')
       [ "$w" = healthz ] && health=$rps
-      printf '%-24s %5s %10.0f %9s %9s %8s %7s\n' "${LABEL[$w]}" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs" \
-        "$(awk -v a="$rps" -v b="$health" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')"
+      printf '%-24s %5s %10.0f %9s %9s %8s %7s %9s %9s\n' "${LABEL[$w]}" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs" \
+        "$(awk -v a="$rps" -v b="$health" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')" \
+        $(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); n = y[1] - x[1];
+          if (n > 0) printf "%.1f %.2f", (y[2] - x[2]) / n, 1000 * (y[3] - x[3]) / n; else print "- -" }')
     done
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -117,6 +122,13 @@ store_bytes() {
     python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(PASSIVE)').fetchall()" "$2/piivault.db" 2>/dev/null || true
     wc -c <"$2"/piivault.db
   fi
+}
+
+# The audit writer's totals from /metrics: commits, events, seconds spent committing.
+audit_sums() {
+  curl -sk "$1/metrics" | awk '
+    /^piivault_audit_batch_events_count/ { c = $2 } /^piivault_audit_batch_events_sum/ { e = $2 }
+    /^piivault_audit_commit_duration_seconds_sum/ { t = $2 } END { printf "%d %d %f", c, e, t }'
 }
 
 # wrk prints 1.23ms, 456.00us or 1.20s: in milliseconds.

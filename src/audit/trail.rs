@@ -1,7 +1,8 @@
 //! Appending to the trail: callers hand over events, and optionally the change they
 //! describe, and wait until they are durable. A single writer task commits whatever has
-//! queued up in one transaction (group commit): each change inside a savepoint, then
-//! every event of the batch in multi-row inserts, then one commit, so one fsync covers
+//! queued up in one transaction (group commit): each change (in a savepoint of its own
+//! only if one of them failed: see `commit_batch`), then every event of the batch in
+//! multi-row inserts, then one commit, so one fsync covers
 //! many requests and a change never lands without its events (nor its events without
 //! it). The writer runs in a task of its own, on a connection of its own: a client that
 //! hangs up cannot cut a batch short. When the store fails, the batch's callers get an
@@ -10,7 +11,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,10 @@ pub struct Audit {
     state: Arc<Mutex<CheckpointState>>,
     /// Whether the last batch committed (for `/readyz`).
     healthy: Arc<AtomicBool>,
+    /// Batches committed since start.
+    commits: Arc<AtomicU64>,
+    /// Jobs submitted and not yet answered.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -122,6 +127,8 @@ impl Audit {
                 at: Instant::now(),
             })),
             healthy: Arc::new(AtomicBool::new(true)),
+            commits: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         };
         tokio::spawn(writer(
             store,
@@ -129,6 +136,7 @@ impl Audit {
             head_tx,
             audit.config.max_batch,
             audit.healthy.clone(),
+            audit.commits.clone(),
         ));
         if audit.key.is_some() {
             tokio::spawn(signer(audit.clone(), head_rx));
@@ -172,6 +180,8 @@ impl Audit {
                 "the audit writer has stopped".into(),
             ))
         };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _answered = InFlight(&self.in_flight);
         self.queue
             .send(Pending {
                 rows,
@@ -195,6 +205,17 @@ impl Audit {
     /// Whether the last batch committed.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Jobs handed to the writer and not yet answered: queued, or in the batch it is
+    /// committing.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How many batches the writer has committed since it started.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub fn key(&self) -> Option<&AuditKey> {
@@ -283,6 +304,15 @@ impl Audit {
     }
 }
 
+/// Counts a job as answered when its caller stops waiting (answered, or gone).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One JSON line per checkpoint, fsynced.
 fn append_checkpoint_line(path: &std::path::Path, cp: &CheckpointRow) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -311,9 +341,10 @@ async fn writer(
     head: watch::Sender<i64>,
     max_batch: usize,
     healthy: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
 ) {
-    // Each change runs in a savepoint. PostgreSQL keeps at most 64 subtransactions of a
-    // transaction in its fast cache; past that, every visibility check of the rows the
+    // When a change fails, the batch is made again with each change in a savepoint.
+    // PostgreSQL keeps at most 64 subtransactions of a transaction in its fast cache; past that, every visibility check of the rows the
     // transaction touched goes to pg_subtrans, for every session. So a batch carries
     // fewer changes than that on PostgreSQL (SQLite has no such limit).
     let max_changes = match store.backend() {
@@ -353,6 +384,7 @@ async fn writer(
         metrics::histogram!(crate::metrics::AUDIT_COMMIT).record(started.elapsed().as_secs_f64());
         match committed {
             Ok(last) => {
+                commits.fetch_add(1, Ordering::Relaxed);
                 if !healthy.swap(true, Ordering::Relaxed) {
                     tracing::warn!("audit trail writable again; serving");
                 }
@@ -382,24 +414,62 @@ async fn writer(
     }
 }
 
-/// Commits one batch: each job's change in a savepoint (a failed change is undone and
-/// its events dropped), then the events of the rest, chained after the head. Returns
-/// the new head's sequence number, if events were written.
+/// Commits one batch: each job's change, then the events of the jobs whose change was
+/// made, chained after the head, in one transaction. Returns the new head's sequence
+/// number, if events were written.
+///
+/// The changes are first made one after another with nothing around them: one round trip
+/// each, and no page copied aside for an undo. If one fails, that attempt is rolled back
+/// whole and the batch is made again with each change in a savepoint of its own, so the
+/// failed change (and its events) is left out and the rest commit.
 async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64>, StoreError> {
+    if batch.iter().any(|p| p.op.is_some()) {
+        if let Attempt::Committed(head) = attempt(store, batch, false).await? {
+            return Ok(head);
+        }
+    }
+    match attempt(store, batch, true).await? {
+        Attempt::Committed(head) => Ok(head),
+        // With savepoints a failed change is recorded in its job, never returned.
+        Attempt::ChangeFailed => Err(StoreError::Task(
+            "a change failed outside its savepoint".into(),
+        )),
+    }
+}
+
+enum Attempt {
+    Committed(Option<i64>),
+    /// A change failed and, without savepoints, the attempt was rolled back.
+    ChangeFailed,
+}
+
+async fn attempt(
+    store: &Store,
+    batch: &mut [Pending],
+    savepoints: bool,
+) -> Result<Attempt, StoreError> {
     let changes = batch.iter().any(|p| p.op.is_some());
-    let mut tx = store.begin_write(Writer::Audit, changes).await?;
+    let mut tx = store
+        .begin_write(Writer::Audit, savepoints && changes)
+        .await?;
     let (mut seq, mut prev) = tx.lock_chain().await?.unwrap_or((0, vec![0u8; 32]));
     if batch.iter().any(|p| p.probe) {
         tx.probe_audit_insert(seq).await?;
     }
     for p in batch.iter_mut() {
-        if let Some(op) = p.op.take() {
+        p.failed = None;
+        if let Some(op) = &p.op {
             if let Err(e) = tx.apply(op).await? {
+                if !savepoints {
+                    tx.rollback().await;
+                    return Ok(Attempt::ChangeFailed);
+                }
                 p.failed = Some(e);
             }
         }
     }
     let mut rows = Vec::new();
+    // Past every change: this attempt is the one that writes the events.
     for p in batch.iter_mut().filter(|p| p.failed.is_none()) {
         for mut row in std::mem::take(&mut p.rows) {
             seq += 1;
@@ -413,7 +483,7 @@ async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64
     let head = rows.last().map(|r| r.seq);
     tx.insert_audit(rows).await?;
     tx.commit().await?;
-    Ok(head)
+    Ok(Attempt::Committed(head))
 }
 
 async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {

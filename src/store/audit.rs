@@ -372,11 +372,12 @@ impl WriteTx {
     /// placeholders on SQLite: see `Script`).
     pub async fn insert_audit(&mut self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
         let mut script = Script::new(self.conn());
+        let insert = script.insert_verb();
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<AuditRow> = rows.by_ref().take(INSERT_CHUNK).collect();
             script.sql(&format!(
-                "INSERT INTO audit_events ({COLUMNS}) VALUES {}",
+                "{insert} INTO audit_events ({COLUMNS}) VALUES {}",
                 tuples(chunk.len(), 14)
             ));
             for row in chunk {
@@ -487,6 +488,7 @@ impl Store {
     pub async fn insert_checkpoint(&self, cp: &CheckpointRow) -> Result<(), StoreError> {
         let cp = cp.clone();
         self.transact(super::write::op(move |conn| {
+            let cp = cp.clone();
             Box::pin(async move {
                 sqlx::query(
                     "INSERT INTO audit_checkpoints (seq, hash, ts, key_id, signature) VALUES ($1, $2, $3, $4, $5) \

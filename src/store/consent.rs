@@ -44,6 +44,7 @@ impl Store {
     /// erased.
     pub fn append_consent_op(&self, c: ConsentRow) -> WriteOp {
         op(move |conn| {
+            let c = c.clone();
             Box::pin(async move {
                 let found = sqlx::query(
                     "UPDATE subjects SET updated_at = $2 WHERE id = $1 AND erased_at IS NULL",

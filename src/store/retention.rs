@@ -17,6 +17,7 @@ impl Store {
         let subject = subject.to_owned();
         let case = case.map(str::to_owned);
         op(move |conn| {
+            let (subject, case) = (subject.clone(), case.clone());
             Box::pin(async move {
                 let now = now_ms();
                 let done = sqlx::query(
@@ -108,6 +109,7 @@ impl Store {
         let erased = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = erased.clone();
         self.transact(op(move |conn| {
+            let (subject, field, flag) = (subject.clone(), field.clone(), flag.clone());
             Box::pin(async move {
                 let gone = sqlx::query(
                     "DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2 AND updated_at < $3 \

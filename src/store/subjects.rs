@@ -59,7 +59,7 @@ fn insert_rows(script: &mut Script, insert: &str, rows: Vec<Vec<Arg>>) {
 }
 
 /// A subject an import creates, with its records and consents.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ImportSubject {
     pub subject: NewSubject,
     pub records: Vec<RecordRow>,
@@ -67,7 +67,7 @@ pub struct ImportSubject {
 }
 
 /// A new subject with its first DEK, fields and index entries.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewSubject {
     pub id: String,
     pub key: SubjectKeyRow,
@@ -77,7 +77,7 @@ pub struct NewSubject {
 
 /// A change to an existing subject's fields, made with DEK `key_version`; `new_key`
 /// is set when that version was created for this write (usage bound reached).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SubjectWrite {
     pub subject_id: String,
     pub new_key: Option<SubjectKeyRow>,
@@ -494,6 +494,7 @@ impl Store {
     /// Creating a subject with its first key, fields and index entries.
     pub fn create_subject_op(&self, s: NewSubject) -> WriteOp {
         op(move |conn| {
+            let s = s.clone();
             Box::pin(async move {
                 let now = now_ms();
                 if conn.backend_name() == "PostgreSQL" {
@@ -518,6 +519,7 @@ impl Store {
     /// `Conflict`, and the whole op fails.
     pub fn import_subjects_op(&self, imports: Vec<ImportSubject>) -> WriteOp {
         op(move |conn| {
+            let imports = imports.clone();
             Box::pin(async move {
                 let now = now_ms();
                 let (mut subjects, mut keys, mut fields) = (Vec::new(), Vec::new(), Vec::new());
@@ -627,6 +629,7 @@ impl Store {
     /// A correction; `NotFound` if the subject does not exist or is erased.
     pub fn write_subject_op(&self, w: SubjectWrite) -> WriteOp {
         op(move |conn| {
+            let w = w.clone();
             Box::pin(async move {
                 let now = now_ms();
                 if conn.backend_name() == "PostgreSQL" {
@@ -692,6 +695,7 @@ impl Store {
     pub fn erase_subject_op(&self, id: &str) -> WriteOp {
         let id = id.to_owned();
         op(move |conn| {
+            let id = id.clone();
             Box::pin(async move {
                 let now = now_ms();
                 let found = sqlx::query(
@@ -751,6 +755,7 @@ impl Store {
     ) -> WriteOp {
         let subject = subject.to_owned();
         op(move |conn| {
+            let (subject, new_key, record) = (subject.clone(), new_key.clone(), record.clone());
             Box::pin(async move {
                 let now = now_ms();
                 touch(conn, &subject, now).await?;

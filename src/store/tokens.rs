@@ -48,6 +48,7 @@ impl Store {
     /// Storing a new token (its secret only as a keyed hash).
     pub fn insert_token_op(&self, t: TokenRow, secret_hash: Vec<u8>) -> WriteOp {
         op(move |conn| {
+            let (t, secret_hash) = (t.clone(), secret_hash.clone());
             Box::pin(async move {
                 sqlx::query(
                     "INSERT INTO tokens (id, secret_hash, role, purposes, description, created_by, created_at, expires_at) \
@@ -106,6 +107,7 @@ impl Store {
     pub fn revoke_token_op(&self, id: &str) -> WriteOp {
         let id = id.to_owned();
         op(move |conn| {
+            let id = id.clone();
             Box::pin(async move {
                 let now = now_ms();
                 let done = sqlx::query(

@@ -36,11 +36,14 @@ use super::{Backend, Store, StoreError};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 type OpFn =
-    dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>> + Send;
+    dyn for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>> + Send + Sync;
 
 /// A change to make inside a write transaction. Built only by the store (SQL lives
 /// here); the domain prepares one and hands it to the audit trail, which commits it in
-/// the same transaction as the events that describe it.
+/// the same transaction as the events that describe it. It can be made more than once
+/// (each run starts from its own copy of the data): the audit writer first runs a
+/// batch's changes without savepoints and, only if one fails, rolls the batch back and
+/// runs it again with each change in a savepoint of its own.
 pub struct WriteOp(Box<OpFn>);
 
 impl std::fmt::Debug for WriteOp {
@@ -53,8 +56,9 @@ impl std::fmt::Debug for WriteOp {
 /// signature is inferred).
 pub(super) fn op<F>(f: F) -> WriteOp
 where
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>>
+    F: for<'c> Fn(&'c mut AnyConnection) -> BoxFuture<'c, Result<(), StoreError>>
         + Send
+        + Sync
         + 'static,
 {
     WriteOp(Box::new(f))
@@ -63,9 +67,11 @@ where
 impl WriteOp {
     /// Several changes, made in order, as one.
     pub fn chain(ops: Vec<WriteOp>) -> WriteOp {
+        let ops = Arc::new(ops);
         op(move |conn| {
+            let ops = ops.clone();
             Box::pin(async move {
-                for o in ops {
+                for o in ops.iter() {
                     (o.0)(conn).await?;
                 }
                 Ok(())
@@ -212,7 +218,7 @@ impl WriteTx {
     /// Makes one change inside a savepoint. The outer error means the transaction can no
     /// longer be used; the inner one that this change failed and was undone, and the
     /// transaction goes on without it.
-    pub async fn apply(&mut self, op: WriteOp) -> Result<Result<(), StoreError>, StoreError> {
+    pub async fn apply(&mut self, op: &WriteOp) -> Result<Result<(), StoreError>, StoreError> {
         if !self.savepoint {
             return Ok((op.0)(self.lease.conn()).await);
         }
@@ -286,7 +292,7 @@ impl Store {
         let store = self.clone();
         tokio::spawn(async move {
             let mut tx = store.begin_write(Writer::Shared, false).await?;
-            match tx.apply(op).await? {
+            match tx.apply(&op).await? {
                 Ok(()) => tx.commit().await,
                 Err(e) => {
                     tx.rollback().await;
@@ -324,6 +330,20 @@ impl Script {
 
     pub(super) fn postgres(&self) -> bool {
         self.postgres
+    }
+
+    /// `INSERT` for a many-row insert inside a write transaction. On SQLite it is
+    /// `INSERT OR FAIL`: a plain `INSERT` (conflict action ABORT) must be able to undo
+    /// itself half-way, so SQLite copies every page it touches into a statement journal
+    /// first; with FAIL it does not. A failure still fails the statement, and every
+    /// caller then rolls the whole transaction back (or undoes its savepoint), so no
+    /// half of a statement ever lands.
+    pub(super) fn insert_verb(&self) -> &'static str {
+        if self.postgres {
+            "INSERT"
+        } else {
+            "INSERT OR FAIL"
+        }
     }
 
     /// Adds a statement.

@@ -912,3 +912,97 @@ both_stores!(
         );
     }
 );
+
+// The audit writer makes a batch's changes without savepoints first; when one fails it
+// rolls the batch back and makes it again with a savepoint around each change. Either
+// way only the failed change (and its events) is left out.
+both_stores!(
+    a_failed_change_is_left_out_of_its_batch_and_the_rest_commit,
+    |db| async move {
+        let t = spawn_app(db).await;
+        for _ in 0..3 {
+            t.token("customer_service", &["service"]).await;
+        }
+        let mut ids: Vec<String> = t
+            .app
+            .store
+            .tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids.len(), 3);
+        ids.insert(1, "tok_does_not_exist".into());
+        // Hold the store's write lock, so the revocations below queue up behind it and are
+        // committed together.
+        let raw = t.raw().await;
+        let mut blocker = raw.acquire().await.unwrap();
+        match db {
+            Db::Sqlite => {
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *blocker)
+                    .await
+                    .unwrap();
+            }
+            Db::Postgres => {
+                sqlx::query("BEGIN").execute(&mut *blocker).await.unwrap();
+                sqlx::query("LOCK TABLE audit_events IN EXCLUSIVE MODE")
+                    .execute(&mut *blocker)
+                    .await
+                    .unwrap();
+            }
+        }
+        let tokens = t.app.tokens.clone();
+        let all = ids.clone();
+        let revocations = tokio::spawn(async move {
+            let jobs = all.iter().map(|id| {
+                let event = piivault::audit::Event::new(
+                    "tok_test",
+                    "operator",
+                    "admin",
+                    "req_batch",
+                    "token.revoke",
+                )
+                .target(id);
+                tokens.revoke(id, event)
+            });
+            futures_util::future::join_all(jobs).await
+        });
+        // All four are handed over and none answered: the first (at least) is with the
+        // blocked writer, the rest (if any) queue behind it and make the next batch, so the
+        // one that fails shares a batch with one that does not.
+        while t.app.audit.in_flight() < 4 {
+            tokio::task::yield_now().await;
+        }
+        sqlx::query("COMMIT").execute(&mut *blocker).await.unwrap();
+        let results: Vec<bool> = revocations
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(results, [true, false, true, true]);
+
+        let revoked: Vec<String> = t
+            .app
+            .store
+            .tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.revoked_at.is_some())
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(revoked.len(), 3);
+        let events = t.events().await;
+        for (id, done) in ids.iter().zip(&results) {
+            let recorded = events
+                .iter()
+                .filter(|e| e.action == "token.revoke" && e.target.as_deref() == Some(id.as_str()))
+                .count();
+            assert_eq!(recorded, usize::from(*done), "events for {id}");
+        }
+        assert!(report(&t).await.ok);
+    }
+);

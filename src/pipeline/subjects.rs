@@ -142,7 +142,7 @@ pub async fn create(
     who: &Authorized,
     body: &FieldsInput,
 ) -> Result<Value, Error> {
-    let id = SubjectId::generate();
+    let id = state.vault.new_subject_id();
     let events = authorise_writes(state, who, "create", &id, &body.fields).await?;
     if let Err(e) = state.vault.create(&id, &body.fields, events).await {
         return Err(failed(state, who.event("create").subject(id.as_str()), e).await);

@@ -47,7 +47,8 @@ fn insert_rows(script: &mut Script, insert: &str, rows: Vec<Vec<Arg>>) {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
-        script.sql(&format!("{insert} VALUES {}", tuples(chunk.len(), per_row)));
+        let statement = format!("{insert} VALUES {}", tuples(chunk.len(), per_row));
+        script.sql(&statement.replacen("INSERT", script.insert_verb(), 1));
         for arg in chunk.into_iter().flatten() {
             match arg {
                 Arg::Int(v) => script.bind(v),
@@ -371,8 +372,9 @@ fn add_fields(script: &mut Script, subject: &str, fields: Vec<FieldRow>, now: i6
     if fields.is_empty() {
         return;
     }
+    let insert = script.insert_verb();
     script.sql(&format!(
-        "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
+        "{insert} INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
          ON CONFLICT (subject_id, field) DO UPDATE SET \
          dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
         tuples(fields.len(), 5)
@@ -391,8 +393,9 @@ fn add_index(script: &mut Script, subject: &str, index: Vec<IndexEntry>) {
     if index.is_empty() {
         return;
     }
+    let insert = script.insert_verb();
     script.sql(&format!(
-        "INSERT INTO blind_index (field, digest, subject_id) VALUES {} ON CONFLICT DO NOTHING",
+        "{insert} INTO blind_index (field, digest, subject_id) VALUES {} ON CONFLICT DO NOTHING",
         tuples(index.len(), 3)
     ));
     for e in index {

@@ -10,12 +10,14 @@ impl SubjectId {
         Self(random_id("sub"))
     }
 
-    /// The id of line `line` of an import run: the run's 4-byte prefix, the line number
-    /// (6 bytes) and 6 bytes derived from the run's secret and the line. Ids of one run
-    /// sort in line order, so an import appends to every index keyed by subject instead
-    /// of writing all over them; the same run and line always give the same id, so a
-    /// resumed import recognises the subjects it already created. Knowing one id of a
-    /// run, another cannot be guessed without the secret (48 bits of it).
+    /// Number `line` of a run of ids: the run's 4-byte prefix, the number (6 bytes) and
+    /// 6 bytes derived from the run's secret and the number. Ids of one run sort in
+    /// number order, so subjects created one after another are appended to every index
+    /// keyed by subject instead of being written all over them. An import is a run (the
+    /// number is the line, and the same run and line always give the same id, so a
+    /// resumed import recognises the subjects it already created); so is each server
+    /// process ([`IdSequence`]). Knowing one id of a run, another cannot be guessed
+    /// without the secret (48 bits of it).
     pub fn for_import(run_secret: &[u8; 16], line: u64) -> Self {
         use sha2::{Digest, Sha256};
         let derive = |what: &[u8]| {
@@ -52,6 +54,38 @@ impl std::fmt::Display for SubjectId {
     }
 }
 
+/// Ids for the subjects one process creates: a run of its own (a random secret made at
+/// start), numbered from a random point below 2^47, so that ids made one after another
+/// sort together (see [`SubjectId::for_import`]) and the numbers do not tell how many
+/// subjects this process made before.
+pub struct IdSequence {
+    secret: zeroize::Zeroizing<[u8; 16]>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for IdSequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdSequence")
+    }
+}
+
+impl Default for IdSequence {
+    fn default() -> Self {
+        let start = u64::from_be_bytes(crate::crypto::random_bytes::<8>()) >> 17;
+        Self {
+            secret: zeroize::Zeroizing::new(crate::crypto::random_bytes::<16>()),
+            next: std::sync::atomic::AtomicU64::new(start),
+        }
+    }
+}
+
+impl IdSequence {
+    pub fn next(&self) -> SubjectId {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SubjectId::for_import(&self.secret, n)
+    }
+}
+
 /// A record id, `rec_` and 32 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordId(pub(crate) String);
@@ -69,6 +103,18 @@ impl RecordId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_makes_ids_that_sort_in_order_and_differ_between_processes() {
+        let (a, b) = (IdSequence::default(), IdSequence::default());
+        let ids: Vec<SubjectId> = (0..100).map(|_| a.next()).collect();
+        assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+        assert!(ids.iter().all(|id| SubjectId::parse(id.as_str()).is_some()));
+        let other = b.next();
+        assert!(ids.iter().all(|id| id != &other));
+        // Another run's ids do not share its prefix (but for a 2^-32 chance).
+        assert_ne!(ids[0].as_str()[..12], other.as_str()[..12]);
+    }
 
     #[test]
     fn subject_ids() {

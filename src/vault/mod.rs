@@ -5,7 +5,7 @@
 
 mod ids;
 
-pub use ids::{RecordId, SubjectId};
+pub use ids::{IdSequence, RecordId, SubjectId};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -104,6 +104,8 @@ pub struct Vault {
     keys: Arc<Keys>,
     catalogue: Arc<Catalogue>,
     key_usage_limit: i64,
+    /// Ids for the subjects this process creates.
+    ids: Arc<IdSequence>,
 }
 
 /// The DEK a write will use, and the new key row if it had to be made.
@@ -126,6 +128,7 @@ impl Vault {
             keys,
             catalogue,
             key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
+            ids: Arc::new(IdSequence::default()),
         }
     }
 
@@ -208,7 +211,7 @@ impl Vault {
         Ok((rows, index))
     }
 
-    /// Creates a subject with a fresh id (`SubjectId::generate`) from validated fields,
+    /// Creates a subject with a fresh id ([`Vault::new_subject_id`]) from validated fields,
     /// committed with `events`.
     pub async fn create(
         &self,
@@ -310,6 +313,11 @@ impl Vault {
 
     pub(crate) fn cache_enabled(&self, on: bool) {
         self.snapshots.set_enabled(on);
+    }
+
+    /// A new subject id, from this process's run (see [`IdSequence`]).
+    pub fn new_subject_id(&self) -> SubjectId {
+        self.ids.next()
     }
 
     /// What a read needs of a subject (hold state, keys, ciphertexts), in one round

@@ -117,6 +117,11 @@ pub struct FileConfig {
     /// Subjects whose ciphertexts and wrapped keys are kept in memory (default 50,000;
     /// 0: none, every read asks the store).
     pub subject_cache_entries: Option<usize>,
+    /// Bad tokens one client address may present per window before it is delayed and
+    /// refused with 429 (default 20).
+    pub bad_token_max_failures: Option<u32>,
+    /// That window, in seconds (default 60).
+    pub bad_token_window_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,12 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
     if let Some(secs) = file.policy_reload_secs {
         opts.policy_reload = std::time::Duration::from_secs(secs.max(1));
     }
+    if let Some(n) = file.bad_token_max_failures {
+        opts.bad_token_limit.max_failures = n;
+    }
+    if let Some(secs) = file.bad_token_window_secs {
+        opts.bad_token_limit.window = std::time::Duration::from_secs(secs.max(1));
+    }
     let bootstrap_ttl = parse_ttl(&args.bootstrap_token_ttl)
         .context("--bootstrap-token-ttl takes a number and s, m, h or d (e.g. 24h)")?;
     let app = crate::open(settings).await?;

@@ -1,8 +1,8 @@
 //! Canary test: distinctive PI written through the API of the real binary never
 //! appears in the SQLite files, a PostgreSQL dump, or the server's log output.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::both_stores;
 use crate::helpers::*;
+use crate::process::{base_args, bin, start, stop};
 
 const CANARIES: &[&str] = &[
     "金丝雀鸟名",
@@ -22,98 +23,6 @@ const CANARIES: &[&str] = &[
     "canary_tag_51c",
     "13987650000",
 ];
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_piivault")
-}
-
-struct Running {
-    child: Child,
-    port: u16,
-    stdout: PathBuf,
-}
-
-/// A test that fails half-way leaves no server running behind it.
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn base_args(dir: &Path, url: &Option<String>) -> Vec<String> {
-    let mut args = vec![
-        "--data-dir".to_owned(),
-        dir.join("data").display().to_string(),
-        "--policy-dir".to_owned(),
-        policy_dir().display().to_string(),
-    ];
-    if let Some(url) = url {
-        args.extend(["--database-url".to_owned(), url.clone()]);
-    }
-    args
-}
-
-fn start(dir: &Path, url: &Option<String>, run: usize) -> Running {
-    let stdout = dir.join(format!("stdout-{run}.log"));
-    let stderr = dir.join(format!("stderr-{run}.log"));
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(base_args(dir, url))
-        .env("RUST_LOG", "debug")
-        .env_remove("PIIVAULT_MASTER_KEY")
-        .env_remove("PIIVAULT_MASTER_PASSPHRASE")
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("piivault serve starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
-        if let Some(rest) = text
-            .split("piivault listening on https://127.0.0.1:")
-            .nth(1)
-        {
-            let port = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            return Running {
-                child,
-                port,
-                stdout,
-            };
-        }
-        if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server did not start: {text}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop(mut r: Running) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &r.child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = r.child.try_wait() {
-            assert!(status.success(), "serve exited with {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = r.child.kill();
-    let _ = r.child.wait();
-    panic!("serve did not stop on SIGTERM");
-}
 
 async fn call(
     client: &reqwest::Client,

@@ -4,12 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
+mod process;
 
 mod audit_reports;
 mod audit_trail;
 mod canary;
 mod cli_store;
 mod consent;
+mod crash;
 mod crypto_binding;
 mod data_path;
 mod dsr;

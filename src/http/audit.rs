@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::Authorized;
+use super::extract::{ApiPath, ApiQuery, Authorized};
 use super::openapi::{Purpose, Refusals};
 use super::AppState;
 use crate::pipeline::audit::{self, ReportFormat};
@@ -70,8 +70,8 @@ async fn list_reports(
 async fn run_report(
     State(state): State<AppState>,
     who: Authorized,
-    Path(name): Path<String>,
-    Query(query): Query<BTreeMap<String, String>>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let (format, result) = audit::run_report(&state, &who, &name, query).await?;
     Ok(match format {

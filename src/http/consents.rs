@@ -1,13 +1,13 @@
 //! `/v1/subjects/{id}/consents`: grant, withdraw, list with history (`pipeline::consents`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Authorized};
+use super::extract::{ApiJson, ApiPath, Authorized};
 use super::openapi::{GrantBody, Purpose, Refusals, WithdrawBody};
 use super::AppState;
 use crate::pipeline::consents::{self, WithdrawRequest};
@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn grant(
     State(state): State<AppState>,
     who: Authorized,
-    Path((id, purpose)): Path<(String, String)>,
+    ApiPath((id, purpose)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<GrantRequest>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
@@ -52,7 +52,7 @@ async fn grant(
 async fn withdraw(
     State(state): State<AppState>,
     who: Authorized,
-    Path((id, purpose)): Path<(String, String)>,
+    ApiPath((id, purpose)): ApiPath<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     // The body is optional: `{"channel": "…"}` or nothing.
@@ -82,7 +82,7 @@ async fn withdraw(
 async fn list(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(consents::list(&state, &who, &id).await?))
 }

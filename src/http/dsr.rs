@@ -1,7 +1,7 @@
 //! Data-subject requests, legal holds and the export bundle over HTTP
 //! (`pipeline::dsr`): the handlers translate; the pipeline decides and audits.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Authorized};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Authorized};
 use super::openapi::{HoldBody, Purpose, Refusals, RequestBody, UpdateBody};
 use super::AppState;
 use crate::pipeline::dsr::{self, CreateRequest, HoldRequest, ListQuery, UpdateRequest};
@@ -51,7 +51,7 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     who: Authorized,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Answer {
     Ok(Json(dsr::list(&state, &who, &q).await?))
 }
@@ -64,7 +64,11 @@ async fn list(
         (status = 404, description = "Code: `request_not_found`", body = super::openapi::ErrorBody),
         Refusals,
     ))]
-async fn show(State(state): State<AppState>, who: Authorized, Path(id): Path<String>) -> Answer {
+async fn show(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+) -> Answer {
     Ok(Json(dsr::show(&state, &who, &id).await?))
 }
 
@@ -80,7 +84,7 @@ async fn show(State(state): State<AppState>, who: Authorized, Path(id): Path<Str
 async fn update(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateRequest>,
 ) -> Answer {
     Ok(Json(dsr::update(&state, &who, &id, &body).await?))
@@ -100,7 +104,7 @@ async fn update(
 async fn export(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let bundle = dsr::export(&state, &who, &id).await?;
     let subject = bundle["subject"].as_str().unwrap_or("subject").to_owned();
@@ -120,7 +124,7 @@ async fn export(
 async fn place_hold(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<HoldRequest>,
 ) -> Answer {
     Ok(Json(dsr::place_hold(&state, &who, &id, &body).await?))
@@ -137,7 +141,7 @@ async fn place_hold(
 async fn lift_hold(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Answer {
     Ok(Json(dsr::lift_hold(&state, &who, &id).await?))
 }

@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -51,20 +49,46 @@ impl FromRequestParts<AppState> for Authorized {
     }
 }
 
+/// The most bytes a request body may have (`--max-body-bytes`), for [`ApiJson`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaxBody(pub usize);
+
+/// How much of a body over the limit is still read (and thrown away) before the 413 is
+/// sent. A server that answers without reading what the client is still sending closes
+/// a socket with unread data in it, the kernel resets the connection, and the client
+/// sees a broken connection instead of the 413. Past this much the client is cut off.
+const DRAIN_BYTES: usize = 16 << 20;
+
 /// A JSON body. Errors say where the body is wrong, never what it contained.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::bad_request("body_unreadable", "the request body could not be read")
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        use futures_util::StreamExt;
+        let limit = req
+            .extensions()
+            .get::<MaxBody>()
+            .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |m| m.0);
+        let unreadable =
+            || ApiError::bad_request("body_unreadable", "the request body could not be read");
+        let mut body = req.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|_| unreadable())?;
+            if bytes.len() + chunk.len() > limit {
+                let mut seen = bytes.len() + chunk.len();
+                while seen <= DRAIN_BYTES {
+                    match body.next().await {
+                        Some(Ok(more)) => seen += more.len(),
+                        _ => break,
+                    }
+                }
+                return Err(ApiError::PayloadTooLarge);
             }
-        })?;
+            bytes.extend_from_slice(&chunk);
+        }
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Data => "does not have the expected shape",
@@ -79,5 +103,38 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ),
             )
         })
+    }
+}
+
+/// A query string. Errors are JSON like every other refusal and never echo the input.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| ApiQuery(q))
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "malformed_query",
+                    "the query string does not have the expected parameters or values",
+                )
+            })
+    }
+}
+
+/// Path parameters, refused as JSON when they cannot be read (not UTF-8, say).
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| ApiPath(p))
+            .map_err(|_| ApiError::bad_request("malformed_path", "the path cannot be read"))
     }
 }

@@ -79,7 +79,8 @@ pub struct Purpose {
 /// What every route behind a token can answer besides its own outcomes.
 #[derive(IntoResponses)]
 pub enum Refusals {
-    /// Codes: `malformed_body`, `body_unreadable`, `purpose_missing`.
+    /// Codes: `malformed_body`, `body_unreadable`, `malformed_query`, `malformed_path`,
+    /// `purpose_missing`.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// Codes: `token_missing`, `token_invalid`, `token_expired`, `token_revoked`.

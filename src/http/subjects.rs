@@ -2,7 +2,7 @@
 //! handler translates the HTTP request for the pipeline (`pipeline::subjects`), which
 //! decides, acts and audits, and translates its answer back.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::openapi::{Created, FieldsBody, Found, LookupBody, Purpose, Refusals, SubjectRead};
 use super::AppState;
 use crate::pipeline::{subjects, Authorized, FieldsInput, LookupInput, ReadInput};
@@ -62,8 +62,8 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
-    Query(q): Query<ReadInput>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReadInput>,
 ) -> Answer {
     Ok(Json(subjects::read(&state, &who, &id, &q).await?))
 }
@@ -86,7 +86,7 @@ async fn read(
 async fn correct(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<FieldsInput>,
 ) -> Answer {
     Ok(Json(subjects::correct(&state, &who, &id, &body).await?))
@@ -104,7 +104,11 @@ async fn correct(
         (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
         Refusals,
     ))]
-async fn erase(State(state): State<AppState>, who: Authorized, Path(id): Path<String>) -> Answer {
+async fn erase(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+) -> Answer {
     Ok(Json(subjects::erase(&state, &who, &id).await?))
 }
 
@@ -144,7 +148,7 @@ async fn lookup(
 async fn add_record(
     State(state): State<AppState>,
     who: Authorized,
-    Path((id, collection)): Path<(String, String)>,
+    ApiPath((id, collection)): ApiPath<(String, String)>,
     ApiJson(document): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let added = subjects::add_record(&state, &who, &id, &collection, &document).await?;
@@ -167,7 +171,7 @@ async fn add_record(
 async fn list_records(
     State(state): State<AppState>,
     who: Authorized,
-    Path((id, collection)): Path<(String, String)>,
+    ApiPath((id, collection)): ApiPath<(String, String)>,
 ) -> Answer {
     Ok(Json(
         subjects::list_records(&state, &who, &id, &collection).await?,

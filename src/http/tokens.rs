@@ -1,6 +1,6 @@
 //! `/v1/tokens`: issue, list and revoke bearer tokens (`pipeline::tokens`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::Value;
@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Authorized};
+use super::extract::{ApiJson, ApiPath, Authorized};
 use super::openapi::{IssueBody, Purpose, Refusals};
 use super::AppState;
 use crate::pipeline::tokens::{self, IssueInput};
@@ -55,7 +55,7 @@ async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Val
 async fn revoke(
     State(state): State<AppState>,
     who: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(tokens::revoke(&state, &who, &id).await?))
 }

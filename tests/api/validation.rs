@@ -214,3 +214,66 @@ both_stores!(malformed_and_oversized_bodies, |db| async move {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 });
+
+// Query strings and paths that cannot be read are refused like bodies: JSON with a stable
+// code (found by the schemathesis sweep, which saw axum's plain-text answers), never
+// echoing what was sent.
+both_stores!(malformed_query_strings_and_paths, |db| async move {
+    let t = spawn_app(db).await;
+    let dsr = t.dsr().await;
+    let id = t.create(&dsr, json!({"name": "查询"})).await;
+    for path in [
+        "/v1/requests?overdue=maybe-canary-7a1".to_owned(),
+        format!("/v1/subjects/{id}?canary_param_7a1=1"),
+        format!("/v1/subjects/{id}?fields=name&fields=phone"),
+    ] {
+        let resp = t
+            .client
+            .get(format!("{}{path}", t.base))
+            .bearer_auth(&dsr)
+            .header("X-Purpose", "dsr")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "malformed_query", "{path}: {body}");
+        assert!(!body.to_string().contains("canary"), "{body}");
+    }
+    // A path segment that is not UTF-8 once decoded.
+    let resp = t
+        .client
+        .get(format!("{}/v1/subjects/%FF%FE", t.base))
+        .bearer_auth(&dsr)
+        .header("X-Purpose", "dsr")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_path", "{body}");
+});
+
+// A body far over the limit still gets its 413: the server reads (and drops) the rest
+// before answering, so the client is not cut off mid-upload with a reset connection.
+both_stores!(an_oversized_body_gets_its_413, |db| async move {
+    let t = spawn_app(db).await;
+    let dsr = t.dsr().await;
+    let body = format!(r#"{{"fields": {{"name": "{}"}}}}"#, "x".repeat(4 << 20));
+    for _ in 0..5 {
+        let resp = t
+            .client
+            .post(format!("{}/v1/subjects", t.base))
+            .bearer_auth(&dsr)
+            .header("X-Purpose", "dsr")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("an answer, not a broken connection");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "payload_too_large");
+    }
+});

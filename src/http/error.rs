@@ -49,10 +49,10 @@ impl IntoResponse for ApiError {
                 None,
             ),
             Self::Unavailable => {
-                tracing::error!("store unavailable");
+                tracing::debug!("store unavailable");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    "store_unavailable",
                     "the vault cannot reach its store; try again later".to_owned(),
                     None,
                 )

@@ -26,7 +26,7 @@ impl From<ConsentError> for Error {
                 "no_active_consent",
                 "there is no active consent to withdraw",
             ),
-            ConsentError::Store(s) => Error::internal(s),
+            ConsentError::Store(s) => Error::store(s),
             ConsentError::Audit(a) => a.into(),
         }
     }

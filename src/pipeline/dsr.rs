@@ -26,7 +26,7 @@ impl From<RequestError> for Error {
             RequestError::BadTransition { .. } => {
                 Error::bad_request("bad_transition", e.to_string())
             }
-            RequestError::Store(s) => Error::internal(s),
+            RequestError::Store(s) => Error::store(s),
         }
     }
 }

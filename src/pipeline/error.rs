@@ -65,6 +65,45 @@ impl Error {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self::Internal(cause.to_string())
     }
+
+    /// A store error: 503 `store_unavailable` when the store cannot be reached or is
+    /// shutting down or overloaded (the request may be retried, and the vault serves
+    /// again by itself once the store answers); otherwise an internal error.
+    pub fn store(e: crate::store::StoreError) -> Self {
+        if store_unreachable(&e) {
+            tracing::warn!(error = %e, "store unavailable");
+            Self::Unavailable
+        } else {
+            Self::internal(e)
+        }
+    }
+}
+
+/// Whether a store error means the store cannot be reached now (as opposed to a fault
+/// in what was asked of it).
+fn store_unreachable(e: &crate::store::StoreError) -> bool {
+    let crate::store::StoreError::Db(e) = e else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08), operator intervention such as a
+        // shutdown (57), insufficient resources (53). SQLite: busy, locked, I/O error,
+        // disk full, cannot open (5, 6, 10, 13, 14 and their extended codes).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57")
+                || c.starts_with("53")
+                || c.parse::<i64>()
+                    .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
+        }),
+        _ => false,
+    }
 }
 
 impl From<crate::audit::AuditError> for Error {
@@ -100,9 +139,7 @@ impl From<VaultError> for Error {
             VaultError::Invalid(v) => Self::Invalid(v),
             VaultError::Integrity { .. } => Self::Integrity,
             VaultError::Audit(a) => a.into(),
-            VaultError::Store(crate::store::StoreError::Db(sqlx::Error::PoolTimedOut)) => {
-                Self::Unavailable
-            }
+            VaultError::Store(s) => Self::store(s),
             other => Self::internal(other),
         }
     }
@@ -128,10 +165,7 @@ impl From<TokenError> for Error {
                 message: "the bearer token has been revoked",
             },
             TokenError::BadRequest(m) => Self::bad_request("invalid_token_request", m),
-            TokenError::Store(crate::store::StoreError::Db(sqlx::Error::PoolTimedOut)) => {
-                Self::Unavailable
-            }
-            TokenError::Store(s) => Self::internal(s),
+            TokenError::Store(s) => Self::store(s),
             TokenError::Audit(a) => a.into(),
         }
     }

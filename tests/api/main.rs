@@ -16,6 +16,7 @@ mod crypto_binding;
 mod data_path;
 mod dsr;
 mod erasure;
+mod faults;
 mod import;
 mod lifecycle;
 mod metrics;

@@ -1,0 +1,264 @@
+//! Faults and recovery: PostgreSQL going away under load and coming back. The real
+//! server reaches PostgreSQL through a TCP proxy this test controls; "down" closes every
+//! connection and refuses new ones, as a stopped or unreachable database server does,
+//! without touching the PostgreSQL other tests share.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::*;
+use crate::process::{issue_token, start, stop};
+
+/// A TCP proxy to PostgreSQL that can be switched off and on.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (flag, held) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                held.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Proxy { port, up, links }
+    }
+
+    /// Every open connection is cut and new ones are closed at once.
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    tok: &str,
+    method: Method,
+    body: Option<Value>,
+) -> StatusCode {
+    let mut req = client
+        .request(method, url)
+        .bearer_auth(tok)
+        .header("X-Purpose", "dsr")
+        .timeout(Duration::from_secs(60));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send()
+        .await
+        .expect("the vault answers while its store is away")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_under_load_gives_503_and_the_vault_recovers_without_a_restart() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let (direct, name) = create_pg_database().await;
+    let target = direct
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let proxy = Proxy::start(target.clone()).await;
+    let url = Some(direct.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1));
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &url, 0);
+    let dsr = issue_token(dir.path(), &url, "dsr_handler", "dsr", "fault load");
+    let auditor = issue_token(dir.path(), &url, "auditor", "audit", "fault audit");
+    let client = https_client(&dir.path().join("data"));
+    let base = format!("https://localhost:{}", server.port);
+    let created = client
+        .post(format!("{base}/v1/subjects"))
+        .bearer_auth(&dsr)
+        .header("X-Purpose", "dsr")
+        .json(&json!({"fields": {"name": "断线", "phone": "13700001111"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read_url = format!("{base}/v1/subjects/{id}?fields=phone");
+
+    // Load: reads and creates from four clients, every answer counted by status.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<Vec<(bool, StatusCode)>>> = Arc::default();
+    let down_now = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (client, dsr, base, read_url) =
+            (client.clone(), dsr.clone(), base.clone(), read_url.clone());
+        let (stop_load, answers, down_now, sent) = (
+            stop_load.clone(),
+            answers.clone(),
+            down_now.clone(),
+            sent.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop_load.load(Ordering::SeqCst) {
+                n += 1;
+                // Sent while the store was known to be away (set before `down`, cleared after `up`).
+                let during = down_now.load(Ordering::SeqCst);
+                let status = if n % 3 == 0 {
+                    let body = json!({"fields": {"name": format!("负载{w}-{n}")}});
+                    send(
+                        &client,
+                        &format!("{base}/v1/subjects"),
+                        &dsr,
+                        Method::POST,
+                        Some(body),
+                    )
+                    .await
+                } else {
+                    send(&client, &read_url, &dsr, Method::GET, None).await
+                };
+                // Sent and answered while the store was away.
+                let during = during && down_now.load(Ordering::SeqCst);
+                sent.fetch_add(1, Ordering::SeqCst);
+                answers.lock().unwrap().push((during, status));
+            }
+        }));
+    }
+    let wait_sent = |k: usize| {
+        let sent = sent.clone();
+        async move {
+            let target = sent.load(Ordering::SeqCst) + k;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while sent.load(Ordering::SeqCst) < target {
+                assert!(Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_sent(40).await;
+
+    // The store goes away.
+    proxy.down();
+    // Requests already past the store may still finish; from the first refusal on,
+    // nothing is served.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = send(&client, &read_url, &dsr, Method::GET, None).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            Instant::now() < deadline,
+            "the vault kept serving without its store"
+        );
+    }
+    down_now.store(true, Ordering::SeqCst);
+    // Forty answers given wholly while the store was away.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while answers.lock().unwrap().iter().filter(|(d, _)| *d).count() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled while the store was away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // It comes back: the same process serves again.
+    down_now.store(false, Ordering::SeqCst);
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while send(&client, &read_url, &dsr, Method::GET, None).await != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the vault did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_sent(40).await;
+    stop_load.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    let during: Vec<StatusCode> = answers
+        .iter()
+        .filter(|(d, _)| *d)
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(during.len() >= 40);
+    assert!(
+        during.iter().all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "answers while the store was away: {during:?}"
+    );
+    assert!(
+        answers.iter().all(|(_, s)| [
+            StatusCode::OK,
+            StatusCode::CREATED,
+            StatusCode::SERVICE_UNAVAILABLE
+        ]
+        .contains(s)),
+        "unexpected answers: {answers:?}"
+    );
+    let after = answers
+        .iter()
+        .rev()
+        .take(20)
+        .filter(|(_, s)| s.is_success())
+        .count();
+    assert_eq!(after, 20, "the load is served again");
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let verify = client
+        .get(format!("{base}/v1/audit/verify"))
+        .bearer_auth(&auditor)
+        .header("X-Purpose", "audit")
+        .send()
+        .await
+        .unwrap();
+    let report: Value = verify.json().await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    eprintln!(
+        "postgres away and back: {} answers, {} of them 503 while it was away",
+        answers.len(),
+        during.len()
+    );
+    stop(server);
+    drop_pg_database(&name).await;
+}

@@ -449,4 +449,122 @@ mod tests {
         assert_eq!(rule(&g, json!("vip")), "type");
         assert_eq!(rule(&g, json!(["toolong"])), "too_long");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn all_types() -> Vec<FieldType> {
+            vec![
+                FieldType::CnResidentId,
+                FieldType::CnMobile,
+                FieldType::Email,
+                FieldType::BankCard,
+                FieldType::Date { not_future: true },
+                FieldType::Text { max_chars: 50 },
+                FieldType::Enum {
+                    values: vec!["gold".into(), "silver".into()],
+                },
+                FieldType::Tags {
+                    max_items: 5,
+                    max_chars: 10,
+                },
+            ]
+        }
+
+        /// A resident id number with a valid region, birth date and check digit.
+        fn resident_id() -> impl Strategy<Value = String> {
+            (
+                0..PROVINCES.len(),
+                0u32..10_000,
+                1950i32..2000,
+                1u8..13,
+                1u8..29,
+                0u32..1000,
+            )
+                .prop_map(|(p, area, year, month, day, seq)| {
+                    let body = format!("{}{area:04}{year}{month:02}{day:02}{seq:03}", PROVINCES[p]);
+                    const WEIGHTS: [u32; 17] =
+                        [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+                    let sum: u32 = body
+                        .bytes()
+                        .zip(WEIGHTS)
+                        .map(|(d, w)| u32::from(d - b'0') * w)
+                        .sum();
+                    format!("{body}{}", b"10X98765432"[(sum % 11) as usize] as char)
+                })
+        }
+
+        /// Digits with a valid Luhn check digit.
+        fn bank_card() -> impl Strategy<Value = String> {
+            proptest::collection::vec(0u32..10, 11..18).prop_map(|digits| {
+                let body: String = digits
+                    .iter()
+                    .map(|d| char::from_digit(*d, 10).unwrap())
+                    .collect();
+                (0..10)
+                    .map(|c| format!("{body}{c}"))
+                    .find(|card| luhn(card))
+                    .unwrap()
+            })
+        }
+
+        proptest! {
+            // Whatever a caller sends, every type answers a value or a rule, never a
+            // panic; and a value it accepted is accepted again unchanged (normalising
+            // is idempotent), so a stored value reads and re-validates the same.
+            #[test]
+            fn parsing_never_panics_and_canonical_values_are_stable(
+                text in "\\PC{0,40}",
+                digits in "[0-9 +X-]{0,24}",
+            ) {
+                for t in all_types() {
+                    for input in [json!(text), json!(digits), json!([text.clone(), digits.clone()])] {
+                        if let Ok(v) = t.parse("f", &input) {
+                            let again = t.parse("f", &t.to_json(v.canonical())).unwrap();
+                            prop_assert_eq!(again.canonical(), v.canonical());
+                        }
+                    }
+                }
+            }
+
+            // A valid id number is accepted in either case of X, and any one digit changed
+            // is refused (the check digit catches every single-digit error).
+            #[test]
+            fn resident_ids_and_single_digit_errors(id in resident_id(), at in 0usize..17, by in 1u8..10) {
+                let t = FieldType::CnResidentId;
+                let v = t.parse("f", &json!(id.to_lowercase())).unwrap();
+                prop_assert_eq!(v.canonical(), id.as_str());
+                let mut bad = id.into_bytes();
+                bad[at] = b'0' + (bad[at] - b'0' + by) % 10;
+                prop_assert!(t.parse("f", &json!(String::from_utf8(bad).unwrap())).is_err());
+            }
+
+            // Mobile numbers with +86, 0086, spaces or dashes normalise to 11 digits.
+            #[test]
+            fn mobiles_normalise(second in 3u8..10, rest in "[0-9]{9}", prefix in prop::sample::select(vec!["", "+86", "0086", "+86 "])) {
+                let digits = format!("1{second}{rest}");
+                let written = format!("{prefix}{}-{} {}", &digits[..3], &digits[3..7], &digits[7..]);
+                let v = FieldType::CnMobile.parse("f", &json!(written)).unwrap();
+                prop_assert_eq!(v.canonical(), digits.as_str());
+            }
+
+            // Cards that pass Luhn are accepted (spaces dropped); one digit changed fails.
+            #[test]
+            fn bank_cards_and_single_digit_errors(card in bank_card(), at in any::<prop::sample::Index>(), by in 1u32..10) {
+                let t = FieldType::BankCard;
+                let spaced: String = card.chars().enumerate().flat_map(|(i, c)| {
+                    (i > 0 && i % 4 == 0).then_some(' ').into_iter().chain(std::iter::once(c))
+                }).collect();
+                let parsed = t.parse("f", &json!(spaced)).unwrap();
+                prop_assert_eq!(parsed.canonical(), card.as_str());
+                let mut bad: Vec<u32> = card.chars().map(|c| c.to_digit(10).unwrap()).collect();
+                let i = at.index(bad.len());
+                bad[i] = (bad[i] + by) % 10;
+                let bad: String = bad.iter().map(|d| char::from_digit(*d, 10).unwrap()).collect();
+                prop_assert_eq!(t.parse("f", &json!(bad)).unwrap_err().rule, "bank_card_luhn");
+            }
+        }
+    }
 }

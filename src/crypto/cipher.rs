@@ -119,4 +119,51 @@ mod tests {
         let aad = Aad::field("sub_a", "phone", 1);
         assert_ne!(key.seal(&aad, b"x")[..12], key.seal(&aad, b"x")[..12]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn aad_parts() -> impl Strategy<Value = (String, String, i64)> {
+            ("[a-z0-9_]{1,40}", "\\PC{0,20}", 0i64..1_000_000)
+        }
+
+        proptest! {
+            // Any value comes back from its own AAD, and from no other: changing the
+            // subject, the field or the key version, or any one bit of the stored bytes,
+            // makes it unreadable.
+            #[test]
+            fn sealed_values_open_only_where_they_were_sealed(
+                plaintext in proptest::collection::vec(any::<u8>(), 0..512),
+                (subject, field, version) in aad_parts(),
+                (other_subject, other_field, other_version) in aad_parts(),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let key = DataKey::generate();
+                let aad = Aad::field(&subject, &field, version);
+                let sealed = key.seal(&aad, &plaintext);
+                let opened = key.open(&aad, &sealed).unwrap();
+                prop_assert_eq!(opened.as_slice(), plaintext.as_slice());
+                let other = Aad::field(&other_subject, &other_field, other_version);
+                if (other_subject, other_field, other_version) != (subject.clone(), field.clone(), version) {
+                    prop_assert!(key.open(&other, &sealed).is_err());
+                }
+                let record = Aad::record(&subject, &field, "rec_1", version);
+                prop_assert!(key.open(&record, &sealed).is_err());
+                let mut tampered = sealed.clone();
+                let i = flip.index(tampered.len());
+                tampered[i] ^= 1 << bit;
+                prop_assert!(key.open(&aad, &tampered).is_err());
+                prop_assert!(DataKey::generate().open(&aad, &sealed).is_err());
+            }
+
+            // Stored bytes of any shape are refused, never a panic.
+            #[test]
+            fn arbitrary_stored_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+                let key = DataKey::generate();
+                prop_assert!(key.open(&Aad::field("sub_a", "phone", 1), &bytes).is_err());
+            }
+        }
+    }
 }

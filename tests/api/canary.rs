@@ -2,7 +2,7 @@
 //! appears in the SQLite files, a PostgreSQL dump, or the server's log output.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::both_stores;
 use crate::helpers::*;
-use crate::process::{base_args, bin, start, stop};
+use crate::process::{base_args, bin, child_store, issue_token, start, stop};
 
 const CANARIES: &[&str] = &[
     "金丝雀鸟名",
@@ -47,13 +47,7 @@ both_stores!(
     canary_values_never_reach_disk_dump_or_logs,
     |db| async move {
         let dir = tempfile::tempdir().unwrap();
-        let (url, pg_name) = match db {
-            Db::Sqlite => (None, None),
-            Db::Postgres => {
-                let (url, name) = create_pg_database().await;
-                (Some(url), Some(name))
-            }
-        };
+        let (url, pg_name) = child_store(db).await;
         let first = start(dir.path(), &url, 1);
         let stdout = std::fs::read_to_string(&first.stdout).unwrap();
         assert!(stdout.contains("Bootstrap admin token"), "{stdout}");
@@ -68,30 +62,7 @@ both_stores!(
         }
 
         // The CLI issues a token: the secret alone on standard output.
-        let out = Command::new(bin())
-            .args([
-                "token",
-                "issue",
-                "--role",
-                "dsr_handler",
-                "--purpose",
-                "dsr",
-                "--ttl",
-                "1h",
-            ])
-            .args(base_args(dir.path(), &url))
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tok = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(tok.lines().count(), 1);
-        let tok = tok.trim().to_owned();
-        assert!(tok.starts_with("pvt_"));
+        let tok = issue_token(dir.path(), &url, "dsr_handler", "dsr", "");
 
         let client = https_client(&data);
         let port = first.port;

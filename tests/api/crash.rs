@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::both_stores;
 use crate::helpers::*;
-use crate::process::{issue_token, start_with, stop, Running};
+use crate::process::{child_store, issue_token, start_with, stop, Running};
 
 /// What the store must hold: a known state, or either of two when the request that
 /// changes it was cut off by the crash.
@@ -632,13 +632,7 @@ both_stores!(
     acknowledged_writes_survive_kill_9_at_random_moments,
     |db| async move {
         let dir = tempfile::tempdir().unwrap();
-        let (url, pg_name) = match db {
-            Db::Sqlite => (None, None),
-            Db::Postgres => {
-                let (url, name) = create_pg_database().await;
-                (Some(url), Some(name))
-            }
-        };
+        let (url, pg_name) = child_store(db).await;
         // Revoked tokens are presented after every restart: more bad tokens than the
         // default budget allows one address.
         let config = dir.path().join("crash.toml");

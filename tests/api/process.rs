@@ -142,5 +142,22 @@ pub fn issue_token(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    // The secret alone on standard output.
+    let secret = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(secret.lines().count(), 1, "{secret}");
+    let secret = secret.trim().to_owned();
+    assert!(secret.starts_with("pvt_"));
+    secret
+}
+
+/// The store a child server uses: SQLite in its data directory (`None`), or a fresh
+/// PostgreSQL database (its URL, and its name to drop afterwards).
+pub async fn child_store(db: crate::helpers::Db) -> (Option<String>, Option<String>) {
+    match db {
+        crate::helpers::Db::Sqlite => (None, None),
+        crate::helpers::Db::Postgres => {
+            let (url, name) = crate::helpers::create_pg_database().await;
+            (Some(url), Some(name))
+        }
+    }
 }

@@ -59,6 +59,31 @@ pub struct MaxBody(pub usize);
 /// sees a broken connection instead of the 413. Past this much the client is cut off.
 const DRAIN_BYTES: usize = 16 << 20;
 
+/// Reads a whole request body of at most `limit` bytes. A longer one is read on (and
+/// thrown away) up to [`DRAIN_BYTES`] before `payload_too_large` is answered.
+pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request("body_unreadable", "the request body could not be read")
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            let mut seen = bytes.len() + chunk.len();
+            while seen <= DRAIN_BYTES {
+                match body.next().await {
+                    Some(Ok(more)) => seen += more.len(),
+                    _ => break,
+                }
+            }
+            return Err(ApiError::PayloadTooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// A JSON body. Errors say where the body is wrong, never what it contained.
 pub struct ApiJson<T>(pub T);
 
@@ -66,29 +91,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        use futures_util::StreamExt;
         let limit = req
             .extensions()
             .get::<MaxBody>()
             .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |m| m.0);
-        let unreadable =
-            || ApiError::bad_request("body_unreadable", "the request body could not be read");
-        let mut body = req.into_body().into_data_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|_| unreadable())?;
-            if bytes.len() + chunk.len() > limit {
-                let mut seen = bytes.len() + chunk.len();
-                while seen <= DRAIN_BYTES {
-                    match body.next().await {
-                        Some(Ok(more)) => seen += more.len(),
-                        _ => break,
-                    }
-                }
-                return Err(ApiError::PayloadTooLarge);
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_limited(req.into_body(), limit).await?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Data => "does not have the expected shape",

@@ -110,6 +110,21 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// Reads every request's body (up to the limit) before any handler or extractor sees
+/// the request. An answer given before the body is read (a refused token, a 403, a 413)
+/// would otherwise close a connection with unread data in it, which the kernel turns
+/// into a reset, and the client would see a broken connection instead of the answer.
+async fn body_first(limit: usize, req: Request, next: Next) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    match extract::read_limited(body, limit).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(refused) => axum::response::IntoResponse::into_response(refused),
+    }
+}
+
 /// The whole API. `access_log`: one INFO line per request (else DEBUG).
 pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {
     let (routes, doc) = routes();
@@ -123,6 +138,9 @@ pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Route
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::Extension(extract::MaxBody(max_body_bytes)))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            body_first(max_body_bytes, req, next)
+        }))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             request_context(access_log, req, next)
         }))

@@ -276,4 +276,31 @@ both_stores!(an_oversized_body_gets_its_413, |db| async move {
         let answer: Value = resp.json().await.unwrap();
         assert_eq!(answer["error"]["code"], "payload_too_large");
     }
+    // A body within the limit sent with a bad token, or to a role the policy refuses:
+    // the refusal comes before any handler reads the body, and still arrives whole.
+    let body = format!(r#"{{"fields": {{"name": "{}"}}}}"#, "x".repeat(200_000));
+    let auditor = t.token("auditor", &["audit"]).await;
+    for (tok, purpose, status) in [
+        ("pvt_not_a_token", "dsr", StatusCode::UNAUTHORIZED),
+        (auditor.as_str(), "audit", StatusCode::FORBIDDEN),
+    ] {
+        for _ in 0..5 {
+            let resp = t
+                .client
+                .post(format!("{}/v1/subjects", t.base))
+                .bearer_auth(tok)
+                .header("X-Purpose", purpose)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .expect("an answer, not a broken connection");
+            assert!(
+                resp.status() == status || resp.status() == StatusCode::BAD_REQUEST,
+                "{}",
+                resp.status()
+            );
+            resp.json::<Value>().await.unwrap();
+        }
+    }
 });

@@ -106,8 +106,29 @@ fn generate(paths: &TlsPaths) -> Result<(), TlsError> {
 /// Loads the server certificate and key, creating them on first start.
 pub fn server_config(data_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let paths = TlsPaths::in_dir(data_dir);
-    if !paths.cert.exists() || !paths.key.exists() {
+    let present = [&paths.cert, &paths.key, &paths.ca].map(|p| p.exists());
+    if present == [false; 3] {
         generate(&paths)?;
+    } else if present.contains(&false) {
+        // Making new ones would replace the CA every client trusts: refuse instead.
+        let missing: Vec<String> = [&paths.cert, &paths.key, &paths.ca]
+            .iter()
+            .zip(present)
+            .filter(|(_, here)| !here)
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        return Err(TlsError::Files {
+            dir: paths
+                .cert
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            message: format!(
+                "{} missing; restore it, or remove all three files to make a new certificate \
+                 and CA (clients must then trust the new ca.pem)",
+                missing.join(" and ")
+            ),
+        });
     }
     let files = |e: rustls::pki_types::pem::Error| TlsError::Files {
         dir: paths

@@ -262,3 +262,87 @@ async fn postgres_going_away_under_load_gives_503_and_the_vault_recovers_without
     stop(server);
     drop_pg_database(&name).await;
 }
+
+/// Starts `serve` on a data directory expected to be refused; returns what it printed.
+fn refused_start(dir: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(crate::process::bin())
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(crate::process::base_args(dir, &None))
+        .env_remove("PIIVAULT_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut text = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            assert!(!status.success(), "{text}");
+            return text;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started although it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// Key and TLS files missing, foreign or damaged at start: a clear refusal that names the
+// file, nothing made anew in their place, and a normal start once they are restored.
+#[test]
+fn missing_foreign_or_damaged_key_and_tls_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    stop(start(dir.path(), &None, 0));
+    stop(start(other.path(), &None, 0));
+    let data = dir.path().join("data");
+    let foreign = other.path().join("data");
+    let cases: Vec<(&str, Option<std::path::PathBuf>, &str)> = vec![
+        ("master.key", None, "master key file"),
+        (
+            "master.key",
+            Some(foreign.join("master.key")),
+            "does not match this database",
+        ),
+        ("audit/signing.key", None, "audit signing key file"),
+        (
+            "audit/signing.key",
+            Some(foreign.join("audit/signing.key")),
+            "signed none of this vault's checkpoints",
+        ),
+        ("tls/server.key", None, "server.key missing"),
+        (
+            "tls/server.key",
+            Some(foreign.join("master.key")),
+            "TLS files",
+        ),
+    ];
+    let ca_before = std::fs::read(data.join("tls/ca.pem")).unwrap();
+    for (file, replacement, says) in cases {
+        let path = data.join(file);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        if let Some(from) = &replacement {
+            std::fs::copy(from, &path).unwrap();
+        }
+        let text = refused_start(dir.path());
+        assert!(text.contains(says), "{file}: {text}");
+        assert_eq!(
+            path.exists(),
+            replacement.is_some(),
+            "{file}: a new one was made"
+        );
+        assert_eq!(std::fs::read(data.join("tls/ca.pem")).unwrap(), ca_before);
+        std::fs::write(&path, saved).unwrap();
+    }
+    stop(start(dir.path(), &None, 1));
+}

@@ -133,23 +133,9 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
             .context("recording the store in the data directory")?;
     }
     let audit_key = Arc::new(
-        AuditKey::load_or_create(&settings.audit_key_file, initialised_now)
+        AuditKey::load_or_create(&settings.audit_key_file)
             .context("loading the audit signing key")?,
     );
-    // The key must be the one that signed this vault's checkpoints.
-    let signers = store
-        .checkpoint_key_ids()
-        .await
-        .context("reading the audit checkpoints' key ids")?;
-    let key_id = audit_key.public().key_id();
-    if !signers.is_empty() && !signers.iter().any(|s| s == key_id) {
-        anyhow::bail!(
-            "the audit signing key {} (key id {key_id}) signed none of this vault's checkpoints \
-             (signed by {}); restore the vault's own key file",
-            settings.audit_key_file.display(),
-            signers.join(", ")
-        );
-    }
     let checkpoint_file = settings
         .audit_key_file
         .parent()

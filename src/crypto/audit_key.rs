@@ -65,22 +65,12 @@ impl AuditKey {
         Ok(Self { key, public })
     }
 
-    /// Loads the key file; on a vault's first start (`may_create`) creates it (0600)
-    /// with a fresh key if it does not exist. Writes the public key beside it (`.pub`)
-    /// for auditors. A vault that is already initialised never makes a new key: one
-    /// missing means it was lost or removed, and a new one would sign checkpoints no
-    /// auditor trusts.
-    pub fn load_or_create(path: &Path, may_create: bool) -> Result<Self, CryptoError> {
+    /// Loads the key file, creating it (0600) with a fresh key if it does not exist;
+    /// writes the public key beside it (`.pub`) for auditors.
+    pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
         let io = |e: std::io::Error| {
             CryptoError::MasterKey(format!("audit key {}: {e}", path.display()))
         };
-        if !path.exists() && !may_create {
-            return Err(CryptoError::MasterKey(format!(
-                "audit signing key file {} not found; this vault is already initialised, so no \
-                 new key is made (restore the key file or point --audit-key-file at it)",
-                path.display()
-            )));
-        }
         if !path.exists() {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
@@ -176,10 +166,8 @@ mod tests {
     #[test]
     fn sign_and_verify() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(AuditKey::load_or_create(&dir.path().join("audit.key"), false).is_err());
-        assert!(!dir.path().join("audit.key").exists());
-        let key = AuditKey::load_or_create(&dir.path().join("audit.key"), true).unwrap();
-        let again = AuditKey::load_or_create(&dir.path().join("audit.key"), false).unwrap();
+        let key = AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap();
+        let again = AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap();
         assert_eq!(key.public().key_id(), again.public().key_id());
         let public =
             AuditPublicKey::parse(&std::fs::read_to_string(dir.path().join("audit.pub")).unwrap())

@@ -403,15 +403,6 @@ impl WriteTx {
 }
 
 impl Store {
-    /// The key ids that signed checkpoints of this trail.
-    pub async fn checkpoint_key_ids(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT key_id FROM audit_checkpoints ORDER BY key_id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
     /// The last event's sequence number and hash.
     pub async fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(

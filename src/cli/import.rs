@@ -52,7 +52,7 @@ pub struct ImportArgs {
 struct Progress {
     file_sha256: String,
     run: String,
-    /// Subject ids are derived from it (hex); see `SubjectId::for_import`.
+    /// Subject ids are derived from it (hex); see `SubjectId::in_run`.
     secret: String,
     purpose: String,
     batch: u32,

@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -49,10 +51,6 @@ impl FromRequestParts<AppState> for Authorized {
     }
 }
 
-/// The most bytes a request body may have (`--max-body-bytes`), for [`ApiJson`].
-#[derive(Debug, Clone, Copy)]
-pub struct MaxBody(pub usize);
-
 /// How much of a body over the limit is still read (and thrown away) before the 413 is
 /// sent. A server that answers without reading what the client is still sending closes
 /// a socket with unread data in it, the kernel resets the connection, and the client
@@ -61,7 +59,10 @@ const DRAIN_BYTES: usize = 16 << 20;
 
 /// Reads a whole request body of at most `limit` bytes. A longer one is read on (and
 /// thrown away) up to [`DRAIN_BYTES`] before `payload_too_large` is answered.
-pub async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_limited(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     use futures_util::StreamExt;
     let mut body = body.into_data_stream();
     let mut bytes = Vec::new();
@@ -90,12 +91,16 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let limit = req
-            .extensions()
-            .get::<MaxBody>()
-            .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |m| m.0);
-        let bytes = read_limited(req.into_body(), limit).await?;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // The router's body-first layer has already read the body and held it to the
+        // limit; here it is only taken.
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request("body_unreadable", "the request body could not be read")
+            }
+        })?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Data => "does not have the expected shape",

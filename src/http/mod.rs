@@ -137,7 +137,6 @@ pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Route
             }
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::Extension(extract::MaxBody(max_body_bytes)))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             body_first(max_body_bytes, req, next)
         }))

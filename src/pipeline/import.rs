@@ -6,7 +6,7 @@
 //! transaction.
 //!
 //! An import run has a random secret; the subject id of each line is derived from it
-//! and the line number ([`SubjectId::for_import`]). A run that is interrupted and
+//! and the line number ([`SubjectId::in_run`]). A run that is interrupted and
 //! started again therefore finds the batches it already committed (their subjects
 //! exist) and skips them: nothing is imported twice, nothing is lost.
 
@@ -265,7 +265,7 @@ pub fn check(state: &Pipeline, line: &Line) -> Result<(), LineError> {
     }
     consent_rows(
         state,
-        &SubjectId::for_import(&[0; 16], line.number),
+        &SubjectId::in_run(&[0; 16], line.number),
         line,
         "check",
     )?;
@@ -346,7 +346,7 @@ impl Run {
     }
 
     pub fn subject_id(&self, line: u64) -> SubjectId {
-        SubjectId::for_import(&self.secret, line)
+        SubjectId::in_run(&self.secret, line)
     }
 }
 

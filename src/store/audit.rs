@@ -629,24 +629,28 @@ mod tests {
         }
     }
 
+    /// The text columns of a row, in column order.
+    fn texts(r: &AuditRow) -> [Option<&String>; 10] {
+        [
+            Some(&r.actor_token),
+            Some(&r.actor_role),
+            Some(&r.action),
+            r.subject.as_ref(),
+            r.field.as_ref(),
+            r.target.as_ref(),
+            Some(&r.purpose),
+            Some(&r.decision),
+            Some(&r.reason),
+            Some(&r.request_id),
+        ]
+    }
+
     /// Packs rows the way SQLite does.
     fn pack(rows: &[AuditRow]) -> PackedEvents {
         let mut bytes = Vec::new();
         for r in rows {
             bytes.extend_from_slice(format!("{},{},", r.seq, r.ts).as_bytes());
-            let texts = [
-                Some(&r.actor_token),
-                Some(&r.actor_role),
-                Some(&r.action),
-                r.subject.as_ref(),
-                r.field.as_ref(),
-                r.target.as_ref(),
-                Some(&r.purpose),
-                Some(&r.decision),
-                Some(&r.reason),
-                Some(&r.request_id),
-            ];
-            let values = texts
+            let values = texts(r)
                 .into_iter()
                 .map(|t| t.map(|t| t.as_bytes()))
                 .chain([Some(r.prev_hash.as_slice()), Some(r.hash.as_slice())]);
@@ -706,18 +710,7 @@ mod tests {
         };
         field(Some(&r.seq.to_be_bytes()));
         field(Some(&r.ts.to_be_bytes()));
-        for t in [
-            Some(&r.actor_token),
-            Some(&r.actor_role),
-            Some(&r.action),
-            r.subject.as_ref(),
-            r.field.as_ref(),
-            r.target.as_ref(),
-            Some(&r.purpose),
-            Some(&r.decision),
-            Some(&r.reason),
-            Some(&r.request_id),
-        ] {
+        for t in texts(r) {
             field(t.map(|t| t.as_bytes()));
         }
         field(Some(&r.prev_hash));

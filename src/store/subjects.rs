@@ -39,16 +39,20 @@ enum Arg {
     Bytes(Vec<u8>),
 }
 
-/// `INSERT … VALUES` for `rows` (all of one width), [`IMPORT_ROWS_PER_INSERT`] a statement.
-fn insert_rows(script: &mut Script, insert: &str, rows: Vec<Vec<Arg>>) {
+/// `INSERT INTO target VALUES …` for `rows` (all of one width), [`IMPORT_ROWS_PER_INSERT`]
+/// a statement.
+fn insert_rows(script: &mut Script, target: &str, rows: Vec<Vec<Arg>>) {
     let Some(per_row) = rows.first().map(Vec::len) else {
         return;
     };
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
-        let statement = format!("{insert} VALUES {}", tuples(chunk.len(), per_row));
-        script.sql(&statement.replacen("INSERT", script.insert_verb(), 1));
+        let insert = script.insert_verb();
+        script.sql(&format!(
+            "{insert} INTO {target} VALUES {}",
+            tuples(chunk.len(), per_row)
+        ));
         for arg in chunk.into_iter().flatten() {
             match arg {
                 Arg::Int(v) => script.bind(v),
@@ -584,28 +588,28 @@ impl Store {
                     }
                 }
                 let mut script = Script::new(conn);
-                for (sql, rows) in [
-                    ("INSERT INTO subjects (id, created_at, updated_at)", subjects),
+                for (target, rows) in [
+                    ("subjects (id, created_at, updated_at)", subjects),
                     (
-                        "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
+                        "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
                         keys,
                     ),
                     (
-                        "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+                        "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
                         fields,
                     ),
                     (
-                        "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at)",
+                        "records (id, subject_id, collection, dek_version, sealed, created_at)",
                         records,
                     ),
                     (
-                        "INSERT INTO consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
+                        "consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
                          channel, separate, guardian, actor_token, at)",
                         consents,
                     ),
-                    ("INSERT INTO blind_index (field, digest, subject_id)", index),
+                    ("blind_index (field, digest, subject_id)", index),
                 ] {
-                    insert_rows(&mut script, sql, rows);
+                    insert_rows(&mut script, target, rows);
                 }
                 script.run(conn).await
             })

@@ -18,7 +18,7 @@ impl SubjectId {
     /// resumed import recognises the subjects it already created); so is each server
     /// process ([`IdSequence`]). Knowing one id of a run, another cannot be guessed
     /// without the secret (48 bits of it).
-    pub fn for_import(run_secret: &[u8; 16], line: u64) -> Self {
+    pub fn in_run(run_secret: &[u8; 16], line: u64) -> Self {
         use sha2::{Digest, Sha256};
         let derive = |what: &[u8]| {
             let mut h = Sha256::new();
@@ -56,7 +56,7 @@ impl std::fmt::Display for SubjectId {
 
 /// Ids for the subjects one process creates: a run of its own (a random secret made at
 /// start), numbered from a random point below 2^47, so that ids made one after another
-/// sort together (see [`SubjectId::for_import`]) and the numbers do not tell how many
+/// sort together (see [`SubjectId::in_run`]) and the numbers do not tell how many
 /// subjects this process made before.
 pub struct IdSequence {
     secret: zeroize::Zeroizing<[u8; 16]>,
@@ -82,7 +82,7 @@ impl Default for IdSequence {
 impl IdSequence {
     pub fn next(&self) -> SubjectId {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        SubjectId::for_import(&self.secret, n)
+        SubjectId::in_run(&self.secret, n)
     }
 }
 

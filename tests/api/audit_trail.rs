@@ -403,6 +403,17 @@ async fn report(t: &TestApp) -> piivault::audit::VerifyReport {
     t.app.verify_audit().await.unwrap()
 }
 
+/// A seeded trail changed by `statements` (its triggers dropped first), verified.
+async fn tampered(db: Db, statements: &[&str]) -> piivault::audit::VerifyReport {
+    let (t, _) = seeded(db).await;
+    let raw = t.raw().await;
+    unlock(&t, &raw).await;
+    for sql in statements {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    }
+    report(&t).await
+}
+
 both_stores!(the_trail_refuses_update_and_delete, |db| async move {
     let (t, _) = seeded(db).await;
     let raw = t.raw().await;
@@ -472,59 +483,39 @@ both_stores!(
 
 both_stores!(tampering_is_detected_and_located, |db| async move {
     // A changed field.
-    let (t, _) = seeded(db).await;
-    let raw = t.raw().await;
-    unlock(&t, &raw).await;
-    sqlx::query("UPDATE audit_events SET decision = 'deny' WHERE seq = 5")
-        .execute(&raw)
-        .await
-        .unwrap();
-    let r = report(&t).await;
+    let r = tampered(
+        db,
+        &["UPDATE audit_events SET decision = 'deny' WHERE seq = 5"],
+    )
+    .await;
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(5)), "{r:?}");
     assert!(r.reason.unwrap().contains("altered"));
 
     // Bytes that are not text where text belongs (SQLite stores what it is given).
     if db == Db::Sqlite {
-        let (t, _) = seeded(db).await;
-        let raw = t.raw().await;
-        unlock(&t, &raw).await;
-        sqlx::query("UPDATE audit_events SET reason = X'ff00fe' WHERE seq = 6")
-            .execute(&raw)
-            .await
-            .unwrap();
-        let r = report(&t).await;
+        let r = tampered(
+            db,
+            &["UPDATE audit_events SET reason = X'ff00fe' WHERE seq = 6"],
+        )
+        .await;
         assert_eq!((r.ok, r.first_bad_seq), (false, Some(6)), "{r:?}");
         assert!(r.reason.unwrap().contains("cannot be read"));
     }
 
     // A deleted row.
-    let (t, _) = seeded(db).await;
-    let raw = t.raw().await;
-    unlock(&t, &raw).await;
-    sqlx::query("DELETE FROM audit_events WHERE seq = 7")
-        .execute(&raw)
-        .await
-        .unwrap();
-    let r = report(&t).await;
+    let r = tampered(db, &["DELETE FROM audit_events WHERE seq = 7"]).await;
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(7)), "{r:?}");
 
     // Two rows swapped.
-    let (t, _) = seeded(db).await;
-    let raw = t.raw().await;
-    unlock(&t, &raw).await;
-    sqlx::query("UPDATE audit_events SET seq = -3 WHERE seq = 3")
-        .execute(&raw)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_events SET seq = 3 WHERE seq = 4")
-        .execute(&raw)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_events SET seq = 4 WHERE seq = -3")
-        .execute(&raw)
-        .await
-        .unwrap();
-    let r = report(&t).await;
+    let r = tampered(
+        db,
+        &[
+            "UPDATE audit_events SET seq = -3 WHERE seq = 3",
+            "UPDATE audit_events SET seq = 3 WHERE seq = 4",
+            "UPDATE audit_events SET seq = 4 WHERE seq = -3",
+        ],
+    )
+    .await;
     assert_eq!((r.ok, r.first_bad_seq), (false, Some(3)), "{r:?}");
 
     // A naively forged row at the end.

@@ -52,6 +52,7 @@ pub const HTTP_DURATION: &str = "piivault_http_request_duration_seconds";
 pub const AUDIT_QUEUE: &str = "piivault_audit_queue_depth";
 pub const AUDIT_BATCH_EVENTS: &str = "piivault_audit_batch_events";
 pub const AUDIT_COMMIT: &str = "piivault_audit_commit_duration_seconds";
+pub const AUDIT_INDEX_LAG: &str = "piivault_audit_index_lag_events";
 pub const AUDIT_FAILURES: &str = "piivault_audit_write_failures_total";
 pub const CACHE_LOOKUPS: &str = "piivault_cache_lookups_total";
 pub const POLICY_RELOADS: &str = "piivault_policy_reloads_total";
@@ -70,6 +71,10 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency by route template and method"
+    );
+    describe_gauge!(
+        AUDIT_INDEX_LAG,
+        "Audit events not yet in the subject index (found by a scan meanwhile)"
     );
     describe_gauge!(
         AUDIT_QUEUE,

@@ -26,6 +26,11 @@ use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp, 
 /// Most changes (savepoints) in one batch on PostgreSQL (see `writer`).
 const MAX_CHANGES_PER_BATCH_POSTGRES: usize = 48;
 
+/// How often the indexer brings the subject index up to the trail's head, and most
+/// events it takes in one transaction (see `store/audit_index.rs`).
+const INDEX_EVERY: Duration = Duration::from_secs(1);
+const INDEX_STEP: i64 = 50_000;
+
 /// Checkpoints triggered by the event count are at least this far apart.
 const MIN_CHECKPOINT_GAP: Duration = Duration::from_secs(1);
 
@@ -131,13 +136,14 @@ impl Audit {
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         tokio::spawn(writer(
-            store,
+            store.clone(),
             rx,
             head_tx,
             audit.config.max_batch,
             audit.healthy.clone(),
             audit.commits.clone(),
         ));
+        tokio::spawn(indexer(store, head_rx.clone()));
         if audit.key.is_some() {
             tokio::spawn(signer(audit.clone(), head_rx));
         }
@@ -507,6 +513,34 @@ async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {
         if due {
             if let Err(e) = audit.checkpoint_now().await {
                 tracing::error!(error = %e, "audit checkpoint failed");
+            }
+        }
+    }
+}
+
+/// Keeps the trail's subject index close behind the head (see `store/audit_index.rs`):
+/// once a second, as many steps as it takes to catch up. Stops with the writer.
+async fn indexer(store: Store, head: watch::Receiver<i64>) {
+    let mut tick = tokio::time::interval(INDEX_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if head.has_changed().is_err() {
+            return;
+        }
+        loop {
+            match store.index_audit(INDEX_STEP).await {
+                Ok(step) => {
+                    metrics::gauge!(crate::metrics::AUDIT_INDEX_LAG).set(step.behind as f64);
+                    if step.behind == 0 || step.indexed == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Lookups stay complete meanwhile (they scan what is not indexed).
+                    tracing::warn!(error = %e, "audit index step failed; trying again in a second");
+                    break;
+                }
             }
         }
     }

@@ -64,11 +64,12 @@ async fn request_context(access_log: bool, mut req: Request, next: Next) -> Resp
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
     let method = req.method().as_str().to_owned();
+    // The route template, not the path: a path holds subject ids, which stay out of logs.
     let span = tracing::info_span!(
         "request",
-        request_id = %id,
-        method = %req.method(),
-        path = %req.uri().path(),
+        request_id = id.as_str(),
+        method = method.as_str(),
+        route = route.as_str(),
         token = tracing::field::Empty,
     );
     let start = Instant::now();

@@ -13,7 +13,6 @@ use super::{reason_code, Authorized, Error, Pipeline};
 use crate::audit::{Decision, Event};
 use crate::authz::FieldAccess;
 use crate::pipl::ConsentGate;
-use crate::store::SubjectSnapshot;
 use crate::vault::{SubjectId, VaultError, View};
 
 /// A subject id from a path or body; a malformed id is simply a subject that does not
@@ -68,7 +67,7 @@ async fn consent_gate(
     state: &Pipeline,
     who: &Authorized,
     id: &SubjectId,
-    snapshot: Option<Option<&SubjectSnapshot>>,
+    snapshot: Option<Option<&crate::vault::Subject>>,
 ) -> Result<Option<ConsentGate>, Error> {
     match who.policy.purposes().get(&who.purpose) {
         Some(spec) if spec.requires_consent() => {

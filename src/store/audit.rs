@@ -464,14 +464,14 @@ impl Store {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let filter = if subject.is_some() {
-            "subject = $3 AND "
+        let sql = if subject.is_some() {
+            format!(
+                "SELECT {COLUMNS} FROM audit_events WHERE seq IN ({}) ORDER BY seq LIMIT $2",
+                super::audit_index::SUBJECT_SEQS
+            )
         } else {
-            ""
+            format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
         };
-        let sql = format!(
-            "SELECT {COLUMNS} FROM audit_events WHERE {filter}seq > $1 ORDER BY seq LIMIT $2"
-        );
         let mut query = sqlx::query(&sql).bind(after_seq).bind(limit);
         if let Some(s) = subject {
             query = query.bind(s);

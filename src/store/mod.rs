@@ -7,6 +7,7 @@
 //! Migrations stay per backend (`migrations/sqlite`, `migrations/postgres`).
 
 mod audit;
+mod audit_index;
 pub(crate) mod changes;
 mod consent;
 mod keys;
@@ -17,6 +18,7 @@ mod tokens;
 mod write;
 
 pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
+pub use audit_index::IndexStep;
 pub use consent::ConsentRow;
 pub use keys::{KeyVersionRow, MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;
@@ -75,6 +77,8 @@ pub struct Store {
     write_conn: Arc<Dedicated>,
     /// PostgreSQL: the audit writer's own connection.
     audit_conn: Arc<Dedicated>,
+    /// SQLite: the audit indexer's connection (see `audit_index.rs`).
+    index_conn: Arc<Dedicated>,
     /// PostgreSQL: connections made only when the trail is read in bulk (`COPY`, which
     /// the `Any` driver does not offer).
     bulk: Option<sqlx::PgPool>,
@@ -89,8 +93,13 @@ impl std::fmt::Debug for Store {
 }
 
 /// Settings every new connection gets. SQLite: durable commits, readers beside one
-/// writer, deleted ciphertexts and keys overwritten in the file (erasure).
-async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+/// writer, deleted ciphertexts and keys overwritten in the file (erasure); `attach`
+/// names the audit index file, attached as `audit_index` (see `audit_index.rs`).
+async fn configure(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    attach: Option<&str>,
+) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
         conn.execute(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
@@ -99,6 +108,9 @@ async fn configure(conn: &mut AnyConnection, backend: Backend) -> Result<(), sql
              PRAGMA cache_size = -16384;",
         )
         .await?;
+        if let Some(path) = attach {
+            audit_index::attach(conn, path).await?;
+        }
     }
     Ok(())
 }
@@ -131,14 +143,26 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        if backend == Backend::Sqlite {
-            create_private_file(url)?;
+        let index_file = match backend {
+            Backend::Sqlite => {
+                let path = sqlite_path(url);
+                create_private_file(path)?;
+                audit_index::file_for(path)
+            }
+            Backend::Postgres => None,
+        };
+        if let Some(index) = &index_file {
+            create_private_file(index)?;
         }
         let options = AnyConnectOptions::from_str(url)?;
+        let attach = index_file.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _meta| Box::pin(configure(conn, backend)))
+            .after_connect(move |conn, _meta| {
+                let attach = attach.clone();
+                Box::pin(async move { configure(conn, backend, attach.as_deref()).await })
+            })
             .connect_with(options.clone())
             .await?;
         match backend {
@@ -154,13 +178,16 @@ impl Store {
             ),
             Backend::Sqlite => None,
         };
-        Ok(Self {
+        let store = Self {
             pool,
             backend,
             bulk,
-            write_conn: Arc::new(Dedicated::new(options.clone(), backend)),
-            audit_conn: Arc::new(Dedicated::new(options, backend)),
-        })
+            write_conn: Arc::new(Dedicated::new(options.clone(), backend, None)),
+            audit_conn: Arc::new(Dedicated::new(options.clone(), backend, None)),
+            index_conn: Arc::new(Dedicated::new(options, backend, index_file)),
+        };
+        store.open_audit_index().await?;
+        Ok(store)
     }
 
     /// Pooled connections in use and idle.
@@ -196,6 +223,7 @@ impl Store {
     pub async fn close(&self) {
         self.write_conn.close().await;
         self.audit_conn.close().await;
+        self.index_conn.close().await;
         if let Some(bulk) = &self.bulk {
             bulk.close().await;
         }
@@ -212,16 +240,19 @@ impl Store {
     }
 }
 
-/// Creates a new SQLite database file readable by its owner only; SQLite gives its
-/// WAL and shared-memory files the same permissions.
-fn create_private_file(url: &str) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = url
-        .trim_start_matches("sqlite://")
+/// The file a SQLite URL names (empty or `:memory:` for none).
+fn sqlite_path(url: &str) -> &str {
+    url.trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
         .split('?')
         .next()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Creates a new SQLite database file readable by its owner only; SQLite gives its
+/// WAL and shared-memory files the same permissions.
+fn create_private_file(path: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     if path.is_empty() || path == ":memory:" || std::path::Path::new(path).exists() {
         return Ok(());
     }

@@ -114,14 +114,22 @@ impl Lease {
 pub(super) struct Dedicated {
     options: AnyConnectOptions,
     backend: Backend,
+    /// SQLite: the audit index file to attach (see `audit_index.rs`), if this
+    /// connection reads or writes it.
+    attach: Option<String>,
     slot: Arc<Mutex<Option<AnyConnection>>>,
 }
 
 impl Dedicated {
-    pub(super) fn new(options: AnyConnectOptions, backend: Backend) -> Self {
+    pub(super) fn new(
+        options: AnyConnectOptions,
+        backend: Backend,
+        attach: Option<String>,
+    ) -> Self {
         Self {
             options,
             backend,
+            attach,
             slot: Arc::new(Mutex::new(None)),
         }
     }
@@ -130,8 +138,11 @@ impl Dedicated {
         let mut guard = self.slot.clone().lock_owned().await;
         if guard.is_none() {
             let mut conn = self.options.connect().await?;
-            super::configure(&mut conn, self.backend).await?;
-            if self.backend == Backend::Sqlite {
+            super::configure(&mut conn, self.backend, self.attach.as_deref()).await?;
+            if self.attach.is_some() {
+                super::audit_index::create_tables(&mut conn).await?;
+            }
+            if self.backend == Backend::Sqlite && self.attach.is_none() {
                 // The one connection that writes keeps more of the indexes it writes to
                 // in memory (the pooled readers keep 16 MB each), and lets the WAL grow
                 // to 64 MB before copying it back: a page written by many commits in
@@ -145,6 +156,11 @@ impl Dedicated {
             *guard = Some(conn);
         }
         Ok(Lease::Dedicated(guard))
+    }
+
+    /// Opens the connection now if it is not open yet.
+    pub(super) async fn ready(&self) -> Result<(), StoreError> {
+        self.lease().await.map(drop)
     }
 
     /// Closes the connection, if one is open.
@@ -162,6 +178,10 @@ pub(crate) enum Writer {
     Shared,
     /// The audit writer: SQLite's writer connection, or PostgreSQL's audit connection.
     Audit,
+    /// The audit indexer (`audit_index.rs`): on SQLite a connection of its own that
+    /// writes only the index file, so it never holds the database's write lock; on
+    /// PostgreSQL a pooled connection.
+    Index,
 }
 
 /// An open write transaction. Commit it, roll it back, or drop it: dropping an open one
@@ -266,13 +286,18 @@ impl Store {
         savepoints: bool,
     ) -> Result<WriteTx, StoreError> {
         let mut lease = match (self.backend, writer) {
+            (Backend::Sqlite, Writer::Index) => self.index_conn.lease().await?,
             (Backend::Sqlite, _) => self.write_conn.lease().await?,
             (Backend::Postgres, Writer::Audit) => self.audit_conn.lease().await?,
-            (Backend::Postgres, Writer::Shared) => Lease::Pooled(self.pool.acquire().await?),
+            (Backend::Postgres, _) => Lease::Pooled(self.pool.acquire().await?),
         };
-        let begin = match self.backend {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => "BEGIN",
+        let begin = match (self.backend, writer) {
+            // IMMEDIATE would take the write lock of every attached file, the main
+            // database's included; a deferred transaction takes only the index file's,
+            // on its first write there.
+            (Backend::Sqlite, Writer::Index) => "BEGIN",
+            (Backend::Sqlite, _) => "BEGIN IMMEDIATE",
+            (Backend::Postgres, _) => "BEGIN",
         };
         if let Err(e) = lease.conn().execute(begin).await {
             lease.discard();

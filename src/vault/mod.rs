@@ -94,13 +94,32 @@ pub struct RecordOut {
     pub document: Value,
 }
 
+/// A subject as a read needs it: its snapshot (hold state, wrapped keys, ciphertexts),
+/// and its data keys once a read has unwrapped them. Cached as one entry, so whatever
+/// forgets the subject (a change here, or one another node made) drops its unwrapped
+/// keys too; they are zeroised when the last reader lets go.
+#[derive(Debug)]
+pub struct Subject {
+    snapshot: SubjectSnapshot,
+    data_keys: std::sync::OnceLock<BTreeMap<i64, DataKey>>,
+}
+
+impl std::ops::Deref for Subject {
+    type Target = SubjectSnapshot;
+
+    fn deref(&self) -> &SubjectSnapshot {
+        &self.snapshot
+    }
+}
+
 /// The vault's data operations.
 #[derive(Debug, Clone)]
 pub struct Vault {
     store: Store,
     audit: Audit,
-    /// Subjects as last read (ciphertexts and wrapped keys only, never plaintext).
-    snapshots: Arc<Cache<String, Arc<SubjectSnapshot>>>,
+    /// Subjects as last read: ciphertexts, wrapped keys and, once read, their unwrapped
+    /// data keys; never plaintext.
+    snapshots: Arc<Cache<String, Arc<Subject>>>,
     keys: Arc<Keys>,
     catalogue: Arc<Catalogue>,
     key_usage_limit: i64,
@@ -322,19 +341,19 @@ impl Vault {
 
     /// What a read needs of a subject (hold state, keys, ciphertexts), in one round
     /// trip or from the cache; `None` if it does not exist or was erased.
-    pub async fn snapshot(
-        &self,
-        id: &SubjectId,
-    ) -> Result<Option<Arc<SubjectSnapshot>>, VaultError> {
+    pub async fn snapshot(&self, id: &SubjectId) -> Result<Option<Arc<Subject>>, VaultError> {
         let key = id.as_str().to_owned();
         if let Some(hit) = self.snapshots.get(&key) {
             return Ok(Some(hit));
         }
         let generation = self.snapshots.generation();
-        let Some(found) = self.store.subject_snapshot(id.as_str()).await? else {
+        let Some(snapshot) = self.store.subject_snapshot(id.as_str()).await? else {
             return Ok(None);
         };
-        let found = Arc::new(found);
+        let found = Arc::new(Subject {
+            snapshot,
+            data_keys: std::sync::OnceLock::new(),
+        });
         self.snapshots.insert(generation, key, found.clone());
         Ok(Some(found))
     }
@@ -428,10 +447,23 @@ impl Vault {
     pub fn open(
         &self,
         id: &SubjectId,
-        snapshot: &SubjectSnapshot,
+        snapshot: &Subject,
         wanted: &[(String, View)],
     ) -> Result<BTreeMap<String, FieldOut>, VaultError> {
-        let keys = self.unwrap_keys(id, &snapshot.keys)?;
+        let keys = match snapshot.data_keys.get() {
+            Some(keys) => keys,
+            None => {
+                let keys = self.unwrap_keys(id, &snapshot.keys)?;
+                // Another reader may have set them first: the same keys either way.
+                let _ = snapshot.data_keys.set(keys);
+                snapshot
+                    .data_keys
+                    .get()
+                    .ok_or_else(|| VaultError::Integrity {
+                        what: "subject key".into(),
+                    })?
+            }
+        };
         let mut out = BTreeMap::new();
         for (name, view) in wanted {
             let Some(row) = snapshot.fields.iter().find(|r| &r.field == name) else {
@@ -481,7 +513,7 @@ impl Vault {
     pub fn is_minor_in(
         &self,
         id: &SubjectId,
-        snapshot: &SubjectSnapshot,
+        snapshot: &Subject,
         today: time::Date,
     ) -> Result<bool, VaultError> {
         let wanted: Vec<(String, View)> = ["is_minor", "birth_date"]

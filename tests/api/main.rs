@@ -6,6 +6,7 @@
 mod helpers;
 mod process;
 
+mod audit_index;
 mod audit_reports;
 mod audit_trail;
 mod canary;

@@ -1,0 +1,212 @@
+//! The audit trail's subject index (src/store/audit_index.rs), built after the commit
+//! instead of by it: a subject's access history is complete whether its events are
+//! indexed yet or not, pruned events leave the index, and an index that does not match
+//! the trail (a database restored from a backup beside a newer index file) is made again.
+
+use piivault::audit::Event;
+use reqwest::{Method, StatusCode};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+fn read_event(subject: &str, n: usize) -> Event {
+    Event::new(
+        "tok_index",
+        "customer_service",
+        "service",
+        &format!("req_{n}"),
+        "read",
+    )
+    .subject(subject)
+    .field("phone")
+}
+
+/// The events about `subject`, from a scan of the whole trail.
+async fn truth(t: &TestApp, subject: &str) -> Vec<i64> {
+    t.events()
+        .await
+        .into_iter()
+        .filter(|e| e.subject.as_deref() == Some(subject))
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// The events about `subject`, as its access history finds them.
+async fn history(t: &TestApp, subject: &str) -> Vec<i64> {
+    t.app
+        .store
+        .audit_events_for_subject(subject)
+        .await
+        .expect("access history")
+        .into_iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// The events about `subject`, as the `accesses_by_subject` report finds them.
+async fn reported(t: &TestApp, auditor: &str, subject: &str) -> Vec<i64> {
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!(
+                "/v1/audit/reports/accesses_by_subject?from=2000-01-01&to=2999-12-31&subject={subject}"
+            ),
+            Some(auditor),
+            Some("audit"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["seq"].as_i64().expect("seq"))
+        .collect()
+}
+
+/// Index entries for events up to `seq`, read from the store directly.
+async fn index_entries_through(t: &TestApp, seq: i64) -> i64 {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::AnyConnection::connect(&t.database_url)
+        .await
+        .expect("raw connection");
+    if t.db == Db::Sqlite {
+        // A file of its own beside the database.
+        let file = t.dir.path().join("piivault.db-audit-index");
+        sqlx::query("ATTACH DATABASE $1 AS audit_index")
+            .bind(file.display().to_string())
+            .execute(&mut conn)
+            .await
+            .expect("attach");
+    }
+    sqlx::query_scalar("SELECT COUNT(*) FROM audit_index.subject_events WHERE seq <= $1")
+        .bind(seq)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count")
+}
+
+async fn record(t: &TestApp, subjects: &[&str], range: std::ops::Range<usize>) {
+    for n in range {
+        t.app
+            .audit
+            .record_one(read_event(subjects[n % subjects.len()], n))
+            .await
+            .expect("recorded");
+    }
+}
+
+both_stores!(
+    access_history_is_complete_while_the_index_catches_up,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let auditor = t.token("auditor", &["audit"]).await;
+        let subjects = ["sub_index_a", "sub_index_b", "sub_index_c"];
+        record(&t, &subjects, 0..30).await;
+        // A few events at a time: after every step, each history is complete and has no
+        // event twice (the background indexer may be taking steps too).
+        loop {
+            for s in subjects {
+                let want = truth(&t, s).await;
+                assert_eq!(want.len(), 10, "{s}");
+                assert_eq!(history(&t, s).await, want, "{s}");
+                assert_eq!(reported(&t, &auditor, s).await, want, "{s}");
+            }
+            let step = t.app.store.index_audit(4).await.expect("index step");
+            if step.behind == 0 {
+                break;
+            }
+            assert!(step.indexed > 0, "a step behind the head makes progress");
+        }
+        // New events beyond the index's mark are found by the scan of the newest ones.
+        record(&t, &subjects, 30..36).await;
+        for s in subjects {
+            assert_eq!(history(&t, s).await, truth(&t, s).await, "{s}");
+            assert_eq!(reported(&t, &auditor, s).await, truth(&t, s).await, "{s}");
+        }
+        assert!(history(&t, "sub_index_none").await.is_empty());
+
+        // Pruning: events up to the anchor leave the trail, and their entries the index.
+        let events = t.events().await;
+        let cut = &events[events.len() / 2];
+        t.app
+            .store
+            .prune_audit(cut.seq, &cut.hash)
+            .await
+            .expect("pruned");
+        while t.app.store.index_audit(1000).await.expect("step").behind > 0 {}
+        let left = index_entries_through(&t, cut.seq).await;
+        assert_eq!(left, 0, "entries of pruned events are removed");
+        for s in subjects {
+            let want = truth(&t, s).await;
+            assert!(want.iter().all(|seq| *seq > cut.seq));
+            assert_eq!(history(&t, s).await, want, "{s}");
+        }
+    }
+);
+
+/// SQLite keeps the index in a file beside the database. Restoring the database from a
+/// backup leaves a newer index behind, whose entries point at sequence numbers the
+/// restored trail will give to other events; the vault notices and makes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_does_not_match_the_trail_is_made_again() {
+    let mut t = spawn_app(Db::Sqlite).await;
+    let db = t.dir.path().join("piivault.db");
+    let index = t.dir.path().join("piivault.db-audit-index");
+    record(&t, &["sub_before"], 0..5).await;
+    // A backup of the database (SQLite's online backup, through the store's own file).
+    let backup = t.dir.path().join("backup.db");
+    let raw = t.raw().await;
+    sqlx::query(&format!("VACUUM INTO '{}'", backup.display()))
+        .execute(&raw)
+        .await
+        .expect("backup");
+    raw.close().await;
+    // Later events, all indexed, about another subject.
+    record(&t, &["sub_after"], 5..25).await;
+    while t.app.store.index_audit(1000).await.expect("step").behind > 0 {}
+    t.stop().await;
+
+    // Restore the backup over the database; the index file stays as it was.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&backup, &db).expect("restore");
+    assert!(index.exists());
+    let app = piivault::open(&t.settings).await.expect("vault opens");
+    // New events take the sequence numbers the stale index gave to `sub_after`.
+    for n in 0..20 {
+        app.audit
+            .record_one(read_event("sub_restored", n))
+            .await
+            .expect("recorded");
+    }
+    let all = app.store.audit_events(0, 100_000).await.expect("events");
+    for s in ["sub_before", "sub_after", "sub_restored"] {
+        let want: Vec<i64> = all
+            .iter()
+            .filter(|e| e.subject.as_deref() == Some(s))
+            .map(|e| e.seq)
+            .collect();
+        let got: Vec<i64> = app
+            .store
+            .audit_events_for_subject(s)
+            .await
+            .expect("history")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(got, want, "{s}");
+    }
+    assert_eq!(
+        app.store
+            .audit_events_for_subject("sub_after")
+            .await
+            .expect("history")
+            .len(),
+        0,
+        "the restored trail has no event about sub_after"
+    );
+    app.store.close().await;
+}

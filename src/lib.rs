@@ -143,6 +143,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         .join("checkpoints.log");
     let file = &settings.file;
     let defaults = AuditConfig::default();
+    store.spawn_wal_checkpointer();
     let audit = Audit::start(
         store.clone(),
         Some(audit_key),

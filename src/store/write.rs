@@ -144,12 +144,13 @@ impl Dedicated {
             }
             if self.backend == Backend::Sqlite && self.attach.is_none() {
                 // The one connection that writes keeps more of the indexes it writes to
-                // in memory (the pooled readers keep 16 MB each), and lets the WAL grow
-                // to 64 MB before copying it back: a page written by many commits in
-                // between is copied once.
+                // in memory (the pooled readers keep 16 MB each). It does not copy the WAL
+                // back into the database itself, inside a commit that every queued
+                // request waits for: a background task does (`spawn_wal_checkpointer`).
+                // Should that task stop, the writer still copies it back at 256 MB.
                 sqlx::Executor::execute(
                     &mut conn,
-                    "PRAGMA cache_size = -131072; PRAGMA wal_autocheckpoint = 16384;",
+                    "PRAGMA cache_size = -131072; PRAGMA wal_autocheckpoint = 65536;",
                 )
                 .await?;
             }

@@ -128,7 +128,11 @@ pub struct SubjectRead {
 /// Subjects found by a lookup (one audit event each).
 #[derive(ToSchema)]
 pub struct Found {
+    /// The subjects found in this page, in id order (without those the caller may not
+    /// see: held subjects, or subjects whose consent does not cover the field).
     pub ids: Vec<String>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next: Option<String>,
 }
 
 /// The body of a create or a correction.
@@ -144,6 +148,11 @@ pub struct FieldsBody {
 pub struct LookupBody {
     pub field: String,
     pub value: Value,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// Subjects per page: 1 to 1000, default 100.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
 }
 
 /// A token to issue.

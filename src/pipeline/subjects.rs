@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{reason_code, Authorized, Error, Pipeline};
 use crate::audit::{Decision, Event};
 use crate::authz::FieldAccess;
+use crate::classify::ValidationError;
 use crate::pipl::ConsentGate;
 use crate::vault::{SubjectId, VaultError, View};
 
@@ -343,7 +344,19 @@ pub async fn erase(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<V
 pub struct LookupInput {
     pub field: String,
     pub value: Value,
+    /// The page after this subject id (the `next` of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Most subjects in the page (default [`LOOKUP_PAGE`], at most [`MAX_LOOKUP_PAGE`]).
+    #[serde(default)]
+    pub limit: Option<i64>,
 }
+
+/// Subjects in a lookup's page unless the caller asks for fewer or more…
+pub const LOOKUP_PAGE: i64 = 100;
+/// …and at most this many: a value many subjects share (a company's switchboard number)
+/// is answered, and audited, a page at a time.
+pub const MAX_LOOKUP_PAGE: i64 = 1000;
 
 impl std::fmt::Debug for LookupInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -371,9 +384,39 @@ pub async fn lookup(
         who.require(state, &body.field, "read_masked", event.clone())
             .await?;
     }
-    let found = match state.vault.lookup(&body.field, &body.value).await {
+    let limit = body.limit.unwrap_or(LOOKUP_PAGE);
+    if !(1..=MAX_LOOKUP_PAGE).contains(&limit) {
+        return Err(Error::Invalid(ValidationError::new(
+            "limit",
+            "out_of_range",
+            "limit must be between 1 and 1000",
+        )));
+    }
+    let after = match body.after.as_deref() {
+        None => "",
+        Some(a) if SubjectId::parse(a).is_some() => a,
+        Some(_) => {
+            return Err(Error::Invalid(ValidationError::new(
+                "after",
+                "invalid",
+                "after must be the `next` of a previous page",
+            )))
+        }
+    };
+    // One more than the page, to tell whether another page follows.
+    let mut found = match state
+        .vault
+        .lookup(&body.field, &body.value, after, limit + 1)
+        .await
+    {
         Ok(found) => found,
         Err(e) => return Err(failed(state, event, e).await),
+    };
+    let next = if found.len() as i64 > limit {
+        found.truncate(limit as usize);
+        found.last().map(|(sid, _)| sid.clone())
+    } else {
+        None
     };
     // Subjects under a legal hold are found only by roles that may read held data.
     let see_held = who.may("legal_hold", "read");
@@ -418,7 +461,7 @@ pub async fn lookup(
     }
     state.audit.record(events).await?;
     tracing::debug!(field = %body.field, matches = ids.len(), "lookup");
-    Ok(json!({ "ids": ids }))
+    Ok(json!({ "ids": ids, "next": next }))
 }
 
 fn known_collection(state: &Pipeline, name: &str) -> Result<(), Error> {

@@ -733,18 +733,23 @@ impl Store {
     }
 
     /// Subjects whose index entry for `field` is `digest`, each with whether it is under
-    /// a legal hold.
+    /// a legal hold: at most `limit`, in id order, after the id `after` (a page).
     pub async fn lookup(
         &self,
         field: &str,
         digest: &[u8],
+        after: &str,
+        limit: i64,
     ) -> Result<Vec<(String, bool)>, StoreError> {
         let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
             "SELECT b.subject_id, s.legal_hold_at FROM blind_index b JOIN subjects s ON s.id = b.subject_id \
-             WHERE b.field = $1 AND b.digest = $2 AND s.erased_at IS NULL ORDER BY b.subject_id",
+             WHERE b.field = $1 AND b.digest = $2 AND b.subject_id > $3 AND s.erased_at IS NULL \
+             ORDER BY b.subject_id LIMIT $4",
         )
         .bind(field)
         .bind(digest)
+        .bind(after)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

@@ -604,6 +604,8 @@ impl Vault {
         &self,
         field: &str,
         value: &Value,
+        after: &str,
+        limit: i64,
     ) -> Result<Vec<(String, bool)>, VaultError> {
         let spec = self.catalogue.field(field)?;
         if !spec.searchable {
@@ -616,7 +618,7 @@ impl Vault {
         }
         let parsed = spec.kind.parse(field, value)?;
         let digest = self.keys.blind_index(field, parsed.canonical());
-        Ok(self.store.lookup(field, &digest).await?)
+        Ok(self.store.lookup(field, &digest, after, limit).await?)
     }
 
     fn collection(&self, name: &str) -> Result<&crate::classify::CollectionSpec, VaultError> {

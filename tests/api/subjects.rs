@@ -381,3 +381,101 @@ both_stores!(data_keys_rotate_at_their_usage_bound, |db| async move {
         .await;
     assert_eq!(body["records"][0]["document"], json!({"score": 5}));
 });
+
+both_stores!(
+    a_lookup_is_answered_and_audited_a_page_at_a_time,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let tok = t.dsr().await;
+        let mut created = Vec::new();
+        for i in 0..5 {
+            created.push(
+                t.create(
+                    &tok,
+                    json!({"name": format!("总机{i}"), "phone": "13611112222"}),
+                )
+                .await,
+            );
+        }
+        created.sort();
+        let lookup = |body: serde_json::Value| {
+            let t = &t;
+            let tok = &tok;
+            async move {
+                t.call(
+                    Method::POST,
+                    "/v1/subjects/lookup",
+                    Some(tok),
+                    Some("dsr"),
+                    Some(&body),
+                )
+                .await
+            }
+        };
+        // Pages of two: every subject once, in id order; each page audits its own subjects.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let before = t.events().await.len();
+            let (s, b) = lookup(
+                json!({"field": "phone", "value": "13611112222", "limit": 2, "after": after}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            let ids: Vec<String> = b["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            let events = t.events().await[before..].to_vec();
+            let audited: Vec<String> = events
+                .iter()
+                .filter(|e| e.action == "lookup")
+                .map(|e| e.subject.clone().unwrap())
+                .collect();
+            assert_eq!(audited, ids, "one lookup event per subject in this page");
+            seen.extend(ids);
+            pages += 1;
+            match b["next"].as_str() {
+                Some(n) => after = Some(n.to_owned()),
+                None => break,
+            }
+            assert!(pages < 10, "the pages end");
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, created);
+        // The default page holds them all, with no next page.
+        let (s, b) = lookup(json!({"field": "phone", "value": "13611112222"})).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b["ids"].as_array().unwrap().len(), 5);
+        assert!(b["next"].is_null());
+        // Bad pages are refused, naming the parameter and the rule.
+        for (body, field, code) in [
+            (
+                json!({"field": "phone", "value": "13611112222", "limit": 0}),
+                "limit",
+                "out_of_range",
+            ),
+            (
+                json!({"field": "phone", "value": "13611112222", "limit": 1001}),
+                "limit",
+                "out_of_range",
+            ),
+            (
+                json!({"field": "phone", "value": "13611112222", "after": "not-an-id"}),
+                "after",
+                "invalid",
+            ),
+        ] {
+            let (s, b) = lookup(body).await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+            assert_eq!(b["error"]["field"], field, "{b}");
+            assert_eq!(b["error"]["code"], code, "{b}");
+        }
+        let (s, b) =
+            lookup(json!({"field": "phone", "value": "13611112222", "limit": "ten"})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    }
+);

@@ -19,6 +19,11 @@ pub const DEFAULT_POLICY_DIR: &str = "policies";
 pub const DEFAULT_REPORTS_DIR: &str = "audit";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8200";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Client connections open at once (keep the process's open-file limit well above it).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -122,6 +127,16 @@ pub struct FileConfig {
     pub bad_token_max_failures: Option<u32>,
     /// That window, in seconds (default 60).
     pub bad_token_window_secs: Option<u64>,
+    /// Client connections open at once (default 1000); more are closed on arrival.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to complete the TLS handshake and send a request's headers
+    /// (default 10).
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's whole body (default 30).
+    pub body_timeout_secs: Option<u64>,
+    /// Seconds a connection may stay silent, reading or writing, before it is closed
+    /// (default 60).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -237,6 +237,15 @@ pub struct ServeOptions {
     pub retention_sweep: Option<std::time::Duration>,
     /// One INFO line per request (else the access log is at DEBUG).
     pub access_log: bool,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A request's headers (and, for HTTPS, the TLS handshake before them) must arrive
+    /// within this…
+    pub header_timeout: std::time::Duration,
+    /// …and its body within this.
+    pub body_timeout: std::time::Duration,
+    /// A connection silent this long, reading or writing, is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl ServeOptions {
@@ -249,6 +258,10 @@ impl ServeOptions {
             bad_token_limit: LimitConfig::default(),
             retention_sweep: Some(std::time::Duration::from_secs(3600)),
             access_log: false,
+            max_connections: config::DEFAULT_MAX_CONNECTIONS,
+            header_timeout: std::time::Duration::from_secs(config::DEFAULT_HEADER_TIMEOUT_SECS),
+            body_timeout: std::time::Duration::from_secs(config::DEFAULT_BODY_TIMEOUT_SECS),
+            idle_timeout: std::time::Duration::from_secs(config::DEFAULT_IDLE_TIMEOUT_SECS),
         }
     }
 }
@@ -305,20 +318,46 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             }
         });
     }
-    let router = http::router(state, opts.max_body_bytes, opts.access_log);
+    let router = http::router(
+        state,
+        http::Limits {
+            max_body_bytes: opts.max_body_bytes,
+            body_timeout: opts.body_timeout,
+        },
+        opts.access_log,
+    );
     let listener = std::net::TcpListener::bind(opts.listen)
         .with_context(|| format!("binding {}", opts.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let limited = http::conn::Limited::new(http::conn::Bounds {
+        max_connections: opts.max_connections,
+        idle_timeout: opts.idle_timeout,
+    });
+    let header_timeout = opts.header_timeout;
+    let http1 = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+    };
     let (scheme, task) = if opts.plain_http {
-        let server = axum_server::from_tcp(listener).handle(handle.clone());
+        let mut server = axum_server::from_tcp(listener)
+            .acceptor(limited)
+            .handle(handle.clone());
+        http1(server.http_builder());
         ("http", tokio::spawn(server.serve(service)))
     } else {
         let tls = http::tls::server_config(&settings.data_dir)?;
-        let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls))
+            .handshake_timeout(header_timeout)
+            .acceptor(limited);
+        let mut server = axum_server::from_tcp(listener)
+            .acceptor(acceptor)
             .handle(handle.clone());
+        http1(server.http_builder());
         ("https", tokio::spawn(server.serve(service)))
     };
     Ok(Server {

@@ -46,6 +46,15 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
     if let Some(secs) = file.bad_token_window_secs {
         opts.bad_token_limit.window = std::time::Duration::from_secs(secs.max(1));
     }
+    if let Some(n) = file.max_connections {
+        opts.max_connections = n.max(1);
+    }
+    let secs = |v: Option<u64>, default: std::time::Duration| {
+        v.map_or(default, |s| std::time::Duration::from_secs(s.max(1)))
+    };
+    opts.header_timeout = secs(file.header_timeout_secs, opts.header_timeout);
+    opts.body_timeout = secs(file.body_timeout_secs, opts.body_timeout);
+    opts.idle_timeout = secs(file.idle_timeout_secs, opts.idle_timeout);
     let bootstrap_ttl = parse_ttl(&args.bootstrap_token_ttl)
         .context("--bootstrap-token-ttl takes a number and s, m, h or d (e.g. 24h)")?;
     let app = crate::open(settings).await?;

@@ -48,6 +48,12 @@ impl IntoResponse for ApiError {
                 "the request body is larger than the vault accepts".to_owned(),
                 None,
             ),
+            Self::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time".to_owned(),
+                None,
+            ),
             Self::Unavailable => {
                 tracing::debug!("store unavailable");
                 (

@@ -67,8 +67,13 @@ pub(super) async fn read_limited(
     let mut body = body.into_data_stream();
     let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|_| {
-            ApiError::bad_request("body_unreadable", "the request body could not be read")
+        let chunk = chunk.map_err(|e| {
+            if timed_out(&e) {
+                // The connection went silent for its idle timeout in mid-body.
+                ApiError::RequestTimeout
+            } else {
+                ApiError::bad_request("body_unreadable", "the request body could not be read")
+            }
         })?;
         if bytes.len() + chunk.len() > limit {
             let mut seen = bytes.len() + chunk.len();
@@ -83,6 +88,20 @@ pub(super) async fn read_limited(
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes)
+}
+
+/// Whether a body error comes from a connection's timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A JSON body. Errors say where the body is wrong, never what it contained.

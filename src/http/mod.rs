@@ -1,6 +1,7 @@
 //! The HTTP API: one router per domain, merged here; request ids, body limits, TLS.
 
 mod audit;
+pub mod conn;
 mod consents;
 mod dsr;
 mod error;
@@ -115,19 +116,47 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// the request. An answer given before the body is read (a refused token, a 403, a 413)
 /// would otherwise close a connection with unread data in it, which the kernel turns
 /// into a reset, and the client would see a broken connection instead of the answer.
-async fn body_first(limit: usize, req: Request, next: Next) -> axum::response::Response {
+/// A body that has not arrived within `timeout` is answered `408 request_timeout`, so a
+/// client trickling it cannot hold the connection.
+async fn body_first(
+    limit: usize,
+    timeout: std::time::Duration,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
     let (parts, body) = req.into_parts();
-    match extract::read_limited(body, limit).await {
-        Ok(bytes) => {
+    let read = tokio::time::timeout(timeout, extract::read_limited(body, limit)).await;
+    match read {
+        Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
         }
-        Err(refused) => axum::response::IntoResponse::into_response(refused),
+        Ok(Err(refused)) => axum::response::IntoResponse::into_response(refused),
+        Err(_) => {
+            let mut answer = axum::response::IntoResponse::into_response(ApiError::RequestTimeout);
+            // The rest of the body will not be read: say the connection ends here.
+            answer
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            answer
+        }
     }
 }
 
+/// How the API reads requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// The whole body must arrive within this.
+    pub body_timeout: std::time::Duration,
+}
+
 /// The whole API. `access_log`: one INFO line per request (else DEBUG).
-pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Router {
+pub fn router(state: AppState, limits: Limits, access_log: bool) -> Router {
+    let Limits {
+        max_body_bytes,
+        body_timeout,
+    } = limits;
     let (routes, doc) = routes();
     OPENAPI.get_or_init(|| doc.to_json().unwrap_or_default());
     routes
@@ -139,7 +168,7 @@ pub fn router(state: AppState, max_body_bytes: usize, access_log: bool) -> Route
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            body_first(max_body_bytes, req, next)
+            body_first(max_body_bytes, body_timeout, req, next)
         }))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             request_context(access_log, req, next)

@@ -89,6 +89,9 @@ pub enum Refusals {
     /// Codes: `policy_denied` (names the field or object), `purpose_not_allowed`.
     #[response(status = 403)]
     Forbidden(ErrorBody),
+    /// Code: `request_timeout`: the body did not arrive within the request timeout.
+    #[response(status = 408)]
+    Slow(ErrorBody),
     /// Code: `payload_too_large`.
     #[response(status = 413)]
     TooLarge(ErrorBody),

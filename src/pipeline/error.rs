@@ -30,6 +30,8 @@ pub enum Error {
         message: String,
     },
     PayloadTooLarge,
+    /// The client did not send its whole request body in time.
+    RequestTimeout,
     Unavailable,
     /// The audit event could not be written: nothing is handed out or changed.
     AuditUnavailable,
@@ -185,6 +187,7 @@ impl std::fmt::Display for Error {
             Self::TooManyFailures { .. } => f.write_str("too_many_failures"),
             Self::Invalid(v) => write!(f, "{}: {}: {}", v.rule, v.field, v.message),
             Self::PayloadTooLarge => f.write_str("payload_too_large"),
+            Self::RequestTimeout => f.write_str("request_timeout"),
             Self::Unavailable => f.write_str("unavailable: the store cannot be reached"),
             Self::AuditUnavailable => f.write_str(
                 "audit_unavailable: the audit trail cannot be written; nothing was changed",

@@ -165,6 +165,8 @@ pub struct Options {
     pub key_usage_limit: Option<i64>,
     pub policy_dir: Option<PathBuf>,
     pub bad_token_limit: Option<piivault::authz::LimitConfig>,
+    /// Adjusts how the server is run (connection bounds, timeouts).
+    pub serve: Option<fn(&mut ServeOptions)>,
 }
 
 impl Default for Options {
@@ -174,6 +176,7 @@ impl Default for Options {
             key_usage_limit: None,
             policy_dir: None,
             bad_token_limit: None,
+            serve: None,
         }
     }
 }
@@ -211,6 +214,9 @@ pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
     serve.policy_reload = Duration::from_millis(100);
     if let Some(limit) = opts.bad_token_limit {
         serve.bad_token_limit = limit;
+    }
+    if let Some(adjust) = opts.serve {
+        adjust(&mut serve);
     }
     let server = piivault::start(&app, &settings, &serve)
         .await

@@ -9,6 +9,7 @@ mod process;
 mod audit_index;
 mod audit_reports;
 mod audit_trail;
+mod bounds;
 mod canary;
 mod cli_store;
 mod consent;

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod changes;
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod http;

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi, RbacApi};
 use serde::Deserialize;
@@ -487,7 +487,7 @@ pub struct Policy {
     current: RwLock<Arc<PolicySet>>,
     dir: Option<PathBuf>,
     catalogue: Arc<Catalogue>,
-    stamp: RwLock<Vec<Option<SystemTime>>>,
+    stamp: RwLock<Vec<Option<[u8; 32]>>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -498,14 +498,20 @@ impl std::fmt::Debug for Policy {
     }
 }
 
-fn stamps(dir: Option<&Path>) -> Vec<Option<SystemTime>> {
+/// What the policy files hold now: the SHA-256 of each one's contents (`None` for a
+/// missing file). Contents, not modification times: an editor that truncates a file and
+/// then writes it can leave two versions with the same mtime (its resolution is coarse on
+/// some filesystems), and a reload that caught the first, half-written one would never
+/// see the second.
+fn stamps(dir: Option<&Path>) -> Vec<Option<[u8; 32]>> {
+    use sha2::Digest as _;
     let Some(dir) = dir else { return Vec::new() };
     FILES
         .iter()
         .map(|f| {
-            std::fs::metadata(dir.join(f))
-                .and_then(|m| m.modified())
+            std::fs::read(dir.join(f))
                 .ok()
+                .map(|b| sha2::Sha256::digest(b).into())
         })
         .collect()
 }

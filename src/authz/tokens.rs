@@ -10,7 +10,7 @@ use super::PolicySet;
 use crate::audit::{Audit, AuditError, CommitError, Event};
 use crate::cache::Cache;
 use crate::crypto::{ct_eq, random_bytes, random_id, Keys};
-use crate::store::{now_ms, Store, StoreError, TokenRow};
+use crate::store::{Store, StoreError, TokenRow};
 
 /// Prefix of every bearer secret, so leaked secrets are easy to recognise and scan for.
 const SECRET_PREFIX: &str = "pvt_";
@@ -122,6 +122,7 @@ pub struct Tokens {
     keys: Arc<Keys>,
     max_ttl: Duration,
     cache: Arc<Cache<Vec<u8>, Verified>>,
+    clock: crate::clock::Clock,
 }
 
 impl Tokens {
@@ -132,7 +133,14 @@ impl Tokens {
             keys,
             max_ttl,
             cache: Arc::new(Cache::new("tokens", TOKEN_CACHE_MAX, TOKEN_CACHE_TTL)),
+            clock: crate::clock::Clock::system(),
         }
+    }
+
+    /// Reads the time from `clock` (issue and expiry times, expiry checks).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Forgets a token (revoked here or elsewhere).
@@ -190,7 +198,7 @@ impl Tokens {
             "{SECRET_PREFIX}{}",
             B64URL.encode(Zeroizing::new(random_bytes::<32>()).as_slice())
         ));
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let row = TokenRow {
             id: random_id("tok"),
             role: req.role,
@@ -219,7 +227,7 @@ impl Tokens {
         }
         let hash = self.keys.token_hash(secret);
         if let Some(v) = self.cache.get(&hash) {
-            if v.expires_at <= now_ms() {
+            if v.expires_at <= self.clock.now_ms() {
                 return Err(TokenError::Expired);
             }
             return Ok(v.caller);
@@ -236,7 +244,7 @@ impl Tokens {
         if row.revoked_at.is_some() {
             return Err(TokenError::Revoked);
         }
-        if row.expires_at <= now_ms() {
+        if row.expires_at <= self.clock.now_ms() {
             return Err(TokenError::Expired);
         }
         let caller = Caller {
@@ -256,7 +264,7 @@ impl Tokens {
     }
 
     pub async fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(self
             .store
             .tokens()

@@ -853,10 +853,27 @@ both_stores!(
             "0",
         ]);
         assert!(ok, "{text}");
+        // Cut exactly at a signed checkpoint: the one made at the head above, or a newer
+        // one if the background signer made one since (it may, on its own schedule).
+        let (anchor, anchor_hash) = t.app.store.audit_anchor().await.unwrap().unwrap();
+        assert!(
+            anchor >= head_at_checkpoint,
+            "{anchor} < {head_at_checkpoint}"
+        );
+        assert!(
+            t.app
+                .store
+                .checkpoints()
+                .await
+                .unwrap()
+                .iter()
+                .any(|c| c.seq == anchor && c.hash == anchor_hash),
+            "the anchor is a signed checkpoint"
+        );
         let remaining = t.events().await;
         assert_eq!(
             remaining.first().unwrap().seq,
-            head_at_checkpoint + 1,
+            anchor + 1,
             "pruned exactly up to the checkpoint"
         );
         let r = t.app.verify_audit().await.unwrap();

@@ -390,10 +390,8 @@ both_stores!(minors_need_a_guardians_consent, |db| async move {
     let t = spawn_app(db).await;
     let dsr = t.dsr().await;
     let mkt = t.token("marketing", &["marketing"]).await;
-    let ten_years_ago = time::OffsetDateTime::now_utc()
-        .date()
-        .replace_year(time::OffsetDateTime::now_utc().year() - 10)
-        .unwrap();
+    // About ten years ago, by days: `replace_year` fails on 29 February.
+    let ten_years_ago = time::OffsetDateTime::now_utc().date() - time::Duration::days(3653);
     let child = t
         .create(
             &dsr,

@@ -167,6 +167,8 @@ pub struct Options {
     pub bad_token_limit: Option<piivault::authz::LimitConfig>,
     /// Adjusts how the server is run (connection bounds, timeouts).
     pub serve: Option<fn(&mut ServeOptions)>,
+    /// The clock tokens are issued and checked by (a manual one moves only when told).
+    pub clock: Option<piivault::clock::Clock>,
 }
 
 impl Default for Options {
@@ -177,6 +179,7 @@ impl Default for Options {
             policy_dir: None,
             bad_token_limit: None,
             serve: None,
+            clock: None,
         }
     }
 }
@@ -208,6 +211,9 @@ pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
     let mut app = piivault::open(&settings).await.expect("vault opens");
     if let Some(limit) = opts.key_usage_limit {
         app.vault = app.vault.with_key_usage_limit(limit);
+    }
+    if let Some(clock) = opts.clock {
+        app.tokens = app.tokens.clone().with_clock(clock);
     }
     let mut serve = ServeOptions::new("127.0.0.1:0".parse().unwrap());
     serve.max_body_bytes = opts.max_body_bytes;

@@ -150,6 +150,25 @@ fn copy_policies(to: &std::path::Path) {
     }
 }
 
+/// Waits for the newest `policy.reload` event to have `decision` (`allow`: applied;
+/// `error`: refused), returning it; the refusal names the digest still in force.
+async fn wait_for_reload(t: &TestApp, decision: &str) -> piivault::store::AuditRow {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let newest = t
+            .events()
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.action == "policy.reload");
+        if let Some(e) = newest.filter(|e| e.decision == decision) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no policy.reload {decision}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_for(t: &TestApp, path: &str, tok: &str, purpose: &str, want: StatusCode) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -203,7 +222,7 @@ both_stores!(
             ),
         )
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        wait_for_reload(&t, "error").await;
         let (s, b) = t
             .call(Method::GET, &path, Some(&billing), Some("billing"), None)
             .await;
@@ -254,16 +273,15 @@ both_stores!(
 );
 
 both_stores!(
-    bad_tokens_are_slowed_down_good_clients_are_not,
+    bad_tokens_over_budget_are_refused_per_address,
     |db| async move {
-        let penalty = Duration::from_millis(300);
         let t = spawn_app_with(
             db,
             Options {
                 bad_token_limit: Some(piivault::authz::LimitConfig {
                     max_failures: 3,
-                    window: Duration::from_secs(60),
-                    penalty,
+                    window: Duration::from_secs(3600),
+                    penalty: Duration::ZERO,
                 }),
                 ..Default::default()
             },
@@ -279,7 +297,6 @@ both_stores!(
                 .await;
             assert_eq!(s, StatusCode::UNAUTHORIZED);
         }
-        let start = Instant::now();
         let resp = t
             .client
             .get(format!("{}{}", t.base, path))
@@ -290,30 +307,15 @@ both_stores!(
             .unwrap();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(resp.headers().get("retry-after").is_some());
-        assert!(
-            start.elapsed() >= penalty,
-            "the failure over budget was not delayed"
-        );
-        // A good token from the same address is neither refused nor delayed.
-        let start = Instant::now();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "too_many_failures");
+        // A good token from the same address is not refused.
         let (s, _) = t
             .call(Method::GET, &path, Some(&good), Some("dsr"), None)
             .await;
         assert_eq!(s, StatusCode::OK);
-        assert!(start.elapsed() < penalty);
         // Another client address has its own budget.
-        let other = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(
-                    &std::fs::read(t.dir.path().join("tls/ca.pem")).unwrap(),
-                )
-                .unwrap(),
-            )
-            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-            .build()
-            .unwrap();
-        let resp = other
+        let resp = from_address(&t, [127, 0, 0, 2])
             .get(format!("{}{}", t.base, path))
             .bearer_auth(&bad)
             .header("X-Purpose", "dsr")
@@ -323,6 +325,181 @@ both_stores!(
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 );
+
+fn from_address(t: &TestApp, ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(
+                &std::fs::read(t.dir.path().join("tls/ca.pem")).unwrap(),
+            )
+            .unwrap(),
+        )
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .unwrap()
+}
+
+/// The delay on a bad token over budget holds that request only. With a penalty of an
+/// hour, the request over budget is still unanswered when the client gives up on it
+/// (after 2 s: a slow machine can only make that more certain), and a good request from
+/// the same address is answered at once (an hour cannot pass during the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_penalty_delays_the_bad_request_and_nothing_else() {
+    let t = spawn_app_with(
+        Db::Sqlite,
+        Options {
+            bad_token_limit: Some(piivault::authz::LimitConfig {
+                max_failures: 1,
+                window: Duration::from_secs(3600),
+                penalty: Duration::from_secs(3600),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let good = t.dsr().await;
+    let id = t.create(&good, json!({"name": "褚十四"})).await;
+    let path = format!("/v1/subjects/{id}");
+    let bad = format!("pvt_{}", "C".repeat(43));
+    let (s, _) = t
+        .call(Method::GET, &path, Some(&bad), Some("dsr"), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let held = t
+        .client
+        .get(format!("{}{}", t.base, path))
+        .bearer_auth(&bad)
+        .header("X-Purpose", "dsr")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        held.as_ref().is_err_and(|e| e.is_timeout()),
+        "the bad token over budget was answered at once: {held:?}"
+    );
+    let (s, _) = t
+        .call(Method::GET, &path, Some(&good), Some("dsr"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// An editor that truncates a file and writes it again leaves, for a moment, half a
+/// file; the watcher may catch it (refused) and must still see the whole one, even when
+/// both have the same modification time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_rewritten_in_place_is_reloaded_even_with_the_same_mtime() {
+    let pol = tempfile::tempdir().unwrap();
+    copy_policies(pol.path());
+    let t = spawn_app_with(
+        Db::Sqlite,
+        Options {
+            policy_dir: Some(pol.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = t.create(&t.dsr().await, full_subject()).await;
+    let billing = t.token("billing", &["billing"]).await;
+    let path = format!("/v1/subjects/{id}?fields=phone");
+    let csv = pol.path().join("policy.csv");
+    let original = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, format!("{original}\np, billing, phone, read_mas")).unwrap();
+    let refused = wait_for_reload(&t, "error").await;
+    assert_eq!(refused.reason, "policy_refused");
+    // The whole file, given the half-written one's modification time before it lands.
+    let half_written = std::fs::metadata(&csv).unwrap().modified().unwrap();
+    let whole = pol.path().join("policy.csv.new");
+    std::fs::write(
+        &whole,
+        format!("{original}\np, billing, phone, read_masked, billing\n"),
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&whole)
+        .unwrap()
+        .set_modified(half_written)
+        .unwrap();
+    std::fs::rename(&whole, &csv).unwrap();
+    assert_eq!(
+        std::fs::metadata(&csv).unwrap().modified().unwrap(),
+        half_written
+    );
+    let b = wait_for(&t, &path, &billing, "billing", StatusCode::OK).await;
+    assert_eq!(b["fields"]["phone"]["value"], "139****5678");
+    let applied = wait_for_reload(&t, "allow").await;
+    assert_eq!(
+        applied.target.as_deref(),
+        Some(t.app.policy.current().digest())
+    );
+}
+
+/// SIGHUP reloads at once (the periodic check is an hour away here); a reload that is
+/// refused is audited, and the last good policy stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_at_once_and_a_refused_reload_is_audited() {
+    fn hourly(s: &mut piivault::ServeOptions) {
+        s.policy_reload = Duration::from_secs(3600);
+    }
+    let pol = tempfile::tempdir().unwrap();
+    copy_policies(pol.path());
+    let t = spawn_app_with(
+        Db::Sqlite,
+        Options {
+            policy_dir: Some(pol.path().to_path_buf()),
+            serve: Some(hourly),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = t.create(&t.dsr().await, full_subject()).await;
+    let billing = t.token("billing", &["billing"]).await;
+    let path = format!("/v1/subjects/{id}?fields=phone");
+    let hup = || {
+        // This test process: every vault running in it reloads (the others' files are
+        // unchanged, so nothing happens there). Its handler is installed by `start`.
+        let ok = Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let csv = pol.path().join("policy.csv");
+    let original = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(
+        &csv,
+        format!("{original}\np, billing, phone, read_masked, billing\n"),
+    )
+    .unwrap();
+    hup();
+    let b = wait_for(&t, &path, &billing, "billing", StatusCode::OK).await;
+    assert_eq!(b["fields"]["phone"]["masked"], true);
+    let applied = wait_for_reload(&t, "allow").await;
+    assert_eq!(applied.actor_role, "vault");
+    assert_eq!(applied.purpose, "admin");
+    assert_eq!(
+        applied.target.as_deref(),
+        Some(t.app.policy.current().digest())
+    );
+    let good_digest = t.app.policy.current().digest().to_owned();
+
+    std::fs::write(
+        &csv,
+        format!("{original}\np, billing, phonee, read, billing\n"),
+    )
+    .unwrap();
+    hup();
+    let refused = wait_for_reload(&t, "error").await;
+    assert_eq!(refused.reason, "policy_refused");
+    assert_eq!(refused.target.as_deref(), Some(good_digest.as_str()));
+    let (s, b) = t
+        .call(Method::GET, &path, Some(&billing), Some("billing"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["fields"]["phone"]["masked"], true);
+}
 
 #[test]
 fn policy_check_explains_decisions() {

@@ -7,7 +7,17 @@ use crate::both_stores;
 use crate::helpers::*;
 
 both_stores!(bad_tokens_get_401, |db| async move {
-    let t = spawn_app(db).await;
+    // Tokens are issued and checked by a clock the test moves: expiry is tested by
+    // moving time past it, not by sleeping and racing the machine.
+    let clock = piivault::clock::Clock::manual(piivault::store::now_ms());
+    let t = spawn_app_with(
+        db,
+        Options {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
     let id = t.create(&t.dsr().await, json!({"name": "钱七"})).await;
     let path = format!("/v1/subjects/{id}");
     let good = t.dsr().await;
@@ -42,15 +52,20 @@ both_stores!(bad_tokens_get_401, |db| async move {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
-    // Expired.
+    // Expired: valid up to its last millisecond (and cached as valid), refused after.
     let (_, short) = t
-        .token_with_ttl("dsr_handler", &["dsr"], Duration::from_secs(1))
+        .token_with_ttl("dsr_handler", &["dsr"], Duration::from_secs(60))
         .await;
     let (status, _) = t
         .call(Method::GET, &path, Some(&short), Some("dsr"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(59_999));
+    let (status, _) = t
+        .call(Method::GET, &path, Some(&short), Some("dsr"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    clock.advance(Duration::from_millis(1));
     let (status, body) = t
         .call(Method::GET, &path, Some(&short), Some("dsr"), None)
         .await;

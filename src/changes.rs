@@ -73,6 +73,7 @@ impl ChangeFeed {
             // First read: nothing is cached yet, so only the position matters.
             let head = self.store.changes_head().await?;
             self.seen.store(head, Ordering::Release);
+            metrics::gauge!(crate::metrics::CHANGE_FEED_SEEN).set(head as f64);
             return Ok(());
         }
         let rows = self.store.changes_since(seen).await?;
@@ -93,6 +94,7 @@ impl ChangeFeed {
             last = seq;
         }
         self.seen.store(last, Ordering::Release);
+        metrics::gauge!(crate::metrics::CHANGE_FEED_SEEN).set(last as f64);
         Ok(())
     }
 

@@ -59,6 +59,7 @@ pub const POLICY_RELOADS: &str = "piivault_policy_reloads_total";
 pub const POLICY_REFUSALS: &str = "piivault_policy_refusals_total";
 pub const TOKENS_REFUSED: &str = "piivault_tokens_refused_total";
 pub const CONSENT_REFUSALS: &str = "piivault_consent_refusals_total";
+pub const CHANGE_FEED_SEEN: &str = "piivault_change_feed_seen";
 pub const CONNECTIONS_REFUSED: &str = "piivault_connections_refused_total";
 pub const POOL_CONNECTIONS: &str = "piivault_db_pool_connections";
 
@@ -72,6 +73,10 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency by route template and method"
+    );
+    describe_gauge!(
+        CHANGE_FEED_SEEN,
+        "The newest change (revocation, consent, correction, erasure, hold) this process has applied to its caches"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

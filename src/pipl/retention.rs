@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::audit::{Audit, AuditError, Decision, Event};
+use crate::audit::{Audit, AuditError, CommitError, Decision, Event};
 use crate::classify::Catalogue;
 use crate::crypto::random_id;
 use crate::store::{Store, StoreError};
@@ -111,21 +111,21 @@ impl Retention {
                 continue;
             }
             if !dry_run {
-                // Recorded before it is done: no erasure without its event.
-                self.audit.record_one(e).await?;
-                let erased = match &row.record_id {
-                    Some(record) => self.store.erase_expired_record(record).await?,
-                    None => {
-                        let erased = self
-                            .store
-                            .erase_expired_field(&row.subject_id, name, cutoff)
-                            .await?;
-                        self.vault.forget(&row.subject_id);
-                        erased
-                    }
+                // The erasure and its event commit together: never one without the
+                // other, and a value another sweep (on this node or another) erased
+                // first, or that changed since it was found, is neither erased nor
+                // recorded again.
+                let change = match &row.record_id {
+                    Some(record) => self.store.erase_expired_record_op(record),
+                    None => self
+                        .store
+                        .erase_expired_field_op(&row.subject_id, name, cutoff),
                 };
-                if !erased {
-                    continue;
+                match self.audit.record_with(vec![e], change).await {
+                    Ok(()) => self.vault.forget(&row.subject_id),
+                    Err(CommitError::Change(StoreError::NotFound)) => continue,
+                    Err(CommitError::Change(e)) => return Err(e.into()),
+                    Err(CommitError::Audit(e)) => return Err(e.into()),
                 }
             }
             report.erased.push(item);

@@ -97,19 +97,14 @@ impl Store {
             .collect())
     }
 
-    /// Erases one expired field value and its blind-index entry, unless the subject was
-    /// put on hold or the value rewritten since (`cutoff`). True if something was erased.
-    pub async fn erase_expired_field(
-        &self,
-        subject: &str,
-        field: &str,
-        cutoff: i64,
-    ) -> Result<bool, StoreError> {
+    /// Erasing one expired field value and its blind-index entry, unless the subject was
+    /// put on hold or the value rewritten since (`cutoff`). `NotFound` if there is nothing
+    /// to erase (another sweep erased it first, or it changed): the audit writer then
+    /// leaves the change and its event out, so each erasure is recorded exactly once.
+    pub fn erase_expired_field_op(&self, subject: &str, field: &str, cutoff: i64) -> WriteOp {
         let (subject, field) = (subject.to_owned(), field.to_owned());
-        let erased = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = erased.clone();
-        self.transact(op(move |conn| {
-            let (subject, field, flag) = (subject.clone(), field.clone(), flag.clone());
+        op(move |conn| {
+            let (subject, field) = (subject.clone(), field.clone());
             Box::pin(async move {
                 let gone = sqlx::query(
                     "DELETE FROM subject_fields WHERE subject_id = $1 AND field = $2 AND updated_at < $3 \
@@ -120,36 +115,43 @@ impl Store {
                 .bind(cutoff)
                 .execute(&mut *conn)
                 .await?;
-                if gone.rows_affected() == 1 {
-                    let table = super::subjects::blind_index_by_subject(
-                        conn.backend_name() == "PostgreSQL",
-                    );
-                    sqlx::query(&format!(
-                        "DELETE FROM {table} WHERE subject_id = $1 AND field = $2"
-                    ))
-                        .bind(subject.as_str())
-                        .bind(field.as_str())
-                        .execute(&mut *conn)
-                        .await?;
-                    changes::note(conn, changes::SUBJECT, &subject, now_ms()).await?;
-                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                if gone.rows_affected() != 1 {
+                    return Err(StoreError::NotFound);
                 }
-                Ok(())
+                let table =
+                    super::subjects::blind_index_by_subject(conn.backend_name() == "PostgreSQL");
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE subject_id = $1 AND field = $2"
+                ))
+                .bind(subject.as_str())
+                .bind(field.as_str())
+                .execute(&mut *conn)
+                .await?;
+                changes::note(conn, changes::SUBJECT, &subject, now_ms()).await
             })
-        }))
-        .await?;
-        Ok(erased.load(std::sync::atomic::Ordering::Relaxed))
+        })
     }
 
-    /// Erases one expired record unless its subject was put on hold meanwhile.
-    pub async fn erase_expired_record(&self, record: &str) -> Result<bool, StoreError> {
-        let gone = sqlx::query(
-            "DELETE FROM records WHERE id = $1 \
-             AND subject_id IN (SELECT id FROM subjects WHERE legal_hold_at IS NULL)",
-        )
-        .bind(record)
-        .execute(&self.pool)
-        .await?;
-        Ok(gone.rows_affected() == 1)
+    /// Erasing one expired record unless its subject was put on hold meanwhile;
+    /// `NotFound` if there is nothing to erase (see [`Store::erase_expired_field_op`]).
+    pub fn erase_expired_record_op(&self, record: &str) -> WriteOp {
+        let record = record.to_owned();
+        op(move |conn| {
+            let record = record.clone();
+            Box::pin(async move {
+                let gone = sqlx::query(
+                    "DELETE FROM records WHERE id = $1 \
+                     AND subject_id IN (SELECT id FROM subjects WHERE legal_hold_at IS NULL)",
+                )
+                .bind(record.as_str())
+                .execute(&mut *conn)
+                .await?;
+                if gone.rows_affected() == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::NotFound)
+                }
+            })
+        })
     }
 }

@@ -22,6 +22,7 @@ mod faults;
 mod import;
 mod lifecycle;
 mod metrics;
+mod nodes;
 mod openapi;
 mod policy_admin;
 mod policy_matrix;

@@ -16,6 +16,7 @@ mod consent;
 mod crash;
 mod crypto_binding;
 mod data_path;
+mod disk_full;
 mod dsr;
 mod erasure;
 mod faults;

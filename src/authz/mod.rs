@@ -10,4 +10,7 @@ pub use policy::{
     Explanation, FieldAccess, LegalBasis, Policy, PolicyError, PolicySet, PurposeSpec, Reload,
     SeparateConsent, ACTIONS, SPECIAL_OBJECTS,
 };
-pub use tokens::{parse_ttl, Caller, IssueRequest, TokenError, TokenInfo, Tokens, DEFAULT_MAX_TTL};
+pub use tokens::{
+    parse_ttl, well_formed_secret, Caller, IssueRequest, TokenError, TokenInfo, Tokens,
+    DEFAULT_MAX_TTL,
+};

@@ -197,7 +197,7 @@ impl PolicySet {
         Self::from_texts(&texts.model, &texts.policy, &texts.purposes, catalogue).await
     }
 
-    async fn from_texts(
+    pub(crate) async fn from_texts(
         model_text: &str,
         policy_text: &str,
         purposes_text: &str,

@@ -219,10 +219,7 @@ impl Tokens {
 
     /// Checks a presented secret: known, unrevoked and unexpired.
     pub async fn authenticate(&self, secret: &str) -> Result<Caller, TokenError> {
-        let body = secret
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(TokenError::Invalid)?;
-        if body.len() != 43 || B64URL.decode(body).is_err() {
+        if !well_formed_secret(secret) {
             return Err(TokenError::Invalid);
         }
         let hash = self.keys.token_hash(secret);
@@ -289,6 +286,14 @@ impl Tokens {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether a presented secret has the shape of one the vault issues (`pvt_` and 43
+/// base64url characters, 256 bits); only such a secret is looked up.
+pub fn well_formed_secret(secret: &str) -> bool {
+    secret
+        .strip_prefix(SECRET_PREFIX)
+        .is_some_and(|body| body.len() == 43 && B64URL.decode(body).is_ok())
 }
 
 /// Parses a lifetime such as `90s`, `15m`, `1h`, `30d`.

@@ -54,15 +54,20 @@ pub struct Retention {
 
 impl Retention {
     fn parse(text: &str) -> Option<Self> {
+        // By suffix, not by byte position: a last character of several bytes ("5年")
+        // is an error to report, not a panic (found by the `classification` fuzz target).
         let text = text.trim();
-        let (num, unit) = text.split_at(text.len().checked_sub(1)?);
-        let n: u32 = num.parse().ok().filter(|n| *n > 0)?;
-        let days = match unit {
-            "d" => n,
-            "y" => n.checked_mul(365)?,
-            _ => return None,
+        let (num, per) = if let Some(num) = text.strip_suffix('d') {
+            (num, 1)
+        } else if let Some(num) = text.strip_suffix('y') {
+            (num, 365)
+        } else {
+            return None;
         };
-        Some(Self { days })
+        let n: u32 = num.parse().ok().filter(|n| *n > 0)?;
+        Some(Self {
+            days: n.checked_mul(per)?,
+        })
     }
 }
 
@@ -262,6 +267,29 @@ impl Catalogue {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// Regression: a retention ending in a character of several bytes panicked (the
+    /// `classification` fuzz target found it; its input is kept in the corpus).
+    #[test]
+    fn retention_periods_parse_or_are_refused() {
+        assert_eq!(Retention::parse("180d"), Some(Retention { days: 180 }));
+        assert_eq!(Retention::parse(" 3y "), Some(Retention { days: 1095 }));
+        for bad in [
+            "5年",
+            "0\u{fffd}",
+            "0d",
+            "",
+            "y",
+            "d",
+            "-1y",
+            "99999999999y",
+            "5 y",
+        ] {
+            assert_eq!(Retention::parse(bad), None, "{bad:?}");
+        }
+        let text = "[fields.name]\ntype = \"text\"\nmax_chars = 10\ncategory = \"identity\"\nmask = \"none\"\nretention = \"5年\"\ndescription = \"x\"\n";
+        assert!(Catalogue::parse(text).is_err());
+    }
 
     #[test]
     fn shipped_classification_loads() {

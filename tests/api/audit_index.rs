@@ -33,8 +33,11 @@ async fn truth(t: &TestApp, subject: &str) -> Vec<i64> {
 
 /// The events about `subject`, as its access history finds them.
 async fn history(t: &TestApp, subject: &str) -> Vec<i64> {
-    t.app
-        .store
+    history_in(&t.app.store, subject).await
+}
+
+async fn history_in(store: &piivault::store::Store, subject: &str) -> Vec<i64> {
+    store
         .audit_events_for_subject(subject)
         .await
         .expect("access history")
@@ -189,23 +192,10 @@ async fn an_index_that_does_not_match_the_trail_is_made_again() {
             .filter(|e| e.subject.as_deref() == Some(s))
             .map(|e| e.seq)
             .collect();
-        let got: Vec<i64> = app
-            .store
-            .audit_events_for_subject(s)
-            .await
-            .expect("history")
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(got, want, "{s}");
+        assert_eq!(history_in(&app.store, s).await, want, "{s}");
     }
-    assert_eq!(
-        app.store
-            .audit_events_for_subject("sub_after")
-            .await
-            .expect("history")
-            .len(),
-        0,
+    assert!(
+        history_in(&app.store, "sub_after").await.is_empty(),
         "the restored trail has no event about sub_after"
     );
     app.store.close().await;

@@ -16,7 +16,11 @@ use crate::helpers::*;
 /// Longest a test waits for what it expects.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn tls_connector(t: &TestApp) -> tokio_rustls::TlsConnector {
+/// A TLS client trusting the vault's CA, offering `versions`.
+fn tls_connector(
+    t: &TestApp,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(t.dir.path().join("tls/ca.pem"))
@@ -24,7 +28,7 @@ fn tls_connector(t: &TestApp) -> tokio_rustls::TlsConnector {
     {
         roots.add(cert.expect("CA parses")).expect("CA added");
     }
-    let config = rustls::ClientConfig::builder()
+    let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
         .with_root_certificates(roots)
         .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -38,7 +42,9 @@ fn port(t: &TestApp) -> u16 {
 async fn connect(t: &TestApp) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(("127.0.0.1", port(t))).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tls_connector(t).connect(name, tcp).await
+    tls_connector(t, rustls::DEFAULT_VERSIONS)
+        .connect(name, tcp)
+        .await
 }
 
 /// Reads until the server closes the connection (or resets it), and returns what came.
@@ -192,20 +198,9 @@ async fn only_tls_1_2_and_1_3_are_spoken() {
     let connect_with = |versions: &'static [&'static rustls::SupportedProtocolVersion]| {
         let t = &t;
         async move {
-            use rustls::pki_types::pem::PemObject as _;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in
-                rustls::pki_types::CertificateDer::pem_file_iter(t.dir.path().join("tls/ca.pem"))
-                    .unwrap()
-            {
-                roots.add(cert.unwrap()).unwrap();
-            }
-            let config = rustls::ClientConfig::builder_with_protocol_versions(versions)
-                .with_root_certificates(roots)
-                .with_no_client_auth();
             let tcp = TcpStream::connect(("127.0.0.1", port(t))).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let conn = tokio_rustls::TlsConnector::from(Arc::new(config))
+            let conn = tls_connector(t, versions)
                 .connect(name, tcp)
                 .await
                 .expect("handshake");

@@ -275,36 +275,14 @@ both_stores!(
 both_stores!(
     bad_tokens_over_budget_are_refused_per_address,
     |db| async move {
-        let t = spawn_app_with(
-            db,
-            Options {
-                bad_token_limit: Some(piivault::authz::LimitConfig {
-                    max_failures: 3,
-                    window: Duration::from_secs(3600),
-                    penalty: Duration::ZERO,
-                }),
-                ..Default::default()
-            },
-        )
-        .await;
-        let good = t.dsr().await;
-        let id = t.create(&good, json!({"name": "褚十三"})).await;
-        let path = format!("/v1/subjects/{id}");
-        let bad = format!("pvt_{}", "B".repeat(43));
+        let (t, good, path, bad) = limited(db, 3, Duration::ZERO).await;
         for _ in 0..3 {
             let (s, _) = t
                 .call(Method::GET, &path, Some(&bad), Some("dsr"), None)
                 .await;
             assert_eq!(s, StatusCode::UNAUTHORIZED);
         }
-        let resp = t
-            .client
-            .get(format!("{}{}", t.base, path))
-            .bearer_auth(&bad)
-            .header("X-Purpose", "dsr")
-            .send()
-            .await
-            .unwrap();
+        let resp = bad_request(&t, &path, &bad).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(resp.headers().get("retry-after").is_some());
         let body: Value = resp.json().await.unwrap();
@@ -326,6 +304,38 @@ both_stores!(
     }
 );
 
+/// A vault whose limiter allows `max_failures` bad tokens an hour per address, then
+/// delays by `penalty`; a good token, a subject's path, and a bad token.
+async fn limited(
+    db: Db,
+    max_failures: u32,
+    penalty: Duration,
+) -> (TestApp, String, String, String) {
+    let t = spawn_app_with(
+        db,
+        Options {
+            bad_token_limit: Some(piivault::authz::LimitConfig {
+                max_failures,
+                window: Duration::from_secs(3600),
+                penalty,
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let good = t.dsr().await;
+    let id = t.create(&good, json!({"name": "褚十三"})).await;
+    let path = format!("/v1/subjects/{id}");
+    (t, good, path, format!("pvt_{}", "B".repeat(43)))
+}
+
+fn bad_request(t: &TestApp, path: &str, bad: &str) -> reqwest::RequestBuilder {
+    t.client
+        .get(format!("{}{}", t.base, path))
+        .bearer_auth(bad)
+        .header("X-Purpose", "dsr")
+}
+
 fn from_address(t: &TestApp, ip: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
@@ -346,31 +356,12 @@ fn from_address(t: &TestApp, ip: [u8; 4]) -> reqwest::Client {
 /// the same address is answered at once (an hour cannot pass during the test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_penalty_delays_the_bad_request_and_nothing_else() {
-    let t = spawn_app_with(
-        Db::Sqlite,
-        Options {
-            bad_token_limit: Some(piivault::authz::LimitConfig {
-                max_failures: 1,
-                window: Duration::from_secs(3600),
-                penalty: Duration::from_secs(3600),
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    let good = t.dsr().await;
-    let id = t.create(&good, json!({"name": "褚十四"})).await;
-    let path = format!("/v1/subjects/{id}");
-    let bad = format!("pvt_{}", "C".repeat(43));
+    let (t, good, path, bad) = limited(Db::Sqlite, 1, Duration::from_secs(3600)).await;
     let (s, _) = t
         .call(Method::GET, &path, Some(&bad), Some("dsr"), None)
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let held = t
-        .client
-        .get(format!("{}{}", t.base, path))
-        .bearer_auth(&bad)
-        .header("X-Purpose", "dsr")
+    let held = bad_request(&t, &path, &bad)
         .timeout(Duration::from_secs(2))
         .send()
         .await;

@@ -150,6 +150,30 @@ fn copy_policies(to: &std::path::Path) {
     }
 }
 
+/// A vault reading its policy from a copy the test may edit: the copy, the vault, a
+/// billing token, the path of a subject's phone (which billing may not read as shipped)
+/// and the subject's id.
+async fn editable_policy(
+    db: Db,
+    serve: Option<fn(&mut piivault::ServeOptions)>,
+) -> (tempfile::TempDir, TestApp, String, String, String) {
+    let pol = tempfile::tempdir().unwrap();
+    copy_policies(pol.path());
+    let t = spawn_app_with(
+        db,
+        Options {
+            policy_dir: Some(pol.path().to_path_buf()),
+            serve,
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = t.create(&t.dsr().await, full_subject()).await;
+    let billing = t.token("billing", &["billing"]).await;
+    let path = format!("/v1/subjects/{id}?fields=phone");
+    (pol, t, billing, path, id)
+}
+
 /// Waits for the newest `policy.reload` event to have `decision` (`allow`: applied;
 /// `error`: refused), returning it; the refusal names the digest still in force.
 async fn wait_for_reload(t: &TestApp, decision: &str) -> piivault::store::AuditRow {
@@ -186,19 +210,7 @@ async fn wait_for(t: &TestApp, path: &str, tok: &str, purpose: &str, want: Statu
 both_stores!(
     policy_changes_apply_without_restart_and_broken_files_are_refused,
     |db| async move {
-        let pol = tempfile::tempdir().unwrap();
-        copy_policies(pol.path());
-        let t = spawn_app_with(
-            db,
-            Options {
-                policy_dir: Some(pol.path().to_path_buf()),
-                ..Default::default()
-            },
-        )
-        .await;
-        let id = t.create(&t.dsr().await, full_subject()).await;
-        let billing = t.token("billing", &["billing"]).await;
-        let path = format!("/v1/subjects/{id}?fields=phone");
+        let (pol, t, billing, path, id) = editable_policy(db, None).await;
         let (s, _) = t
             .call(Method::GET, &path, Some(&billing), Some("billing"), None)
             .await;
@@ -380,19 +392,7 @@ async fn the_penalty_delays_the_bad_request_and_nothing_else() {
 /// both have the same modification time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_file_rewritten_in_place_is_reloaded_even_with_the_same_mtime() {
-    let pol = tempfile::tempdir().unwrap();
-    copy_policies(pol.path());
-    let t = spawn_app_with(
-        Db::Sqlite,
-        Options {
-            policy_dir: Some(pol.path().to_path_buf()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let id = t.create(&t.dsr().await, full_subject()).await;
-    let billing = t.token("billing", &["billing"]).await;
-    let path = format!("/v1/subjects/{id}?fields=phone");
+    let (pol, t, billing, path, _) = editable_policy(Db::Sqlite, None).await;
     let csv = pol.path().join("policy.csv");
     let original = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(&csv, format!("{original}\np, billing, phone, read_mas")).unwrap();
@@ -433,20 +433,7 @@ async fn sighup_reloads_at_once_and_a_refused_reload_is_audited() {
     fn hourly(s: &mut piivault::ServeOptions) {
         s.policy_reload = Duration::from_secs(3600);
     }
-    let pol = tempfile::tempdir().unwrap();
-    copy_policies(pol.path());
-    let t = spawn_app_with(
-        Db::Sqlite,
-        Options {
-            policy_dir: Some(pol.path().to_path_buf()),
-            serve: Some(hourly),
-            ..Default::default()
-        },
-    )
-    .await;
-    let id = t.create(&t.dsr().await, full_subject()).await;
-    let billing = t.token("billing", &["billing"]).await;
-    let path = format!("/v1/subjects/{id}?fields=phone");
+    let (pol, t, billing, path, _) = editable_policy(Db::Sqlite, Some(hourly)).await;
     let hup = || {
         // This test process: every vault running in it reloads (the others' files are
         // unchanged, so nothing happens there). Its handler is installed by `start`.

@@ -1,5 +1,7 @@
 //! Canary test: distinctive PI written through the API of the real binary never
-//! appears in the SQLite files, a PostgreSQL dump, or the server's log output.
+//! appears in the SQLite files (scanned while the server runs, WAL included, and after),
+//! the audit index, a PostgreSQL dump, the server's log output, an error body, `/metrics`
+//! or the OpenAPI document.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +25,34 @@ const CANARIES: &[&str] = &[
     "canary_tag_51c",
     "13987650000",
 ];
+
+/// No canary in `bytes`.
+fn assert_clean(name: &str, bytes: &[u8]) {
+    for canary in CANARIES {
+        assert!(
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+            "canary {canary:?} found in {name}"
+        );
+    }
+}
+
+/// The SQLite files in a data directory: the database, its WAL and shared memory, and
+/// the audit index with its own.
+fn live_sqlite_files(data: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.starts_with("piivault.db").then_some(name)
+        })
+        .collect();
+    names.sort();
+    assert!(
+        names.iter().any(|n| n == "piivault.db-audit-index"),
+        "{names:?}"
+    );
+    names
+}
 
 async fn call(
     client: &reqwest::Client,
@@ -103,8 +133,8 @@ both_stores!(
         )
         .await;
         assert_eq!(status, StatusCode::OK);
-        // Bad input carrying canaries is refused without logging them.
-        let (status, _) = call(
+        // Bad input carrying canaries is refused without logging them or echoing them.
+        let (status, refusal) = call(
             &client,
             port,
             &tok,
@@ -116,6 +146,7 @@ both_stores!(
         )
         .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_clean("a 422 body", refusal.to_string().as_bytes());
         let (status, body) = call(
             &client,
             port,
@@ -166,6 +197,27 @@ both_stores!(
                 "no log line carries {request_id}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // While the server runs: its database files (the WAL above all), the audit index,
+        // /metrics and the OpenAPI document.
+        if db == Db::Sqlite {
+            let names = live_sqlite_files(&data);
+            assert!(names.iter().any(|n| n == "piivault.db-wal"), "{names:?}");
+            for name in names {
+                assert_clean(&name, &std::fs::read(data.join(&name)).unwrap());
+            }
+        }
+        for path in ["/metrics", "/openapi.json"] {
+            let text = client
+                .get(format!("https://localhost:{port}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(text.len() > 1000, "{path} is nearly empty");
+            assert_clean(path, text.as_bytes());
         }
         stop(first);
 
@@ -252,10 +304,8 @@ both_stores!(
         }
         match db {
             Db::Sqlite => {
-                for name in ["piivault.db", "piivault.db-wal", "piivault.db-shm"] {
-                    if let Ok(bytes) = std::fs::read(data.join(name)) {
-                        haystacks.push((name.to_owned(), bytes));
-                    }
+                for name in live_sqlite_files(&data) {
+                    haystacks.push((name.clone(), std::fs::read(data.join(&name)).unwrap()));
                 }
                 assert!(haystacks
                     .iter()
@@ -286,12 +336,7 @@ both_stores!(
             "the server logged almost nothing; the scan would prove little"
         );
         for (name, bytes) in &haystacks {
-            for canary in CANARIES {
-                assert!(
-                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
-                    "canary {canary:?} found in {name}"
-                );
-            }
+            assert_clean(name, bytes);
         }
         if let Some(name) = pg_name {
             drop_pg_database(&name).await;

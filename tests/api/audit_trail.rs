@@ -403,7 +403,8 @@ async fn report(t: &TestApp) -> piivault::audit::VerifyReport {
     t.app.verify_audit().await.unwrap()
 }
 
-/// A seeded trail changed by `statements` (its triggers dropped first), verified.
+/// A seeded trail changed by `statements` (its triggers dropped first), verified; an
+/// auditor asking over HTTP (`GET /v1/audit/verify`) is told the same.
 async fn tampered(db: Db, statements: &[&str]) -> piivault::audit::VerifyReport {
     let (t, _) = seeded(db).await;
     let raw = t.raw().await;
@@ -411,7 +412,22 @@ async fn tampered(db: Db, statements: &[&str]) -> piivault::audit::VerifyReport 
     for sql in statements {
         sqlx::query(sql).execute(&raw).await.unwrap();
     }
-    report(&t).await
+    let r = report(&t).await;
+    let auditor = t.token("auditor", &["audit"]).await;
+    let (s, b) = t
+        .call(
+            Method::GET,
+            "/v1/audit/verify",
+            Some(&auditor),
+            Some("audit"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["ok"], json!(r.ok), "{b}");
+    assert_eq!(b["first_bad_seq"], json!(r.first_bad_seq), "{b}");
+    assert_eq!(b["reason"], json!(r.reason), "{b}");
+    r
 }
 
 both_stores!(the_trail_refuses_update_and_delete, |db| async move {

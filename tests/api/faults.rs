@@ -341,3 +341,98 @@ fn missing_foreign_or_damaged_key_and_tls_files_are_refused_at_start() {
     }
     stop(start(dir.path(), &None, 1));
 }
+
+/// The master key from `PIIVAULT_MASTER_KEY` instead of a file, and `--plain-http`,
+/// through the binary: the key in the environment opens the data the file's key sealed
+/// (no key file is made), plain HTTP serves on loopback only, and a wrong key in the
+/// environment is refused at start.
+#[test]
+fn the_master_key_from_the_environment_and_plain_http_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &None, 0);
+    let data = dir.path().join("data");
+    let dsr = crate::process::issue_token(dir.path(), &None, "dsr_handler", "dsr", "env key");
+    let client = https_client(&data);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = rt.block_on(async {
+        let resp = client
+            .post(format!("https://localhost:{}/v1/subjects", first.port))
+            .bearer_auth(&dsr)
+            .header("X-Purpose", "dsr")
+            .json(&serde_json::json!({"fields": {"name": "环境钥匙"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+        resp.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
+    stop(first);
+    let key = std::fs::read_to_string(data.join("master.key")).unwrap();
+    std::fs::remove_file(data.join("master.key")).unwrap();
+
+    let serve = |extra: &[&str], key: &str| {
+        let log = dir.path().join(format!("plain-{}.log", extra.len()));
+        let child = std::process::Command::new(crate::process::bin())
+            .arg("serve")
+            .args(extra)
+            .args(crate::process::base_args(dir.path(), &None))
+            .env("PIIVAULT_MASTER_KEY", key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    // Plain HTTP on a non-loopback address: refused.
+    let (mut child, log) = serve(&["--plain-http", "--listen", "0.0.0.0:0"], &key);
+    assert!(!child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("loopback"), "{text}");
+    // A wrong key in the environment: refused.
+    let wrong = "v1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let (mut child, log) = serve(&["--listen", "127.0.0.1:0", "--log-format", "json"], wrong);
+    assert!(!child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("does not match"), "{text}");
+    assert!(!data.join("master.key").exists(), "a key file was made");
+    // The right key in the environment, plain HTTP on loopback: serves the data.
+    let (mut child, log) = serve(&["--plain-http", "--listen", "127.0.0.1:0"], &key);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let port: u16 = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(rest) = text.split("listening on http://127.0.0.1:").nth(1) {
+            break rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let body = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/v1/subjects/{id}"))
+            .bearer_auth(&dsr)
+            .header("X-Purpose", "dsr")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body["fields"]["name"]["value"], "环境钥匙", "{body}");
+    assert!(!data.join("master.key").exists(), "a key file was made");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}

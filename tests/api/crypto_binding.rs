@@ -174,3 +174,52 @@ both_stores!(
         assert_eq!(body["error"]["code"], "integrity_error");
     }
 );
+
+// Two records of one subject, same collection and data key: only the record id in the
+// associated data tells their ciphertexts apart, and that is enough.
+both_stores!(
+    ciphertexts_swapped_between_two_records_of_one_subject_fail,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let tok = t.dsr().await;
+        let a = t.create(&tok, json!({"name": "郑十一"})).await;
+        let path = format!("/v1/subjects/{a}/records/payments");
+        for amount in ["11.00", "22.00"] {
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    &path,
+                    Some(&tok),
+                    Some("dsr"),
+                    Some(&json!({"amount": amount})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+        }
+        let raw = t.raw().await;
+        let rows: Vec<(String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT id, sealed, dek_version FROM records WHERE subject_id = $1 ORDER BY id",
+        )
+        .bind(&a)
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].2, rows[1].2, "one data key seals both");
+        for (from, to) in [(0, 1), (1, 0)] {
+            sqlx::query("UPDATE records SET sealed = $1 WHERE id = $2")
+                .bind(rows[from].1.clone())
+                .bind(&rows[to].0)
+                .execute(&raw)
+                .await
+                .unwrap();
+        }
+        let (status, body) = t
+            .call(Method::GET, &path, Some(&tok), Some("dsr"), None)
+            .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(body["error"]["code"], "integrity_error");
+        assert_no_value(&body, "11.00");
+        assert_no_value(&body, "22.00");
+    }
+);

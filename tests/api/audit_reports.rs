@@ -334,3 +334,77 @@ both_stores!(each_report_gives_the_expected_rows, |db| async move {
         "{csv}"
     );
 });
+
+// A window that starts and ends between events (RFC 3339 times to the millisecond):
+// exactly the events with from <= ts < to, whole, as the trail holds them.
+both_stores!(
+    a_report_window_cuts_through_events_exactly,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let auditor = t.token("auditor", &["audit"]).await;
+        for i in 0..6 {
+            let id = t.create(&dsr, json!({"name": format!("窗口{i}")})).await;
+            let (s, _) = t
+                .call(
+                    Method::GET,
+                    &format!("/v1/subjects/{id}"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK);
+            // Events of different milliseconds, so the window can fall between two of them.
+            let last = t.events().await.last().unwrap().ts;
+            while piivault::store::now_ms() <= last {
+                tokio::task::yield_now().await;
+            }
+        }
+        let events = t.events().await;
+        let token_id = events
+            .iter()
+            .rev()
+            .find(|e| e.actor_role == "dsr_handler")
+            .unwrap()
+            .actor_token
+            .clone();
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e.actor_token == token_id)
+            .collect();
+        let (from, to) = (mine[3].ts, mine[mine.len() - 3].ts);
+        assert!(from < to);
+        let rfc = |ms: i64| piivault::store::rfc3339(ms);
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!(
+                    "/v1/audit/reports/accesses_by_actor?from={}&to={}&token={token_id}",
+                    rfc(from),
+                    rfc(to)
+                ),
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let rows = b["rows"].as_array().unwrap();
+        let want: Vec<_> = mine.iter().filter(|e| e.ts >= from && e.ts < to).collect();
+        assert!(!want.is_empty() && want.len() < mine.len());
+        assert_eq!(rows.len(), want.len(), "{b}");
+        for (row, e) in rows.iter().zip(&want) {
+            assert_eq!(row["seq"], json!(e.seq));
+            assert_eq!(row["ts"], json!(rfc(e.ts)));
+            assert_eq!(row["actor_role"], json!(e.actor_role));
+            assert_eq!(row["action"], json!(e.action));
+            assert_eq!(row["subject"], json!(e.subject));
+            assert_eq!(row["field"], json!(e.field));
+            assert_eq!(row["purpose"], json!(e.purpose));
+            assert_eq!(row["decision"], json!(e.decision));
+            assert_eq!(row["reason"], json!(e.reason));
+            assert_eq!(row["request_id"], json!(e.request_id));
+        }
+    }
+);

@@ -2,7 +2,8 @@
 //! query). Every report takes a time window (`:from`, `:to`); other parameters are
 //! named in the file and bound as text, never spliced into the SQL.
 //! `:sensitive_fields` expands to the names of the sensitive fields and collections
-//! from the classification.
+//! from the classification; `:subject_seqs` to the ids of the events about the report's
+//! `subject` parameter, found through the audit index (for `seq IN (:subject_seqs)`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,6 +68,9 @@ pub struct Reports {
     sensitive: Vec<String>,
 }
 
+/// Placeholders every report may use (`subject_seqs` needs a `subject` parameter).
+const BUILT_IN_PLACEHOLDERS: [&str; 4] = ["from", "to", "sensitive_fields", "subject_seqs"];
+
 fn parse_def(file: &str, text: &str) -> Result<ReportDef, ReportError> {
     let def: ReportDef = toml::from_str(text).map_err(|e| ReportError::Definition {
         file: file.to_owned(),
@@ -87,7 +91,7 @@ fn parse_def(file: &str, text: &str) -> Result<ReportDef, ReportError> {
     if let Some(p) = def
         .parameters
         .iter()
-        .find(|p| !ok_name(p) || ["from", "to", "sensitive_fields"].contains(&p.as_str()))
+        .find(|p| !ok_name(p) || BUILT_IN_PLACEHOLDERS.contains(&p.as_str()))
     {
         return Err(bad(format!(
             "parameter {p:?} is reserved or not lower_snake_case"
@@ -98,12 +102,17 @@ fn parse_def(file: &str, text: &str) -> Result<ReportDef, ReportError> {
         return Err(bad("query must be a single SELECT statement".into()));
     }
     for used in placeholders(&def.query) {
-        if !["from", "to", "sensitive_fields"].contains(&used.as_str())
-            && !def.parameters.contains(&used)
-        {
-            return Err(bad(format!(
-                ":{used} is used but not declared in parameters"
-            )));
+        let declared = if used == "subject_seqs" {
+            def.parameters.iter().any(|p| p == "subject")
+        } else {
+            BUILT_IN_PLACEHOLDERS.contains(&used.as_str()) || def.parameters.contains(&used)
+        };
+        if !declared {
+            return Err(bad(if used == "subject_seqs" {
+                ":subject_seqs needs a `subject` parameter".to_owned()
+            } else {
+                format!(":{used} is used but not declared in parameters")
+            }));
         }
     }
     Ok(def)
@@ -244,6 +253,15 @@ impl Reports {
                     } else {
                         list.join(", ")
                     });
+                }
+                "subject_seqs" => {
+                    binds.push(ReportParam::Text(
+                        params.get("subject").cloned().unwrap_or_default(),
+                    ));
+                    sql.push_str(&crate::store::subject_seqs(
+                        &format!("${}", binds.len()),
+                        None,
+                    ));
                 }
                 other => {
                     binds.push(match other {
@@ -415,6 +433,17 @@ mod tests {
         assert!(parse_def("f", &ok.replace("SELECT", "DELETE")).is_err());
         assert!(parse_def("f", &format!("{ok}\nparameters = [\"from\"]")).is_err());
         assert!(parse_def("f", &ok.replace("ts >= :from", "ts >= :from; DROP TABLE x")).is_err());
+    }
+
+    /// `:subject_seqs` stands for the events about the report's `subject` parameter, so
+    /// a report that uses it must declare one; `subject_seqs` is not a parameter name.
+    #[test]
+    fn subject_seqs_needs_a_subject_parameter() {
+        let q = "name = \"x\"\ndescription = \"d\"\nquery = \"SELECT seq FROM audit_events WHERE seq IN (:subject_seqs)\"";
+        let err = parse_def("f", q).unwrap_err().to_string();
+        assert!(err.contains("needs a `subject` parameter"), "{err}");
+        assert!(parse_def("f", &format!("parameters = [\"subject\"]\n{q}")).is_ok());
+        assert!(parse_def("f", &format!("parameters = [\"subject_seqs\"]\n{q}")).is_err());
     }
 
     #[test]

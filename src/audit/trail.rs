@@ -350,9 +350,10 @@ async fn writer(
     commits: Arc<AtomicU64>,
 ) {
     // When a change fails, the batch is made again with each change in a savepoint.
-    // PostgreSQL keeps at most 64 subtransactions of a transaction in its fast cache; past that, every visibility check of the rows the
-    // transaction touched goes to pg_subtrans, for every session. So a batch carries
-    // fewer changes than that on PostgreSQL (SQLite has no such limit).
+    // PostgreSQL keeps at most 64 subtransactions of a transaction in its fast cache;
+    // past that, every visibility check of the rows the transaction touched goes to
+    // pg_subtrans, for every session. So a batch carries fewer changes than that on
+    // PostgreSQL (SQLite has no such limit).
     let max_changes = match store.backend() {
         crate::store::Backend::Postgres => MAX_CHANGES_PER_BATCH_POSTGRES,
         crate::store::Backend::Sqlite => usize::MAX,

@@ -467,7 +467,7 @@ impl Store {
         let sql = if subject.is_some() {
             format!(
                 "SELECT {COLUMNS} FROM audit_events WHERE seq IN ({}) ORDER BY seq LIMIT $2",
-                super::audit_index::SUBJECT_SEQS
+                super::subject_seqs("$3", Some("$1"))
             )
         } else {
             format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")

@@ -63,13 +63,19 @@ pub(super) async fn create_tables(conn: &mut AnyConnection) -> Result<(), sqlx::
     Ok(())
 }
 
-/// The ids of the events about subject `$3` after seq `$1`: indexed entries up to the
-/// index's mark, and a scan of the trail beyond it. Used inside `seq IN (…)`.
-pub(super) const SUBJECT_SEQS: &str = "SELECT seq FROM audit_index.subject_events \
-         WHERE subject = $3 AND seq > $1 \
-     UNION ALL \
-     SELECT seq FROM audit_events WHERE subject = $3 AND seq > $1 \
-         AND seq > (SELECT through_seq FROM audit_index.state WHERE id = 1)";
+/// The ids of the events about the subject bound as `subject` (a placeholder such as
+/// `$3`), after the seq bound as `after` if given: indexed entries up to the index's mark,
+/// and a scan of the trail beyond it. For `seq IN (…)`; the one definition of "the events
+/// about a subject", used by the access history and by reports (`:subject_seqs`).
+pub fn subject_seqs(subject: &str, after: Option<&str>) -> String {
+    let after = after.map(|a| format!(" AND seq > {a}")).unwrap_or_default();
+    format!(
+        "SELECT seq FROM audit_index.subject_events WHERE subject = {subject}{after} \
+         UNION ALL \
+         SELECT seq FROM audit_events WHERE subject = {subject}{after} \
+             AND seq > (SELECT through_seq FROM audit_index.state WHERE id = 1)"
+    )
+}
 
 /// What one indexing step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

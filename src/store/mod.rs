@@ -18,7 +18,7 @@ mod tokens;
 mod write;
 
 pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
-pub use audit_index::IndexStep;
+pub use audit_index::{subject_seqs, IndexStep};
 pub use consent::ConsentRow;
 pub use keys::{KeyVersionRow, MasterKeyRow, SystemKeyRow};
 pub use requests::RequestRow;

@@ -325,15 +325,7 @@ both_stores!(every_audited_action_produces_its_event, |db| async move {
     for value in ["蒋十四", "13611112222", "13633334444", "9.90"] {
         assert!(!all.contains(value), "{value} in the audit trail");
     }
-    let (s, b) = t
-        .call(
-            Method::GET,
-            "/v1/audit/verify",
-            Some(&auditor),
-            Some("audit"),
-            None,
-        )
-        .await;
+    let (s, b) = verify_over_http(&t, &auditor).await;
     assert_eq!(s, ok);
     assert_eq!(b["ok"], true, "{b}");
 });
@@ -403,6 +395,18 @@ async fn report(t: &TestApp) -> piivault::audit::VerifyReport {
     t.app.verify_audit().await.unwrap()
 }
 
+/// `GET /v1/audit/verify` as an auditor.
+async fn verify_over_http(t: &TestApp, auditor: &str) -> (StatusCode, Value) {
+    t.call(
+        Method::GET,
+        "/v1/audit/verify",
+        Some(auditor),
+        Some("audit"),
+        None,
+    )
+    .await
+}
+
 /// A seeded trail changed by `statements` (its triggers dropped first), verified; an
 /// auditor asking over HTTP (`GET /v1/audit/verify`) is told the same.
 async fn tampered(db: Db, statements: &[&str]) -> piivault::audit::VerifyReport {
@@ -414,15 +418,7 @@ async fn tampered(db: Db, statements: &[&str]) -> piivault::audit::VerifyReport 
     }
     let r = report(&t).await;
     let auditor = t.token("auditor", &["audit"]).await;
-    let (s, b) = t
-        .call(
-            Method::GET,
-            "/v1/audit/verify",
-            Some(&auditor),
-            Some("audit"),
-            None,
-        )
-        .await;
+    let (s, b) = verify_over_http(&t, &auditor).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["ok"], json!(r.ok), "{b}");
     assert_eq!(b["first_bad_seq"], json!(r.first_bad_seq), "{b}");

@@ -147,6 +147,50 @@ pub fn https_client(data_dir: &Path) -> reqwest::Client {
         .expect("client")
 }
 
+/// A request to the vault at `base`, with a bearer token and purpose if given.
+fn request(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    purpose: Option<&str>,
+    body: Option<&Value>,
+) -> reqwest::RequestBuilder {
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(p) = purpose {
+        req = req.header("X-Purpose", p);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    req
+}
+
+/// Sends a request to the vault at `base` with a bearer token and purpose; returns
+/// status and JSON body (a body that is not JSON comes back as a string).
+pub async fn call_at(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    purpose: Option<&str>,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let resp = request(client, base, method, path, token, purpose, body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, json)
+}
+
 /// A running vault for one test.
 pub struct TestApp {
     pub db: Db,
@@ -288,23 +332,7 @@ impl TestApp {
         purpose: Option<&str>,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{}", self.base, path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(p) = purpose {
-            req = req.header("X-Purpose", p);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, json)
+        call_at(&self.client, &self.base, method, path, token, purpose, body).await
     }
 
     /// Like `call`, also returning the response's `X-Request-Id`.
@@ -316,15 +344,18 @@ impl TestApp {
         purpose: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value, String) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(token)
-            .header("X-Purpose", purpose);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.expect("request sent");
+        let resp = request(
+            &self.client,
+            &self.base,
+            method,
+            path,
+            Some(token),
+            Some(purpose),
+            body,
+        )
+        .send()
+        .await
+        .expect("request sent");
         let status = resp.status();
         let rid = resp
             .headers()

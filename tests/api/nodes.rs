@@ -27,16 +27,16 @@ async fn call(
     purpose: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let mut req = client
-        .request(method, format!("{}{path}", node.base))
-        .bearer_auth(token)
-        .header("X-Purpose", purpose);
-    if let Some(b) = body {
-        req = req.json(b);
-    }
-    let resp = req.send().await.expect("answered");
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    call_at(
+        client,
+        &node.base,
+        method,
+        path,
+        Some(token),
+        Some(purpose),
+        body,
+    )
+    .await
 }
 
 /// How far a node has read the change feed.

@@ -174,6 +174,11 @@ async fn editable_policy(
     (pol, t, billing, path, id)
 }
 
+/// The policy as shipped, plus billing reading phones masked.
+fn with_masked_phone(original: &str) -> String {
+    format!("{original}\np, billing, phone, read_masked, billing\n")
+}
+
 /// Waits for the newest `policy.reload` event to have `decision` (`allow`: applied;
 /// `error`: refused), returning it; the refusal names the digest still in force.
 async fn wait_for_reload(t: &TestApp, decision: &str) -> piivault::store::AuditRow {
@@ -218,11 +223,7 @@ both_stores!(
 
         let csv = pol.path().join("policy.csv");
         let original = std::fs::read_to_string(&csv).unwrap();
-        std::fs::write(
-            &csv,
-            format!("{original}\np, billing, phone, read_masked, billing\n"),
-        )
-        .unwrap();
+        std::fs::write(&csv, with_masked_phone(&original)).unwrap();
         let b = wait_for(&t, &path, &billing, "billing", StatusCode::OK).await;
         assert_eq!(b["fields"]["phone"]["value"], "139****5678");
 
@@ -401,11 +402,7 @@ async fn a_policy_file_rewritten_in_place_is_reloaded_even_with_the_same_mtime()
     // The whole file, given the half-written one's modification time before it lands.
     let half_written = std::fs::metadata(&csv).unwrap().modified().unwrap();
     let whole = pol.path().join("policy.csv.new");
-    std::fs::write(
-        &whole,
-        format!("{original}\np, billing, phone, read_masked, billing\n"),
-    )
-    .unwrap();
+    std::fs::write(&whole, with_masked_phone(&original)).unwrap();
     std::fs::File::options()
         .write(true)
         .open(&whole)
@@ -446,11 +443,7 @@ async fn sighup_reloads_at_once_and_a_refused_reload_is_audited() {
     };
     let csv = pol.path().join("policy.csv");
     let original = std::fs::read_to_string(&csv).unwrap();
-    std::fs::write(
-        &csv,
-        format!("{original}\np, billing, phone, read_masked, billing\n"),
-    )
-    .unwrap();
+    std::fs::write(&csv, with_masked_phone(&original)).unwrap();
     hup();
     let b = wait_for(&t, &path, &billing, "billing", StatusCode::OK).await;
     assert_eq!(b["fields"]["phone"]["masked"], true);

@@ -80,30 +80,35 @@ run_store() {
   local health=""
   printf '\n%s (%s subjects seeded, %s filler, subject cache %s, %ss per run, wrk -t2)\n' \
     "$store" "$SUBJECTS" "$FILL" "${SUBJECT_CACHE:-default}" "$DURATION"
-  printf '%-24s %5s %10s %9s %9s %8s %7s %9s %9s\n' workload conns req/s p50_ms p99_ms errors ratio ev/commit commit_ms
+  printf '%-24s %5s %10s %9s %9s %8s %7s %9s %9s %8s\n' workload conns req/s p50_ms p99_ms errors ratio ev/commit commit_ms cpu_us
   for c in $CONNS; do
     for w in $WORKLOADS; do
       local threads=2; [ "$c" -lt 2 ] && threads=1
       local out rps p50 p99 errs
       local perf_pid="" m0 m1
       m0=$(audit_sums "$base")
+      local cpu0 cpu1 reqs
+      cpu0=$(cpu_ticks "$pid")
       if [ "${PERF:-}" = "$w" ]; then
         # Profile the server while this workload runs (perf, call graphs by frame pointer).
         perf record -q -F 499 ${PERF_GRAPH:--g} -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
         perf_pid=$!
       fi
       out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency -s "benches/load/$w.lua" "$base")
+      cpu1=$(cpu_ticks "$pid")
       [ -n "$perf_pid" ] && wait "$perf_pid"
       m1=$(audit_sums "$base")
+      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
       rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
       p50=$(awk '$1=="50%" {print $2}' <<<"$out")
       p99=$(awk '$1=="99%" {print $2}' <<<"$out")
       errs=$( (grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$out" || echo "x 0") | awk '{print $NF}')
       [ "$w" = healthz ] && health=$rps
-      printf '%-24s %5s %10.0f %9s %9s %8s %7s %9s %9s\n' "${LABEL[$w]}" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs" \
+      printf '%-24s %5s %10.0f %9s %9s %8s %7s %9s %9s %8s\n' "${LABEL[$w]}" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs" \
         "$(awk -v a="$rps" -v b="$health" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')" \
         $(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); n = y[1] - x[1];
-          if (n > 0) printf "%.1f %.2f", (y[2] - x[2]) / n, 1000 * (y[3] - x[3]) / n; else print "- -" }')
+          if (n > 0) printf "%.1f %.2f", (y[2] - x[2]) / n, 1000 * (y[3] - x[3]) / n; else print "- -" }') \
+        "$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.0f", 1e6 * (b - a) / hz / n; else print "-" }')"
     done
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -130,6 +135,10 @@ audit_sums() {
     /^piivault_audit_batch_events_count/ { c = $2 } /^piivault_audit_batch_events_sum/ { e = $2 }
     /^piivault_audit_commit_duration_seconds_sum/ { t = $2 } END { printf "%d %d %f", c, e, t }'
 }
+
+# The server's CPU time so far (user + system), in clock ticks: with the requests served,
+# the server's CPU cost per request, which the load generator sharing the cores does not blur.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # wrk prints 1.23ms, 456.00us or 1.20s: in milliseconds.
 ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }

@@ -118,6 +118,9 @@ pub(super) struct Dedicated {
     /// connection reads or writes it.
     attach: Option<String>,
     slot: Arc<Mutex<Option<AnyConnection>>>,
+    /// Set by `close`: the store is shut, and no connection is made again (a background
+    /// task still running would otherwise reopen the files after a shutdown).
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Dedicated {
@@ -131,12 +134,16 @@ impl Dedicated {
             backend,
             attach,
             slot: Arc::new(Mutex::new(None)),
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
     async fn lease(&self) -> Result<Lease, StoreError> {
         let mut guard = self.slot.clone().lock_owned().await;
         if guard.is_none() {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(StoreError::Task("the store is closed".into()));
+            }
             let mut conn = self.options.connect().await?;
             super::configure(&mut conn, self.backend, self.attach.as_deref()).await?;
             if self.attach.is_some() {
@@ -164,9 +171,12 @@ impl Dedicated {
         self.lease().await.map(drop)
     }
 
-    /// Closes the connection, if one is open.
+    /// Closes the connection, if one is open, for good.
     pub(super) async fn close(&self) {
-        if let Some(conn) = self.slot.lock().await.take() {
+        let mut slot = self.slot.lock().await;
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(conn) = slot.take() {
             let _ = sqlx::Connection::close(conn).await;
         }
     }

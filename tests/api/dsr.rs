@@ -234,7 +234,7 @@ both_stores!(
                 &format!("/v1/subjects/{other}/records/payments"),
                 Some(&dsr),
                 Some("dsr"),
-                Some(&json!({"amount": "1.23"})),
+                Some(&json!({"amount": "97531.86"})),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED);
@@ -317,7 +317,7 @@ both_stores!(
             other.as_str(),
             "他人二十",
             "13600009999",
-            "1.23",
+            "97531.86",
             "tok_",
             "req_",
         ] {

@@ -170,6 +170,20 @@ fn request(
     req
 }
 
+/// The personal values a request carries, remembered for the leak checks.
+fn sent_values(path: &str, body: Option<&Value>) -> crate::leaks::Matcher {
+    crate::leaks::Matcher::new(
+        body.map_or_else(Vec::new, |b| crate::leaks::remember_request(path, b)),
+    )
+}
+
+/// An error answer never holds a value its request sent.
+fn assert_error_clean(status: StatusCode, path: &str, sent: &crate::leaks::Matcher, body: &[u8]) {
+    if status.is_client_error() || status.is_server_error() {
+        sent.assert_absent(&format!("the {status} answer to {path}"), body);
+    }
+}
+
 /// Sends a request to the vault at `base` with a bearer token and purpose; returns
 /// status and JSON body (a body that is not JSON comes back as a string).
 pub async fn call_at(
@@ -181,12 +195,14 @@ pub async fn call_at(
     purpose: Option<&str>,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
+    let sent = sent_values(path, body);
     let resp = request(client, base, method, path, token, purpose, body)
         .send()
         .await
         .expect("request sent");
     let status = resp.status();
     let text = resp.text().await.expect("body");
+    assert_error_clean(status, path, &sent, text.as_bytes());
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, json)
 }
@@ -234,6 +250,7 @@ pub async fn spawn_app(db: Db) -> TestApp {
 
 pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
     piivault::install_crypto_provider();
+    crate::leaks::check_logs();
     let dir = tempfile::tempdir().expect("temp dir");
     let (database_url, pg_name) = match db {
         Db::Sqlite => (
@@ -315,7 +332,9 @@ impl TestApp {
             )
             .await
             .expect("token issued");
-        (info.id, secret.to_string())
+        let secret = secret.to_string();
+        crate::leaks::remember(std::slice::from_ref(&secret));
+        (info.id, secret)
     }
 
     /// A token that may do everything on personal data (dsr_handler, purpose dsr).
@@ -344,6 +363,7 @@ impl TestApp {
         purpose: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value, String) {
+        let sent = sent_values(path, body);
         let resp = request(
             &self.client,
             &self.base,
@@ -362,7 +382,9 @@ impl TestApp {
             .get("x-request-id")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        let json = resp.json().await.unwrap_or(Value::Null);
+        let bytes = resp.bytes().await.expect("body");
+        assert_error_clean(status, path, &sent, &bytes);
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, json, rid)
     }
 
@@ -421,6 +443,17 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // The leak checks (see leaks.rs), unless the test failed already.
+        let checked = (!std::thread::panicking()).then(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::leaks::assert_logs_clean();
+                let sent = crate::leaks::sent();
+                crate::leaks::assert_dir_clean(self.dir.path(), &sent);
+                if self.pg_name.is_some() {
+                    crate::leaks::assert_dump_clean(&self.database_url, &sent);
+                }
+            }))
+        });
         if let Some(name) = self.pg_name.take() {
             // Best effort, on a runtime of its own: test databases are also dropped
             // by name prefix in .ci/run.
@@ -433,6 +466,9 @@ impl Drop for TestApp {
                 }
             })
             .join();
+        }
+        if let Some(Err(leak)) = checked {
+            std::panic::resume_unwind(leak);
         }
     }
 }

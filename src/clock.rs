@@ -28,6 +28,12 @@ impl Clock {
         }
     }
 
+    /// Today's date (UTC).
+    pub fn today(&self) -> time::Date {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.now_ms()) * 1_000_000)
+            .map_or_else(|_| time::OffsetDateTime::now_utc().date(), |t| t.date())
+    }
+
     /// Moves a manual clock on by `by`; the system clock cannot be moved (false).
     pub fn advance(&self, by: Duration) -> bool {
         match &self.0 {
@@ -52,5 +58,10 @@ mod tests {
         assert_eq!(c.clone().now_ms(), 3_000);
         assert!(!Clock::system().advance(Duration::from_secs(1)));
         assert!(Clock::system().now_ms() > 1_700_000_000_000);
+        // 2024-02-29T23:59:59.999Z, then a millisecond later.
+        let leap = Clock::manual(1_709_251_199_999);
+        assert_eq!(leap.today(), time::macros::date!(2024 - 02 - 29));
+        leap.advance(Duration::from_millis(1));
+        assert_eq!(leap.today(), time::macros::date!(2024 - 03 - 01));
     }
 }

@@ -123,7 +123,19 @@ impl FieldType {
     }
 
     /// Validates and normalises a JSON input value for `field`.
+    /// Dates (a birth date, the one inside an ID number) may not lie after today by the
+    /// system clock; [`FieldType::parse_on`] takes today's date from the caller.
     pub fn parse(&self, field: &str, input: &Value) -> Result<FieldValue, ValidationError> {
+        self.parse_on(field, input, OffsetDateTime::now_utc().date())
+    }
+
+    /// Validates and normalises a JSON input value for `field` on the day `today`.
+    pub fn parse_on(
+        &self,
+        field: &str,
+        input: &Value,
+        today: Date,
+    ) -> Result<FieldValue, ValidationError> {
         let err = |rule, msg: &str| ValidationError::new(field, rule, msg);
         let canonical = match self {
             Self::Tags {
@@ -155,16 +167,16 @@ impl FieldType {
                 let Value::String(s) = input else {
                     return Err(err("type", "must be a string"));
                 };
-                Zeroizing::new(self.parse_str(field, s)?)
+                Zeroizing::new(self.parse_str(field, s, today)?)
             }
         };
         Ok(FieldValue { canonical })
     }
 
-    fn parse_str(&self, field: &str, s: &str) -> Result<String, ValidationError> {
+    fn parse_str(&self, field: &str, s: &str, today: Date) -> Result<String, ValidationError> {
         let err = |rule, msg: &str| ValidationError::new(field, rule, msg);
         match self {
-            Self::CnResidentId => resident_id(field, s),
+            Self::CnResidentId => resident_id(field, s, today),
             Self::CnMobile => {
                 let digits: String = s.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
                 let digits = digits
@@ -200,7 +212,7 @@ impl FieldType {
             Self::Date { not_future } => {
                 let d = parse_date(s.trim())
                     .ok_or_else(|| err("date_format", "must be a real date YYYY-MM-DD"))?;
-                if d.year() < 1900 || (*not_future && d > OffsetDateTime::now_utc().date()) {
+                if d.year() < 1900 || (*not_future && d > today) {
                     return Err(err("date_range", "must be between 1900-01-01 and today"));
                 }
                 Ok(s.trim().to_owned())
@@ -262,7 +274,7 @@ fn parse_date(s: &str) -> Option<Date> {
     Date::from_calendar_date(year, Month::try_from(month).ok()?, day).ok()
 }
 
-fn resident_id(field: &str, s: &str) -> Result<String, ValidationError> {
+fn resident_id(field: &str, s: &str, today: Date) -> Result<String, ValidationError> {
     let err = |rule, msg: &str| ValidationError::new(field, rule, msg);
     let id = s.trim().to_ascii_uppercase();
     let b = id.as_bytes();
@@ -283,7 +295,7 @@ fn resident_id(field: &str, s: &str) -> Result<String, ValidationError> {
     }
     let birth = format!("{}-{}-{}", &id[6..10], &id[10..12], &id[12..14]);
     match parse_date(&birth) {
-        Some(d) if d.year() >= 1900 && d <= OffsetDateTime::now_utc().date() => {}
+        Some(d) if d.year() >= 1900 && d <= today => {}
         _ => {
             return Err(err(
                 "id_number_birth_date",

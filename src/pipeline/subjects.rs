@@ -72,7 +72,7 @@ async fn consent_gate(
 ) -> Result<Option<ConsentGate>, Error> {
     match who.policy.purposes().get(&who.purpose) {
         Some(spec) if spec.requires_consent() => {
-            let today = time::OffsetDateTime::now_utc().date();
+            let today = state.vault.today();
             let minor = match snapshot {
                 Some(Some(s)) => state.vault.is_minor_in(id, s, today)?,
                 Some(None) => false,

@@ -125,6 +125,9 @@ pub struct Vault {
     key_usage_limit: i64,
     /// Ids for the subjects this process creates.
     ids: Arc<IdSequence>,
+    /// Where "today" comes from: dates in values may not lie after it, and a subject's
+    /// age is reckoned on it.
+    clock: crate::clock::Clock,
 }
 
 /// The DEK a write will use, and the new key row if it had to be made.
@@ -148,6 +151,7 @@ impl Vault {
             catalogue,
             key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
             ids: Arc::new(IdSequence::default()),
+            clock: crate::clock::Clock::system(),
         }
     }
 
@@ -164,6 +168,17 @@ impl Vault {
     pub fn with_key_usage_limit(mut self, limit: i64) -> Self {
         self.key_usage_limit = limit.max(1);
         self
+    }
+
+    /// Reads today's date from `clock` (tests move it by hand).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Today, by this vault's clock.
+    pub fn today(&self) -> time::Date {
+        self.clock.today()
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -194,7 +209,10 @@ impl Vault {
                 }
                 out.push((name.clone(), None));
             } else {
-                out.push((name.clone(), Some(spec.kind.parse(name, value)?)));
+                out.push((
+                    name.clone(),
+                    Some(spec.kind.parse_on(name, value, self.today())?),
+                ));
             }
         }
         Ok(out)
@@ -616,7 +634,7 @@ impl Vault {
             )
             .into());
         }
-        let parsed = spec.kind.parse(field, value)?;
+        let parsed = spec.kind.parse_on(field, value, self.today())?;
         let digest = self.keys.blind_index(field, parsed.canonical());
         Ok(self.store.lookup(field, &digest, after, limit).await?)
     }

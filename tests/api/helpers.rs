@@ -227,7 +227,8 @@ pub struct Options {
     pub bad_token_limit: Option<piivault::authz::LimitConfig>,
     /// Adjusts how the server is run (connection bounds, timeouts).
     pub serve: Option<fn(&mut ServeOptions)>,
-    /// The clock tokens are issued and checked by (a manual one moves only when told).
+    /// The clock tokens are issued and checked by, and the vault's today (a manual one
+    /// moves only when told).
     pub clock: Option<piivault::clock::Clock>,
 }
 
@@ -274,7 +275,8 @@ pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
         app.vault = app.vault.with_key_usage_limit(limit);
     }
     if let Some(clock) = opts.clock {
-        app.tokens = app.tokens.clone().with_clock(clock);
+        app.tokens = app.tokens.clone().with_clock(clock.clone());
+        app.vault = app.vault.with_clock(clock);
     }
     let mut serve = ServeOptions::new("127.0.0.1:0".parse().unwrap());
     serve.max_body_bytes = opts.max_body_bytes;
@@ -532,4 +534,19 @@ pub fn assert_no_value(body: &Value, value: &str) {
         !body.to_string().contains(value),
         "response echoes a value: {body}"
     );
+}
+
+/// A valid mainland ID number for someone born on `yyyymmdd`, sequence `n`.
+pub fn id_number_born(yyyymmdd: &str, n: u32) -> String {
+    let body = format!("110105{yyyymmdd}{:03}", n % 1000);
+    let w = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = body
+        .bytes()
+        .zip(w)
+        .map(|(d, w)| u32::from(d - b'0') * w)
+        .sum();
+    format!(
+        "{body}{}",
+        "10X98765432".as_bytes()[(sum % 11) as usize] as char
+    )
 }

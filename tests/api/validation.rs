@@ -304,3 +304,118 @@ both_stores!(an_oversized_body_gets_its_413, |db| async move {
         }
     }
 });
+
+// "Today" is the vault's clock, here stopped at noon on 29 February 2024: a birth date or
+// an ID number's birth date after it is refused, and a child under 14 needs a guardian's
+// consent, until the clock moves on a day.
+both_stores!(
+    dates_are_judged_by_the_vaults_clock_on_29_february,
+    |db| async move {
+        // 2024-02-29T12:00:00Z.
+        let clock = piivault::clock::Clock::manual(1_709_208_000_000);
+        let t = spawn_app_with(
+            db,
+            Options {
+                clock: Some(clock.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let create = |tok: String, fields: Value| {
+            let t = &t;
+            async move {
+                t.call(
+                    Method::POST,
+                    "/v1/subjects",
+                    Some(&tok),
+                    Some("dsr"),
+                    Some(&json!({ "fields": fields })),
+                )
+                .await
+            }
+        };
+        let refused = |(s, b): (StatusCode, Value), field: &str, rule: &str| {
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+            assert_eq!(b["error"]["field"], field, "{b}");
+            assert_eq!(b["error"]["code"], rule, "{b}");
+        };
+        let dsr = t.dsr().await;
+        assert_eq!(
+            create(dsr.clone(), json!({"birth_date": "2024-02-29"}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            create(
+                dsr.clone(),
+                json!({"id_number": id_number_born("20240229", 1)})
+            )
+            .await
+            .0,
+            StatusCode::CREATED
+        );
+        refused(
+            create(dsr.clone(), json!({"birth_date": "2024-03-01"})).await,
+            "birth_date",
+            "date_range",
+        );
+        refused(
+            create(
+                dsr.clone(),
+                json!({"id_number": id_number_born("20240301", 2)}),
+            )
+            .await,
+            "id_number",
+            "id_number_birth_date",
+        );
+        // Turns 14 on 1 March 2024: still a child today.
+        let child = t
+            .create(&dsr, json!({"birth_date": "2010-03-01", "tier": "basic"}))
+            .await;
+        let (s, _) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &child,
+            "marketing",
+            json!({"notice_version": "2024-01"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let read = |tok: String| {
+            let (t, path) = (&t, format!("/v1/subjects/{child}?fields=tier"));
+            async move {
+                t.call(Method::GET, &path, Some(&tok), Some("marketing"), None)
+                    .await
+            }
+        };
+        let mkt = t.token("marketing", &["marketing"]).await;
+        let (s, b) = read(mkt).await;
+        assert_eq!(
+            (s, b["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("guardian_consent_missing")),
+            "{b}"
+        );
+
+        // A day later (tokens issued before have expired with the clock).
+        assert!(clock.advance(std::time::Duration::from_secs(86_400)));
+        let dsr = t.dsr().await;
+        assert_eq!(
+            create(dsr.clone(), json!({"birth_date": "2024-03-01"}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            create(dsr, json!({"id_number": id_number_born("20240301", 2)}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+        let mkt = t.token("marketing", &["marketing"]).await;
+        let (s, b) = read(mkt).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["fields"]["tier"]["value"], "basic");
+    }
+);

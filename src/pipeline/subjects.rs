@@ -86,6 +86,18 @@ async fn consent_gate(
     }
 }
 
+/// What a read refused for want of consent says, by its code.
+fn consent_refusal(code: &str) -> &'static str {
+    match code {
+        "consent_outdated" => "the subject consented to an earlier version of this purpose",
+        "separate_consent_missing" => "this read needs the subject's separate consent",
+        "guardian_consent_missing" => {
+            "the subject is a minor: this read needs a parent's or guardian's consent"
+        }
+        _ => "this purpose needs the subject's consent, and there is none in force",
+    }
+}
+
 /// Records that an allowed operation failed, and passes the failure on. A trail that
 /// cannot be written is passed on as it is.
 async fn failed(state: &Pipeline, event: Event, e: VaultError) -> Error {
@@ -250,12 +262,7 @@ pub async fn read(
                 "the policy does not allow reading these fields for this role and purpose"
             }
             "policy_denied" => "this role may read no field for this purpose",
-            "consent_outdated" => "the subject consented to an earlier version of this purpose",
-            "separate_consent_missing" => "this read needs the subject's separate consent",
-            "guardian_consent_missing" => {
-                "the subject is a minor: this read needs a parent's or guardian's consent"
-            }
-            _ => "this purpose needs the subject's consent, and there is none in force",
+            consent => consent_refusal(consent),
         };
         return Err(Error::Forbidden {
             code,
@@ -520,6 +527,27 @@ pub async fn list_records(
     who.require(state, collection, "read", event.clone())
         .await?;
     hold_check(state, who, &id, &event, true).await?;
+    // Under a purpose that rests on consent, records are read only with it in force
+    // (separate consent for a sensitive collection), as fields are.
+    if let Some(gate) = consent_gate(state, who, &id, None).await? {
+        let sensitive = state
+            .vault
+            .catalogue()
+            .collection(collection)
+            .is_some_and(|c| c.sensitive);
+        if let Some(code) = gate.check(sensitive).code() {
+            metrics::counter!(crate::metrics::CONSENT_REFUSALS, "code" => code).increment(1);
+            state
+                .audit
+                .record_one(event.outcome(Decision::Deny, code))
+                .await?;
+            return Err(Error::Forbidden {
+                code,
+                message: consent_refusal(code).into(),
+                field: None,
+            });
+        }
+    }
     let records = match state.vault.records(&id, collection).await {
         Ok(r) => r,
         Err(e) => return Err(failed(state, event, e).await),

@@ -463,3 +463,154 @@ both_stores!(minors_need_a_guardians_consent, |db| async move {
         .await;
     assert_eq!(s, StatusCode::OK);
 });
+
+// Records are consent-gated as fields are: under a purpose that rests on consent, a
+// collection is listed only with consent in force, and a sensitive one (payments) only
+// with separate consent; each refusal and each record read is one whole audit event.
+both_stores!(
+    records_need_consent_under_a_consent_purpose,
+    |db| async move {
+        let pol = policies_with(
+            "p, marketing, feedback, read, marketing\np, marketing, payments, read, marketing",
+        );
+        let t = spawn_app_with(
+            db,
+            Options {
+                policy_dir: Some(pol.path().to_path_buf()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let dsr = t.dsr().await;
+        let (mkt_id, mkt) = t
+            .token_with_ttl("marketing", &["marketing"], Duration::from_secs(3600))
+            .await;
+        let id = t
+            .create(&dsr, json!({"name": "钱十九", "tier": "gold"}))
+            .await;
+        for (collection, doc) in [
+            ("feedback", json!({"text": "很满意"})),
+            ("payments", json!({"amount": "12.50"})),
+        ] {
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    &format!("/v1/subjects/{id}/records/{collection}"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&doc),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+        }
+        // Lists a collection as marketing; checks the answer's status and code and that the
+        // request left exactly the events expected (one deny, or one allow per record).
+        let list = |collection: &'static str, want: StatusCode, code: Option<&'static str>| {
+            let (t, id, mkt, mkt_id) = (&t, id.clone(), mkt.clone(), mkt_id.clone());
+            async move {
+                let before = now_ms();
+                let (s, b, rid) = t
+                    .call_rid(
+                        Method::GET,
+                        &format!("/v1/subjects/{id}/records/{collection}"),
+                        &mkt,
+                        "marketing",
+                        None,
+                    )
+                    .await;
+                let after = now_ms();
+                assert_eq!(s, want, "{collection}: {b}");
+                assert_eq!(b["error"]["code"].as_str(), code, "{b}");
+                let events: Vec<_> = t
+                    .events()
+                    .await
+                    .into_iter()
+                    .filter(|e| e.request_id == rid)
+                    .collect();
+                assert_eq!(events.len(), 1, "{events:?}");
+                let (decision, reason) = match code {
+                    Some(c) => ("deny", c),
+                    None => ("allow", "ok"),
+                };
+                assert_event(
+                    &events[0],
+                    Expect {
+                        actor_token: &mkt_id,
+                        role: "marketing",
+                        purpose: "marketing",
+                        action: "record.read",
+                        subject: Some(&id),
+                        field: Some(collection),
+                        decision,
+                        reason,
+                        request_id: &rid,
+                        between: (before, after),
+                    },
+                );
+                if code.is_none() {
+                    assert_eq!(
+                        events[0].target.as_deref(),
+                        b["records"][0]["id"].as_str(),
+                        "the event names the record read"
+                    );
+                }
+                b
+            }
+        };
+        list("feedback", StatusCode::FORBIDDEN, Some("consent_missing")).await;
+        list("payments", StatusCode::FORBIDDEN, Some("consent_missing")).await;
+
+        let (s, _) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-03"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let b = list("feedback", StatusCode::OK, None).await;
+        assert_eq!(b["records"][0]["document"], json!({"text": "很满意"}));
+        let b = list(
+            "payments",
+            StatusCode::FORBIDDEN,
+            Some("separate_consent_missing"),
+        )
+        .await;
+        assert!(b.get("records").is_none(), "{b}");
+
+        let (s, _) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-03", "separate": true}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let b = list("payments", StatusCode::OK, None).await;
+        assert_eq!(b["records"][0]["document"], json!({"amount": "12.50"}));
+
+        // Withdrawn: refused again at once.
+        let (s, _) = withdraw_consent(&t, &dsr, "dsr", &id, "marketing").await;
+        assert_eq!(s, StatusCode::OK);
+        list("feedback", StatusCode::FORBIDDEN, Some("consent_missing")).await;
+        list("payments", StatusCode::FORBIDDEN, Some("consent_missing")).await;
+
+        // A purpose that rests on a contract does not ask.
+        let cs = t.token("customer_service", &["service"]).await;
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/records/feedback"),
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["records"].as_array().map(Vec::len), Some(1));
+    }
+);

@@ -550,3 +550,60 @@ pub fn id_number_born(yyyymmdd: &str, n: u32) -> String {
         "10X98765432".as_bytes()[(sum % 11) as usize] as char
     )
 }
+
+/// What an audit event must say, whole: who (token id and role), under which purpose,
+/// what, about whom, with which outcome, for which request, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub actor_token: &'a str,
+    pub role: &'a str,
+    pub purpose: &'a str,
+    pub action: &'a str,
+    pub subject: Option<&'a str>,
+    pub field: Option<&'a str>,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    /// The `X-Request-Id` of the request that made it.
+    pub request_id: &'a str,
+    /// It was recorded within these milliseconds (before and after the request).
+    pub between: (i64, i64),
+}
+
+/// Fails unless `e` is exactly the event `want` describes (its target aside).
+pub fn assert_event(e: &piivault::store::AuditRow, want: Expect<'_>) {
+    let got = (
+        e.actor_token.as_str(),
+        e.actor_role.as_str(),
+        e.purpose.as_str(),
+        e.action.as_str(),
+        e.subject.as_deref(),
+        e.field.as_deref(),
+        e.decision.as_str(),
+        e.reason.as_str(),
+        e.request_id.as_str(),
+    );
+    let wanted = (
+        want.actor_token,
+        want.role,
+        want.purpose,
+        want.action,
+        want.subject,
+        want.field,
+        want.decision,
+        want.reason,
+        want.request_id,
+    );
+    assert_eq!(got, wanted, "event {}", e.seq);
+    assert!(
+        (want.between.0..=want.between.1).contains(&e.ts),
+        "event {} at {} outside {:?}",
+        e.seq,
+        e.ts,
+        want.between
+    );
+}
+
+/// Milliseconds since the Unix epoch, as the vault stamps events.
+pub fn now_ms() -> i64 {
+    piivault::store::now_ms()
+}

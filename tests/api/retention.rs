@@ -423,3 +423,247 @@ both_stores!(
         assert!(r.sweep(now, false).await.unwrap().erased.is_empty());
     }
 );
+
+const SIX_YEARS: i64 = 6 * 365 * DAY;
+
+/// Moves everything stored about `id` six years into the past, as if it had been kept
+/// that long (what a sweep run later would find), in one transaction: a sweep sees all
+/// of it aged or none.
+async fn age_subject(t: &TestApp, id: &str) {
+    let raw = t.raw().await;
+    let mut tx = raw.begin().await.expect("begin");
+    for (table, column) in [("subject_fields", "updated_at"), ("records", "created_at")] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET {column} = {column} - $1 WHERE subject_id = $2"
+        ))
+        .bind(SIX_YEARS)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("aged");
+    }
+    tx.commit().await.expect("commit");
+    raw.close().await;
+}
+
+/// Waits until `id` reads back with none of `fields` set (the server learns of an
+/// erasure made by another process from the change feed).
+async fn wait_until_erased(t: &TestApp, dsr: &str, id: &str, fields: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields={fields}"),
+                Some(dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        let any_left = fields
+            .split(',')
+            .any(|f| b["fields"][f]["value"].is_string());
+        if s == StatusCode::OK && !any_left {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} still holds its values: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the retention events about `id`, each whole, all from one run with one
+/// summary; returns the run's id.
+fn assert_sweep_events(
+    events: &[piivault::store::AuditRow],
+    id: &str,
+    between: (i64, i64),
+) -> String {
+    let erased: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "retention.erase" && e.subject.as_deref() == Some(id))
+        .collect();
+    let mut names: Vec<&str> = erased.iter().filter_map(|e| e.field.as_deref()).collect();
+    names.sort();
+    assert_eq!(names, ["feedback", "name", "phone"], "{erased:?}");
+    let run = erased[0].request_id.clone();
+    for e in &erased {
+        assert_event(
+            e,
+            Expect {
+                actor_token: "system",
+                role: "vault",
+                purpose: "retention",
+                action: "retention.erase",
+                subject: Some(id),
+                field: e.field.as_deref(),
+                decision: "allow",
+                reason: "ok",
+                request_id: &run,
+                between,
+            },
+        );
+    }
+    let summary: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "retention.sweep" && e.request_id == run)
+        .collect();
+    assert_eq!(summary.len(), 1, "one summary per run");
+    assert_eq!(summary[0].target.as_deref(), Some("erased=3,held=0"));
+    run
+}
+
+/// Makes a subject with two fields and a record, and one that stays young.
+async fn old_and_young(t: &TestApp, dsr: &str) -> (String, String) {
+    let old = t
+        .create(dsr, json!({"name": "旧客户甲", "phone": "13700001111"}))
+        .await;
+    let young = t
+        .create(dsr, json!({"name": "新客户乙", "phone": "13700002222"}))
+        .await;
+    let (s, _) = t
+        .call(
+            Method::POST,
+            &format!("/v1/subjects/{old}/records/feedback"),
+            Some(dsr),
+            Some("dsr"),
+            Some(&json!({"text": "旧的反馈"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    age_subject(t, &old).await;
+    (old, young)
+}
+
+// `piivault retention sweep` as an operator runs it, beside the running server: a dry
+// run changes nothing; the real one erases what expired and nothing else, records each
+// erasure whole, and the server stops handing the values out.
+both_stores!(the_cli_sweep_erases_what_expired, |db| async move {
+    let t = spawn_app(db).await;
+    let dsr = t.dsr().await;
+    let (old, young) = old_and_young(&t, &dsr).await;
+    let sweep = |dry: bool| {
+        let mut args = vec!["retention", "sweep", "--json"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (ok, out) = t.cli(&args);
+        assert!(ok, "{out}");
+        let start = out.find('{').expect("a JSON report");
+        let report: serde_json::Value = serde_json::Deserializer::from_str(&out[start..])
+            .into_iter()
+            .next()
+            .expect("one report")
+            .expect("JSON");
+        let mut items: Vec<(String, String)> = report["erased"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["subject"].as_str().unwrap().to_owned(),
+                    i["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        items.sort();
+        (report["dry_run"].as_bool(), items)
+    };
+    let want: Vec<(String, String)> = ["feedback", "name", "phone"]
+        .iter()
+        .map(|n| (old.clone(), (*n).to_owned()))
+        .collect();
+    assert_eq!(sweep(true), (Some(true), want.clone()));
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{old}?fields=name"),
+            Some(&dsr),
+            Some("dsr"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, b["fields"]["name"]["value"].clone()),
+        (StatusCode::OK, json!("旧客户甲"))
+    );
+
+    let before = now_ms();
+    assert_eq!(sweep(false), (Some(false), want));
+    let after = now_ms();
+    wait_until_erased(&t, &dsr, &old, "name,phone").await;
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{old}/records/feedback"),
+            Some(&dsr),
+            Some("dsr"),
+            None,
+        )
+        .await;
+    assert_eq!((s, b["records"].clone()), (StatusCode::OK, json!([])));
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{young}?fields=name,phone"),
+            Some(&dsr),
+            Some("dsr"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["fields"]["name"]["value"], "新客户乙");
+    assert_eq!(b["fields"]["phone"]["value"], "13700002222");
+    assert_sweep_events(&t.events().await, &old, (before, after));
+    // Nothing is left to erase, and the trail verifies.
+    assert_eq!(sweep(false).1, Vec::<(String, String)>::new());
+    let (ok, out) = t.cli(&["audit", "verify"]);
+    assert!(ok, "{out}");
+});
+
+// The server's own scheduled sweep does the same without anyone asking.
+both_stores!(
+    the_servers_scheduled_sweep_erases_what_expired,
+    |db| async move {
+        let t = spawn_app_with(
+            db,
+            Options {
+                serve: Some(|o| o.retention_sweep = Some(std::time::Duration::from_millis(100))),
+                ..Default::default()
+            },
+        )
+        .await;
+        let dsr = t.dsr().await;
+        let before = now_ms();
+        let (old, young) = old_and_young(&t, &dsr).await;
+        wait_until_erased(&t, &dsr, &old, "name,phone").await;
+        // The erasures are committed with their events: wait for the run's summary.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let events = loop {
+            let events = t.events().await;
+            if events.iter().any(|e| {
+                e.action == "retention.sweep" && e.target.as_deref() == Some("erased=3,held=0")
+            }) {
+                break events;
+            }
+            assert!(std::time::Instant::now() < deadline, "no sweep summary");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_sweep_events(&events, &old, (before, now_ms()));
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{young}?fields=name"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["fields"]["name"]["value"].clone()),
+            (StatusCode::OK, json!("新客户乙"))
+        );
+    }
+);

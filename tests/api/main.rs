@@ -23,6 +23,7 @@ mod erasure;
 mod faults;
 mod import;
 mod lifecycle;
+mod memory;
 mod metrics;
 mod nodes;
 mod openapi;

@@ -33,6 +33,9 @@ async fn expect_events(
     expected: &[Expect],
 ) -> (Value, Vec<AuditRow>) {
     let before = t.events().await.len();
+    // Who the token is, as the events must name it.
+    let caller = t.app.tokens.authenticate(token).await.ok();
+    let started = now_ms();
     let (s, b, rid) = t
         .call_rid(method.clone(), path, token, purpose, body.as_ref())
         .await;
@@ -68,10 +71,22 @@ async fn expect_events(
     let mut want_sorted = want.clone();
     want_sorted.sort();
     assert_eq!(got_sorted, want_sorted, "{method} {path}");
+    let ended = now_ms();
     for e in &new {
         assert_eq!(e.request_id, rid, "event carries the request id");
         assert_eq!(e.purpose, purpose);
-        assert!(e.actor_token.starts_with("tok_"));
+        let caller = caller.as_ref().expect("the calling token is valid");
+        assert_eq!(
+            (e.actor_token.as_str(), e.actor_role.as_str()),
+            (caller.token_id.as_str(), caller.role.as_str()),
+            "the event names the calling token and its role"
+        );
+        assert!(
+            (started..=ended).contains(&e.ts),
+            "event {} at {} outside the request ({started}..{ended})",
+            e.seq,
+            e.ts
+        );
     }
     (b, new)
 }

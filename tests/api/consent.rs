@@ -12,13 +12,9 @@ use crate::helpers::*;
 both_stores!(
     consent_gates_reads_for_consent_based_purposes,
     |db| async move {
-        let pol = policies_with("p, marketing, id_number, read_masked, marketing\np, marketing, tier, read, cross_border");
-        let t = spawn_app_with(
+        let (t, _policy) = spawn_app_with_policy(
             db,
-            Options {
-                policy_dir: Some(pol.path().to_path_buf()),
-                ..Default::default()
-            },
+            "p, marketing, id_number, read_masked, marketing\np, marketing, tier, read, cross_border",
         )
         .await;
         let dsr = t.dsr().await;
@@ -470,15 +466,9 @@ both_stores!(minors_need_a_guardians_consent, |db| async move {
 both_stores!(
     records_need_consent_under_a_consent_purpose,
     |db| async move {
-        let pol = policies_with(
-            "p, marketing, feedback, read, marketing\np, marketing, payments, read, marketing",
-        );
-        let t = spawn_app_with(
+        let (t, _policy) = spawn_app_with_policy(
             db,
-            Options {
-                policy_dir: Some(pol.path().to_path_buf()),
-                ..Default::default()
-            },
+            "p, marketing, feedback, read, marketing\np, marketing, payments, read, marketing",
         )
         .await;
         let dsr = t.dsr().await;

@@ -245,6 +245,42 @@ impl Default for Options {
     }
 }
 
+/// A vault whose policy is the shipped one plus `extra` lines; keep the directory
+/// (returned too) while the vault runs.
+pub async fn spawn_app_with_policy(db: Db, extra: &str) -> (TestApp, tempfile::TempDir) {
+    let pol = policies_with(extra);
+    let t = spawn_app_with(
+        db,
+        Options {
+            policy_dir: Some(pol.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await;
+    (t, pol)
+}
+
+/// One field of a subject as `tok` reads it for `purpose`: the status and the field's
+/// value (null if not answered).
+pub async fn read_field(
+    t: &TestApp,
+    tok: &str,
+    purpose: &str,
+    id: &str,
+    field: &str,
+) -> (StatusCode, Value) {
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{id}?fields={field}"),
+            Some(tok),
+            Some(purpose),
+            None,
+        )
+        .await;
+    (s, b["fields"][field]["value"].clone())
+}
+
 pub async fn spawn_app(db: Db) -> TestApp {
     spawn_app_with(db, Options::default()).await
 }

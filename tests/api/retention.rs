@@ -576,17 +576,8 @@ both_stores!(the_cli_sweep_erases_what_expired, |db| async move {
         .map(|n| (old.clone(), (*n).to_owned()))
         .collect();
     assert_eq!(sweep(true), (Some(true), want.clone()));
-    let (s, b) = t
-        .call(
-            Method::GET,
-            &format!("/v1/subjects/{old}?fields=name"),
-            Some(&dsr),
-            Some("dsr"),
-            None,
-        )
-        .await;
     assert_eq!(
-        (s, b["fields"]["name"]["value"].clone()),
+        read_field(&t, &dsr, "dsr", &old, "name").await,
         (StatusCode::OK, json!("旧客户甲"))
     );
 
@@ -652,17 +643,8 @@ both_stores!(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
         assert_sweep_events(&events, &old, (before, now_ms()));
-        let (s, b) = t
-            .call(
-                Method::GET,
-                &format!("/v1/subjects/{young}?fields=name"),
-                Some(&dsr),
-                Some("dsr"),
-                None,
-            )
-            .await;
         assert_eq!(
-            (s, b["fields"]["name"]["value"].clone()),
+            read_field(&t, &dsr, "dsr", &young, "name").await,
             (StatusCode::OK, json!("新客户乙"))
         );
     }

@@ -540,6 +540,11 @@ async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {
         };
         if due {
             if let Err(e) = audit.checkpoint_now().await {
+                if audit.store.is_closed() {
+                    // The process is shutting its store (a CLI command that recorded
+                    // events, then ended): the next start signs what is new.
+                    return;
+                }
                 tracing::error!(error = %e, "audit checkpoint failed");
             }
         }

@@ -190,6 +190,11 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
     /// Pooled connections in use and idle.
     pub fn pool_use(&self) -> (u32, usize) {
         let idle = self.pool.num_idle();

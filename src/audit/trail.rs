@@ -314,8 +314,8 @@ impl Audit {
 /// that hands out a value waits for the writer's next commit, so the writer must not
 /// queue behind the request tasks it serves: on the shared runtime each of its round
 /// trips to the store waited for a worker busy with TLS and HTTP, and a commit took
-/// about twice as long under load. If that thread cannot be made, it runs on the
-/// current runtime.
+/// about twice as long under load. If no runtime can be made for it, it runs on the
+/// shared one; if its thread cannot start, every append fails closed.
 fn spawn_writer(task: impl std::future::Future<Output = ()> + Send + 'static) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

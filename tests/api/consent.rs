@@ -308,15 +308,7 @@ both_stores!(
 both_stores!(
     a_new_purpose_version_voids_older_consents,
     |db| async move {
-        let pol = policies_with("");
-        let t = spawn_app_with(
-            db,
-            Options {
-                policy_dir: Some(pol.path().to_path_buf()),
-                ..Default::default()
-            },
-        )
-        .await;
+        let (t, pol) = spawn_app_with_policy(db, "").await;
         let dsr = t.dsr().await;
         let mkt = t.token("marketing", &["marketing"]).await;
         let id = t.create(&dsr, full_subject()).await;

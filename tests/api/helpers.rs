@@ -170,18 +170,36 @@ fn request(
     req
 }
 
-/// The personal values a request carries, remembered for the leak checks.
-fn sent_values(path: &str, body: Option<&Value>) -> crate::leaks::Matcher {
-    crate::leaks::Matcher::new(
+/// Sends a request to the vault at `base` with a bearer token and purpose if given;
+/// returns the status, the `X-Request-Id` and the body. The personal values the request
+/// carries are remembered for the leak checks, and an error answer must hold none of them.
+async fn send(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    purpose: Option<&str>,
+    body: Option<&Value>,
+) -> (StatusCode, String, Vec<u8>) {
+    let sent = crate::leaks::Matcher::new(
         body.map_or_else(Vec::new, |b| crate::leaks::remember_request(path, b)),
-    )
-}
-
-/// An error answer never holds a value its request sent.
-fn assert_error_clean(status: StatusCode, path: &str, sent: &crate::leaks::Matcher, body: &[u8]) {
+    );
+    let resp = request(client, base, method, path, token, purpose, body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = resp.status();
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = resp.bytes().await.expect("body").to_vec();
     if status.is_client_error() || status.is_server_error() {
-        sent.assert_absent(&format!("the {status} answer to {path}"), body);
+        sent.assert_absent(&format!("the {status} answer to {path}"), &bytes);
     }
+    (status, rid, bytes)
 }
 
 /// Sends a request to the vault at `base` with a bearer token and purpose; returns
@@ -195,15 +213,9 @@ pub async fn call_at(
     purpose: Option<&str>,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let sent = sent_values(path, body);
-    let resp = request(client, base, method, path, token, purpose, body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    assert_error_clean(status, path, &sent, text.as_bytes());
-    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let (status, _, bytes) = send(client, base, method, path, token, purpose, body).await;
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, json)
 }
 
@@ -401,8 +413,7 @@ impl TestApp {
         purpose: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value, String) {
-        let sent = sent_values(path, body);
-        let resp = request(
+        let (status, rid, bytes) = send(
             &self.client,
             &self.base,
             method,
@@ -411,17 +422,7 @@ impl TestApp {
             Some(purpose),
             body,
         )
-        .send()
-        .await
-        .expect("request sent");
-        let status = resp.status();
-        let rid = resp
-            .headers()
-            .get("x-request-id")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let bytes = resp.bytes().await.expect("body");
-        assert_error_clean(status, path, &sent, &bytes);
+        .await;
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, json, rid)
     }

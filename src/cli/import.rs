@@ -43,7 +43,7 @@ pub struct ImportArgs {
     #[arg(long)]
     skip_invalid: bool,
     /// Subjects per transaction.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     batch: u32,
 }
 

@@ -85,6 +85,11 @@ impl ChangeFeed {
                     self.consents.forget_subject(&key);
                     self.vault.forget(&key);
                 }
+                changes::KEYS => {
+                    if let Err(e) = self.vault.reload_keys().await {
+                        tracing::error!(error = %e, "master key versions changed, but the key source could not be read again");
+                    }
+                }
                 _ => {
                     // A kind this version does not know: forget everything to be safe.
                     self.switch_caches(false);

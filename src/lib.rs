@@ -13,6 +13,7 @@ pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod pipeline;
 pub mod pipl;
@@ -32,7 +33,7 @@ use crate::audit::{Audit, AuditConfig, Reports};
 use crate::authz::{FailureLimiter, LimitConfig, Policy, Tokens};
 use crate::classify::Catalogue;
 use crate::config::Settings;
-use crate::crypto::{AuditKey, AuditPublicKey, Keys};
+use crate::crypto::{AuditKey, AuditPublicKey};
 use crate::store::Store;
 use crate::vault::Vault;
 
@@ -127,7 +128,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
     let store = Store::connect(&settings.database_url, connections)
         .await
         .context("opening the store")?;
-    let (keys, initialised_now) = Keys::open(&store, &settings.master)
+    let (keys, initialised_now) = keys::open(&store, &settings.master)
         .await
         .context("loading the master key")?;
     let keys = Arc::new(keys);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -107,14 +107,7 @@ fn open(path: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{wide_bar}} {{pos}}/{{len}} lines, {{per_sec}}, {{eta}} left"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
+    super::progress_bar(len, what, "lines")
 }
 
 pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,4 @@
-//! `piivault keys`: the key inventory. (Rotation, retirement and external key sources
-//! come with the key-lifecycle work; until then this shows what exists.)
+//! `piivault keys`: the key inventory, master-key rotation and retirement.
 
 use std::process::ExitCode;
 
@@ -20,10 +19,120 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the master key: add a new version to the key file (with the master key in
+    /// PIIVAULT_MASTER_KEY, use the newest version given there) and wrap every data key
+    /// and system key again under it, in batches, while the server keeps serving. Each
+    /// batch is audited. Interrupted, it resumes toward the same version when run again.
+    /// Several nodes: give every node the new key file line before running it (a node
+    /// reads its key file again when it sees the new version).
+    Rotate {
+        /// Rotate the master key (the only rotation so far).
+        #[arg(long, required = true)]
+        master: bool,
+        /// Keys wrapped again per transaction.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+        batch: u32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy an old master-key version once nothing is wrapped under it: it is marked
+    /// destroyed in the store (no node uses it again) and removed from the key file.
+    /// Backups of the database taken before then can no longer be read without a copy
+    /// of that version: destroy old copies of the key file too.
+    Retire {
+        /// The master-key version to destroy.
+        #[arg(long, value_name = "VERSION")]
+        master: i64,
+    },
 }
 
 pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
-    let KeysCommand::List { json } = cmd;
+    match cmd {
+        KeysCommand::List { json } => list(settings, json).await,
+        KeysCommand::Rotate { batch, json, .. } => rotate(settings, batch as usize, json).await,
+        KeysCommand::Retire { master } => retire(settings, master).await,
+    }
+}
+
+/// Audit events of one command run, under one request id.
+fn events() -> impl Fn(&str) -> crate::audit::Event + Sync {
+    let request = crate::crypto::random_id("cli");
+    move |action: &str| crate::audit::Event::new("cli", "operator", "admin", &request, action)
+}
+
+async fn rotate(settings: &Settings, batch: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let (keys, watch) = app.vault.keys();
+    let bar = super::progress_bar(0, "re-wrapping", "keys");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = crate::keys::rotate_master(
+        &app.store,
+        &app.audit,
+        keys,
+        watch,
+        batch,
+        &events(),
+        &progress,
+    )
+    .await;
+    bar.finish_and_clear();
+    app.store.close().await;
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        if report.added_to_key_file {
+            eprintln!(
+                "added master key version {} to the key file; other nodes need that line in theirs",
+                report.version
+            );
+        }
+        println!(
+            "{} {} subject key(s) and {} system key(s) under master key version {}",
+            if report.resumed {
+                "resumed: wrapped"
+            } else {
+                "wrapped"
+            },
+            report.subject_keys,
+            report.system_keys,
+            report.version
+        );
+    }
+    if report.failed > 0 || report.remaining > 0 {
+        eprintln!(
+            "{} key(s) could not be wrapped again and {} remain under older versions (see the log); the rotation is not finished: run it again",
+            report.failed, report.remaining
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !json {
+        println!("older master key versions now wrap nothing: `piivault keys retire --master VERSION` destroys them");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retire(settings: &Settings, version: i64) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let (keys, watch) = app.vault.keys();
+    let result =
+        crate::keys::retire_master(&app.store, &app.audit, keys, watch, version, &events()).await;
+    app.store.close().await;
+    if result? {
+        println!("master key version {version} destroyed and removed from the key file");
+    } else {
+        println!(
+            "master key version {version} destroyed; remove its v{version}: entry from PIIVAULT_MASTER_KEY (or wherever else a copy is kept)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&settings.database_url, 2)
         .await
         .context("opening the store")?;
@@ -31,7 +140,7 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
     store.close().await;
     let current_master = rows
         .iter()
-        .filter(|r| r.kind == "master")
+        .filter(|r| r.kind == "master" && r.destroyed_at.is_none())
         .map(|r| r.version)
         .max();
     let audit_keys = audit_public_keys(settings);
@@ -64,6 +173,7 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
         "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12}",
         "key", "version", "algorithm", "state", "created (UTC)", "keys", "encryptions"
     );
+    // Master versions count the keys they wrap; data keys the subjects' keys.
     for r in &rows {
         let wrapped = r
             .wrapped_by
@@ -108,9 +218,11 @@ fn algorithm(kind: &str) -> &'static str {
     }
 }
 
-/// Master versions: the newest wraps new keys (active), older ones only unwrap.
+/// Master versions: the newest live one wraps new keys (active), older ones only
+/// unwrap (decrypt-only) until `keys retire` destroys them.
 fn state(r: &crate::store::KeyVersionRow, current_master: Option<i64>) -> &'static str {
     match r.kind.as_str() {
+        "master" if r.destroyed_at.is_some() => "destroyed",
         "master" if Some(r.version) == current_master => "active",
         "master" => "decrypt-only",
         _ => "active",

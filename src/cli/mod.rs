@@ -89,6 +89,19 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 /// An audit event by the operator at the command line.
+/// A progress bar on standard error: `what`, the bar, done/total `unit`, rate and time
+/// left. Hidden when standard error is not a terminal.
+pub(crate) fn progress_bar(len: u64, what: &str, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{wide_bar}} {{pos}}/{{len}} {unit}, {{per_sec}}, {{eta}} left"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 pub(crate) fn operator_event(action: &str) -> crate::audit::Event {
     crate::audit::Event::new(
         "cli",

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use super::{
-    random_bytes, CryptoError, MacKey, MasterKeyRing, MasterKeySource, BLIND_INDEX_KEY,
-    TOKEN_HASH_KEY,
-};
-use crate::store::{MasterKeyRow, Store, StoreError, SystemKeyRow};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use super::{random_bytes, CryptoError, MacKey, MasterKeyRing, MasterKeySource};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -20,11 +20,19 @@ pub enum KeyError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Setup(String),
+    /// A master-key version that wraps stored keys is not loaded here (for instance a
+    /// rotation on another node added it to a key file this node has not got yet).
+    #[error("master key version {0} is not loaded on this node")]
+    Unavailable(i64),
 }
 
-/// Everything key-related a running vault needs.
+/// Everything key-related a running vault needs. The master keyring can be replaced
+/// while the vault runs (a rotation added a version, a retirement removed one); the
+/// system keys are fixed for the process's life.
 pub struct Keys {
-    master: MasterKeyRing,
+    master: RwLock<Arc<MasterKeyRing>>,
+    /// The key file the ring was read from, if it came from one.
+    file: Option<PathBuf>,
     blind: MacKey,
     token: MacKey,
 }
@@ -32,7 +40,8 @@ pub struct Keys {
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
-            .field("master", &self.master)
+            .field("master", &self.master())
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }
@@ -52,155 +61,116 @@ fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyError> {
 }
 
 fn create_key_file(path: &Path) -> Result<(), KeyError> {
-    let text = MasterKeyRing::generate_key_file_text();
+    write_key_file(path, &MasterKeyRing::generate_key_file_text(), true)?;
+    tracing::info!(path = %path.display(), "created a new master key file");
+    Ok(())
+}
+
+/// Writes key file text durably: a new file (`create_new`), or a replacement written
+/// beside it and renamed over it, so a crash leaves the old text or the new, never half.
+fn write_key_file(path: &Path, text: &str, create_new: bool) -> Result<(), KeyError> {
     let setup = |e: std::io::Error| {
         KeyError::Setup(format!(
             "cannot create master key file {}: {e}",
             path.display()
         ))
     };
+    let target = if create_new {
+        path.to_owned()
+    } else {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".new");
+        let staged = PathBuf::from(name);
+        let _ = std::fs::remove_file(&staged);
+        staged
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
+        .open(&target)
         .map_err(setup)?;
     file.write_all(text.as_bytes()).map_err(setup)?;
     file.sync_all().map_err(setup)?;
+    if !create_new {
+        std::fs::rename(&target, path).map_err(setup)?;
+    }
     if let Some(dir) = path.parent() {
-        // Make the new directory entry durable too.
+        // Make the directory entry durable too.
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
     }
-    tracing::info!(path = %path.display(), "created a new master key file");
     Ok(())
 }
 
 impl Keys {
-    /// Loads the master key from `source`, initialising an empty vault (check values,
-    /// system keys) or verifying that the key matches an existing one.
-    /// Returns the keys and whether this call initialised the vault.
-    pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Self, bool), KeyError> {
-        let initialised = store.get_meta("initialised_at").await?.is_some();
-        let mut new_salt = None;
-        let master = match source {
-            MasterKeySource::File { path, create } => {
-                if !path.exists() {
-                    if initialised || !create {
-                        return Err(KeyError::Setup(format!(
-                            "master key file {} not found; this vault is already initialised, so no new key is made (restore the key file or point --master-key-file at it)",
-                            path.display()
-                        )));
-                    }
-                    create_key_file(path)?;
-                }
-                MasterKeyRing::parse(&read_key_file(path)?)?
-            }
-            MasterKeySource::Inline(text) => MasterKeyRing::parse(text)?,
-            MasterKeySource::Passphrase(pass) => {
-                let salt = match store.get_meta("kdf_salt").await? {
-                    Some(hex_salt) => hex::decode(hex_salt)
-                        .map_err(|_| KeyError::Setup("stored kdf_salt is not hex".into()))?,
-                    None if !initialised => {
-                        let salt = random_bytes::<16>().to_vec();
-                        new_salt = Some(hex::encode(&salt));
-                        salt
-                    }
-                    None => {
-                        return Err(KeyError::Setup(
-                            "this vault was not initialised with a passphrase (no kdf_salt)".into(),
-                        ))
-                    }
-                };
-                MasterKeyRing::from_passphrase(pass, &salt)?
-            }
-        };
-
-        let mut created = false;
-        if !initialised {
-            let masters = master
-                .versions()
-                .into_iter()
-                .map(|version| {
-                    Ok(MasterKeyRow {
-                        version,
-                        check_value: master.check_value(version)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, CryptoError>>()?;
-            let mut system = Vec::new();
-            for name in [BLIND_INDEX_KEY, TOKEN_HASH_KEY] {
-                let (kek_version, wrapped) = master.new_system_key(name, 1)?;
-                system.push(SystemKeyRow {
-                    name: name.into(),
-                    version: 1,
-                    kek_version,
-                    wrapped,
-                });
-            }
-            let mut meta = Vec::new();
-            if let Some(salt) = new_salt {
-                meta.push(("kdf_salt", salt));
-            }
-            match store.initialise(&masters, &system, &meta).await {
-                Ok(()) => created = true,
-                // Another vault node initialised the same database first: use its keys.
-                Err(StoreError::Conflict) => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// The keys of a running vault: `master` as loaded (from `file`, if it came from
+    /// one) and the unwrapped system keys.
+    pub fn new(master: MasterKeyRing, file: Option<PathBuf>, blind: MacKey, token: MacKey) -> Self {
+        Self {
+            master: RwLock::new(Arc::new(master)),
+            file,
+            blind,
+            token,
         }
-
-        let known = store.master_keys().await?;
-        let mut matched = false;
-        for version in master.versions() {
-            match known.iter().find(|k| k.version == version) {
-                Some(row) => {
-                    master.verify_check_value(version, &row.check_value)?;
-                    matched = true;
-                }
-                None => {
-                    store
-                        .add_master_key(&MasterKeyRow {
-                            version,
-                            check_value: master.check_value(version)?,
-                        })
-                        .await?;
-                    tracing::info!(version, "new master key version recorded");
-                }
-            }
-        }
-        if !matched {
-            return Err(KeyError::Setup(
-                "none of the loaded master key versions is known to this database".into(),
-            ));
-        }
-
-        let system = store.system_keys().await?;
-        let latest = |name: &str| {
-            system
-                .iter()
-                .filter(|k| k.name == name)
-                .max_by_key(|k| k.version)
-                .ok_or_else(|| KeyError::Setup(format!("system key {name} is missing")))
-        };
-        let unwrap = |row: &SystemKeyRow| {
-            master.unwrap_system_key(&row.name, row.version, row.kek_version, &row.wrapped)
-        };
-        let blind = unwrap(latest(BLIND_INDEX_KEY)?)?;
-        let token = unwrap(latest(TOKEN_HASH_KEY)?)?;
-        Ok((
-            Self {
-                master,
-                blind,
-                token,
-            },
-            created,
-        ))
     }
 
-    pub fn master(&self) -> &MasterKeyRing {
-        &self.master
+    /// The master keyring as it is now.
+    pub fn master(&self) -> Arc<MasterKeyRing> {
+        match self.master.read() {
+            Ok(ring) => ring.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the master keyring (after it was checked against the store).
+    pub fn set_master(&self, ring: MasterKeyRing) {
+        let ring = Arc::new(ring);
+        match self.master.write() {
+            Ok(mut slot) => *slot = ring,
+            Err(poisoned) => *poisoned.into_inner() = ring,
+        }
+    }
+
+    /// The key file the master keyring comes from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Reads the key file again; `None` when the keyring did not come from a file (an
+    /// environment variable or a passphrase cannot change while the process runs).
+    pub fn read_file(&self) -> Result<Option<MasterKeyRing>, KeyError> {
+        match &self.file {
+            Some(path) => Ok(Some(MasterKeyRing::parse(&read_key_file(path)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a fresh random master-key `version` to the key file.
+    pub fn add_file_version(&self, version: i64) -> Result<(), KeyError> {
+        let path = self.file.as_deref().ok_or_else(|| {
+            KeyError::Setup("the master key does not come from a key file".into())
+        })?;
+        let text = read_key_file(path)?;
+        write_key_file(
+            path,
+            &MasterKeyRing::key_file_with_version(&text, version),
+            false,
+        )
+    }
+
+    /// Removes master-key `version` from the key file: the version is destroyed here.
+    pub fn remove_file_version(&self, version: i64) -> Result<(), KeyError> {
+        let path = self.file.as_deref().ok_or_else(|| {
+            KeyError::Setup("the master key does not come from a key file".into())
+        })?;
+        let text = read_key_file(path)?;
+        write_key_file(
+            path,
+            &MasterKeyRing::key_file_without_version(&text, version)?,
+            false,
+        )
     }
 
     pub fn blind_index(&self, field: &str, normalised: &str) -> Vec<u8> {
@@ -209,5 +179,49 @@ impl Keys {
 
     pub fn token_hash(&self, secret: &str) -> Vec<u8> {
         super::token_hash(&self.token, secret)
+    }
+}
+
+/// Loads the master keyring from `source`. A missing key file is created (one fresh
+/// version) only when `may_create` and the source allows it. `salt` is the stored
+/// passphrase salt, if any; a new one is generated for an uninitialised vault and
+/// returned to be stored.
+pub fn load_ring(
+    source: &MasterKeySource,
+    may_create: bool,
+    salt: Option<Vec<u8>>,
+) -> Result<(MasterKeyRing, Option<Vec<u8>>), KeyError> {
+    match source {
+        MasterKeySource::File { path, create } => {
+            if !path.exists() {
+                if !(may_create && *create) {
+                    return Err(KeyError::Setup(format!(
+                        "master key file {} not found; this vault is already initialised, so no new key is made (restore the key file or point --master-key-file at it)",
+                        path.display()
+                    )));
+                }
+                create_key_file(path)?;
+            }
+            Ok((MasterKeyRing::parse(&read_key_file(path)?)?, None))
+        }
+        MasterKeySource::Inline(text) => Ok((MasterKeyRing::parse(text)?, None)),
+        MasterKeySource::Passphrase(pass) => match salt {
+            Some(salt) => Ok((MasterKeyRing::from_passphrase(pass, &salt)?, None)),
+            None if may_create => {
+                let salt = random_bytes::<16>().to_vec();
+                Ok((MasterKeyRing::from_passphrase(pass, &salt)?, Some(salt)))
+            }
+            None => Err(KeyError::Setup(
+                "this vault was not initialised with a passphrase (no kdf_salt)".into(),
+            )),
+        },
+    }
+}
+
+/// The key file a source names, if it is one.
+pub fn source_file(source: &MasterKeySource) -> Option<PathBuf> {
+    match source {
+        MasterKeySource::File { path, .. } => Some(path.clone()),
+        _ => None,
     }
 }

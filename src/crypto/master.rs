@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -48,8 +49,9 @@ struct KekVersion {
 }
 
 /// All loaded master key versions; the highest is current and wraps new keys.
+#[derive(Clone)]
 pub struct MasterKeyRing {
-    versions: BTreeMap<i64, KekVersion>,
+    versions: BTreeMap<i64, Arc<KekVersion>>,
 }
 
 impl std::fmt::Debug for MasterKeyRing {
@@ -70,6 +72,13 @@ fn derive(raw: &[u8], info: &str) -> Zeroizing<[u8; 32]> {
     out
 }
 
+/// One `vN:BASE64` key-file line holding a fresh random key.
+fn new_version_line(version: i64) -> Zeroizing<String> {
+    let key = Zeroizing::new(random_bytes::<32>());
+    let b64 = Zeroizing::new(B64.encode(key.as_slice()));
+    Zeroizing::new(format!("v{version}:{}\n", b64.as_str()))
+}
+
 impl MasterKeyRing {
     fn from_raw(raw: BTreeMap<i64, Zeroizing<Vec<u8>>>) -> Result<Self, CryptoError> {
         if raw.is_empty() {
@@ -84,7 +93,7 @@ impl MasterKeyRing {
             }
             let wrap = DataKey::from_bytes(derive(&bytes, "wrap").as_slice())?;
             let check = MacKey::from_bytes(derive(&bytes, "check").as_slice())?;
-            versions.insert(version, KekVersion { wrap, check });
+            versions.insert(version, Arc::new(KekVersion { wrap, check }));
         }
         Ok(Self { versions })
     }
@@ -151,9 +160,74 @@ impl MasterKeyRing {
 
     /// Text of a new key file holding one fresh random version-1 key.
     pub fn generate_key_file_text() -> Zeroizing<String> {
-        let key = Zeroizing::new(random_bytes::<32>());
-        let b64 = Zeroizing::new(B64.encode(key.as_slice()));
-        Zeroizing::new(format!("{KEY_FILE_HEADER}\nv1:{}\n", b64.as_str()))
+        Zeroizing::new(format!(
+            "{KEY_FILE_HEADER}\n{}",
+            new_version_line(1).as_str()
+        ))
+    }
+
+    /// Key file `text` with a fresh random key added as `version` (comments and the
+    /// other versions kept as they are).
+    pub fn key_file_with_version(text: &str, version: i64) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(text.to_owned());
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&new_version_line(version));
+        out
+    }
+
+    /// Key file `text` without `version`'s line. A file whose keys are not written one
+    /// `vN:BASE64` a line (a single bare key, or comma-separated entries) is refused.
+    pub fn key_file_without_version(
+        text: &str,
+        version: i64,
+    ) -> Result<Zeroizing<String>, CryptoError> {
+        let prefix = format!("v{version}:");
+        let mut out = Zeroizing::new(String::with_capacity(text.len()));
+        let mut removed = false;
+        for line in text.lines() {
+            let entry = line.trim();
+            if !entry.is_empty()
+                && !entry.starts_with('#')
+                && (entry.contains(',') || !entry.contains(':'))
+            {
+                return Err(CryptoError::MasterKey(
+                    "the key file must hold one vN:BASE64 entry a line to have a version removed"
+                        .into(),
+                ));
+            }
+            if entry.starts_with(&prefix) {
+                removed = true;
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        if !removed {
+            return Err(CryptoError::UnknownKekVersion(version));
+        }
+        Ok(out)
+    }
+
+    pub fn contains(&self, version: i64) -> bool {
+        self.versions.contains_key(&version)
+    }
+
+    /// The ring without the versions `keep` refuses.
+    pub fn retain(&self, keep: impl Fn(i64) -> bool) -> Self {
+        Self {
+            versions: self
+                .versions
+                .iter()
+                .filter(|(v, _)| keep(**v))
+                .map(|(v, k)| (*v, k.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
     }
 
     pub fn current_version(&self) -> i64 {
@@ -167,6 +241,7 @@ impl MasterKeyRing {
     fn version(&self, v: i64) -> Result<&KekVersion, CryptoError> {
         self.versions
             .get(&v)
+            .map(|k| k.as_ref())
             .ok_or(CryptoError::UnknownKekVersion(v))
     }
 
@@ -214,6 +289,34 @@ impl MasterKeyRing {
         let aad = Aad::subject_key(subject, dek_version, kek_version);
         let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
         DataKey::from_bytes(&bytes)
+    }
+
+    /// Unwraps a subject's DEK from `kek_version` and wraps it again under the current
+    /// version; the key itself never leaves this module.
+    pub fn rewrap_subject_key(
+        &self,
+        subject: &str,
+        dek_version: i64,
+        kek_version: i64,
+        wrapped: &[u8],
+    ) -> Result<(i64, Sealed), CryptoError> {
+        let dek = self.unwrap_subject_key(subject, dek_version, kek_version, wrapped)?;
+        self.wrap_subject_key(subject, dek_version, &dek)
+    }
+
+    /// As [`Self::rewrap_subject_key`], for a system key.
+    pub fn rewrap_system_key(
+        &self,
+        name: &str,
+        version: i64,
+        kek_version: i64,
+        wrapped: &[u8],
+    ) -> Result<(i64, Sealed), CryptoError> {
+        let aad = Aad::system_key(name, version, kek_version);
+        let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
+        let (current, kek) = self.current()?;
+        let aad = Aad::system_key(name, version, current);
+        Ok((current, kek.wrap.seal(&aad, &bytes)))
     }
 
     /// Generates and wraps a new system MAC key (blind index, token hash).

@@ -63,6 +63,16 @@ impl IntoResponse for ApiError {
                     None,
                 )
             }
+            Self::KeyUnavailable => {
+                tracing::error!("a master key version the data needs is not loaded on this node; add it to the key source");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key_unavailable",
+                    "the vault cannot unwrap this data's key on this node; try again later"
+                        .to_owned(),
+                    None,
+                )
+            }
             Self::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",

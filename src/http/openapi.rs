@@ -99,7 +99,8 @@ pub enum Refusals {
     #[response(status = 429)]
     TooMany(ErrorBody),
     /// Codes: `audit_unavailable` (nothing is handed out or changed without its audit
-    /// event), `store_unavailable`, `integrity_error`, `internal`.
+    /// event), `store_unavailable`, `key_unavailable` (a master-key version the data needs is not
+    /// loaded on this node), `integrity_error`, `internal`.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }

@@ -33,6 +33,8 @@ pub enum Error {
     /// The client did not send its whole request body in time.
     RequestTimeout,
     Unavailable,
+    /// A master-key version the data needs is not loaded on this node.
+    KeyUnavailable,
     /// The audit event could not be written: nothing is handed out or changed.
     AuditUnavailable,
     /// A stored ciphertext failed authentication: answered as an error, never as data.
@@ -123,6 +125,7 @@ pub fn reason_code(e: &VaultError) -> &'static str {
         VaultError::Invalid(v) => v.rule,
         VaultError::Integrity { .. } => "integrity_error",
         VaultError::Audit(_) => "audit_unavailable",
+        VaultError::KeyUnavailable(_) => "key_unavailable",
         _ => "internal",
     }
 }
@@ -142,6 +145,7 @@ impl From<VaultError> for Error {
             VaultError::Integrity { .. } => Self::Integrity,
             VaultError::Audit(a) => a.into(),
             VaultError::Store(s) => Self::store(s),
+            VaultError::KeyUnavailable(_) => Self::KeyUnavailable,
             other => Self::internal(other),
         }
     }
@@ -189,6 +193,9 @@ impl std::fmt::Display for Error {
             Self::PayloadTooLarge => f.write_str("payload_too_large"),
             Self::RequestTimeout => f.write_str("request_timeout"),
             Self::Unavailable => f.write_str("unavailable: the store cannot be reached"),
+            Self::KeyUnavailable => {
+                f.write_str("key_unavailable: a master key version is not loaded on this node")
+            }
             Self::AuditUnavailable => f.write_str(
                 "audit_unavailable: the audit trail cannot be written; nothing was changed",
             ),

@@ -8,6 +8,8 @@ use super::{Store, StoreError};
 pub const TOKEN: &str = "token";
 /// A subject's consent, hold or existence changed; the key is its id.
 pub const SUBJECT: &str = "subject";
+/// A master-key version was added or destroyed: read the key source again.
+pub const KEYS: &str = "keys";
 
 /// Records a change, inside the transaction that makes it.
 pub(super) async fn note(

@@ -1,9 +1,48 @@
+use super::changes::{note_in, KEYS};
+use super::write::{op, Script, WriteOp};
 use super::{is_conflict, now_ms, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct MasterKeyRow {
     pub version: i64,
     pub check_value: Vec<u8>,
+    /// When `piivault keys retire --master` destroyed it (nothing is wrapped under it
+    /// any more); `None` while it is live.
+    pub destroyed_at: Option<i64>,
+}
+
+/// A wrapped key as stored: a subject's data key (`name` is the subject id,
+/// `version` the DEK version) or a system key (`name` is its name).
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    pub name: String,
+    pub version: i64,
+    pub kek_version: i64,
+    pub wrapped: Vec<u8>,
+}
+
+/// A key wrapped again: `wrapped` under `kek_version`, replacing what was under
+/// `old_kek_version`.
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    pub name: String,
+    pub version: i64,
+    pub old_kek_version: i64,
+    pub kek_version: i64,
+    pub wrapped: Vec<u8>,
+}
+
+/// How many stored keys one master-key version wraps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WrappedCount {
+    pub subject_keys: i64,
+    pub system_keys: i64,
+}
+
+impl WrappedCount {
+    pub fn total(&self) -> i64 {
+        self.subject_keys + self.system_keys
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -16,15 +55,17 @@ pub struct SystemKeyRow {
 
 impl Store {
     pub async fn master_keys(&self) -> Result<Vec<MasterKeyRow>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, check_value FROM master_keys ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(i64, Vec<u8>, Option<i64>)> = sqlx::query_as(
+            "SELECT version, check_value, destroyed_at FROM master_keys ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|(version, check_value)| MasterKeyRow {
+            .map(|(version, check_value, destroyed_at)| MasterKeyRow {
                 version,
                 check_value,
+                destroyed_at,
             })
             .collect())
     }
@@ -101,19 +142,180 @@ impl Store {
         tx.commit().await
     }
 
-    /// Records the check value of a master key version seen for the first time.
+    /// Records the check value of a master key version seen for the first time, and
+    /// tells every node to read its key source again.
     pub async fn add_master_key(&self, row: &MasterKeyRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO master_keys (version, check_value, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(row.version)
-        .bind(row.check_value.as_slice())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let change = self.add_master_key_op(row.clone());
+        self.transact(change).await
     }
+
+    /// [`Store::add_master_key`] as a change to commit with its audit event.
+    pub fn add_master_key_op(&self, row: MasterKeyRow) -> WriteOp {
+        op(move |conn| {
+            let row = row.clone();
+            Box::pin(async move {
+                let now = now_ms();
+                let mut script = Script::new(conn);
+                script
+                    .sql(
+                        "INSERT INTO master_keys (version, check_value, created_at) VALUES (?, ?, ?) \
+                         ON CONFLICT (version) DO NOTHING",
+                    )
+                    .bind(row.version)
+                    .bind(row.check_value)
+                    .bind(now);
+                note_in(&mut script, KEYS, "master", now);
+                script.run(conn).await
+            })
+        })
+    }
+
+    /// Up to `limit` subject keys wrapped under a master-key version other than
+    /// `current`, in (subject, version) order after `after`.
+    pub async fn subject_keys_not_under(
+        &self,
+        current: i64,
+        after: Option<(&str, i64)>,
+        limit: i64,
+    ) -> Result<Vec<WrappedKey>, StoreError> {
+        let (after_id, after_version) = after.unwrap_or(("", 0));
+        let rows: Vec<(String, i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT subject_id, version, kek_version, wrapped FROM subject_keys \
+             WHERE (subject_id > $1 OR (subject_id = $1 AND version > $2)) AND kek_version <> $3 \
+             ORDER BY subject_id, version LIMIT $4",
+        )
+        .bind(after_id)
+        .bind(after_version)
+        .bind(current)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, version, kek_version, wrapped)| WrappedKey {
+                name,
+                version,
+                kek_version,
+                wrapped,
+            })
+            .collect())
+    }
+
+    /// Stores subject keys wrapped again. Each row changes only if it is still
+    /// wrapped as it was read (a concurrent erasure or key change wins).
+    pub fn rewrap_subject_keys_op(&self, rows: Vec<Rewrapped>) -> WriteOp {
+        rewrap_op(
+            "UPDATE subject_keys SET kek_version = ?, wrapped = ? \
+             WHERE subject_id = ? AND version = ? AND kek_version = ?",
+            rows,
+        )
+    }
+
+    /// As [`Store::rewrap_subject_keys_op`], for system keys.
+    pub fn rewrap_system_keys_op(&self, rows: Vec<Rewrapped>) -> WriteOp {
+        rewrap_op(
+            "UPDATE system_keys SET kek_version = ?, wrapped = ? \
+             WHERE name = ? AND version = ? AND kek_version = ?",
+            rows,
+        )
+    }
+
+    /// How many keys each master-key version wraps.
+    pub async fn wrapped_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<i64, WrappedCount>, StoreError> {
+        let mut out = std::collections::BTreeMap::<i64, WrappedCount>::new();
+        let subject: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT kek_version, CAST(count(*) AS BIGINT) FROM subject_keys GROUP BY kek_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (v, n) in subject {
+            out.entry(v).or_default().subject_keys = n;
+        }
+        let system: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT kek_version, CAST(count(*) AS BIGINT) FROM system_keys GROUP BY kek_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (v, n) in system {
+            out.entry(v).or_default().system_keys = n;
+        }
+        Ok(out)
+    }
+
+    /// Marks master-key `version` destroyed, in the transaction that checks nothing is
+    /// wrapped under it any more (`Conflict` if something is) and that it is not the
+    /// newest live version (`Conflict` too); tells every node to drop it.
+    pub fn destroy_master_key_op(&self, version: i64) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                let wrapped: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT CAST(count(*) AS BIGINT) FROM subject_keys WHERE kek_version = $1) \
+                     + (SELECT CAST(count(*) AS BIGINT) FROM system_keys WHERE kek_version = $1)",
+                )
+                .bind(version)
+                .fetch_one(&mut *conn)
+                .await?;
+                let newer: i64 = sqlx::query_scalar(
+                    "SELECT CAST(count(*) AS BIGINT) FROM master_keys \
+                     WHERE version > $1 AND destroyed_at IS NULL",
+                )
+                .bind(version)
+                .fetch_one(&mut *conn)
+                .await?;
+                if wrapped != 0 || newer == 0 {
+                    return Err(StoreError::Conflict);
+                }
+                let now = now_ms();
+                let mut script = Script::new(conn);
+                script
+                    .sql("UPDATE master_keys SET destroyed_at = ? WHERE version = ? AND destroyed_at IS NULL")
+                    .bind(now)
+                    .bind(version);
+                note_in(&mut script, KEYS, "master", now);
+                script.run(conn).await
+            })
+        })
+    }
+
+    /// Sets (or, with `None`, removes) a `vault_meta` entry, as a change to commit
+    /// with its audit event.
+    pub fn set_meta_op(&self, key: &'static str, value: Option<String>) -> WriteOp {
+        op(move |conn| {
+            let value = value.clone();
+            Box::pin(async move {
+                let mut script = Script::new(conn);
+                script.sql("DELETE FROM vault_meta WHERE key = ?").bind(key);
+                if let Some(v) = value {
+                    script
+                        .sql("INSERT INTO vault_meta (key, value) VALUES (?, ?)")
+                        .bind(key)
+                        .bind(v);
+                }
+                script.run(conn).await
+            })
+        })
+    }
+}
+
+fn rewrap_op(update: &'static str, rows: Vec<Rewrapped>) -> WriteOp {
+    op(move |conn| {
+        let rows = rows.clone();
+        Box::pin(async move {
+            let mut script = Script::new(conn);
+            for r in rows {
+                script
+                    .sql(update)
+                    .bind(r.kek_version)
+                    .bind(r.wrapped)
+                    .bind(r.name)
+                    .bind(r.version)
+                    .bind(r.old_kek_version);
+            }
+            script.run(conn).await
+        })
+    })
 }
 
 /// One line of the key inventory, as stored (no key material).
@@ -125,7 +327,10 @@ pub struct KeyVersionRow {
     /// The master-key version that wraps it (none for a master key).
     pub wrapped_by: Option<i64>,
     pub created_at: i64,
-    /// Data keys: how many subjects' keys are at this version and wrapping.
+    /// Master keys: when it was destroyed (`keys retire`), if it was.
+    pub destroyed_at: Option<i64>,
+    /// Data keys: how many subjects' keys are at this version and wrapping. Master
+    /// keys: how many keys (subject and system) it wraps.
     pub keys: i64,
     /// Values encrypted under them (data keys; 0 where not counted).
     pub encryptions: i64,
@@ -141,19 +346,24 @@ impl Store {
                 version,
                 wrapped_by,
                 created_at,
+                destroyed_at: None,
                 keys,
                 encryptions,
             };
         let mut out = Vec::new();
-        let masters: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT version, created_at FROM master_keys ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?;
-        out.extend(
-            masters
-                .into_iter()
-                .map(|(v, at)| row("master".into(), v, None, at, 1, 0)),
-        );
+        let masters: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT version, created_at, destroyed_at FROM master_keys ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let wrapped = self.wrapped_counts().await?;
+        out.extend(masters.into_iter().map(|(v, at, destroyed_at)| {
+            let items = wrapped.get(&v).map_or(0, WrappedCount::total);
+            KeyVersionRow {
+                destroyed_at,
+                ..row("master".into(), v, None, at, items, 0)
+            }
+        }));
         let system: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT name, version, kek_version, created_at FROM system_keys ORDER BY name, version",
         )

@@ -20,7 +20,7 @@ mod write;
 pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
 pub use audit_index::{subject_seqs, IndexStep};
 pub use consent::ConsentRow;
-pub use keys::{KeyVersionRow, MasterKeyRow, SystemKeyRow};
+pub use keys::{KeyVersionRow, MasterKeyRow, Rewrapped, SystemKeyRow, WrappedCount, WrappedKey};
 pub use requests::RequestRow;
 pub use retention::ExpiredRow;
 pub use subjects::{

@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 use crate::audit::{Audit, AuditError, CommitError, Event};
 use crate::cache::Cache;
 use crate::classify::{Catalogue, ValidationError};
-use crate::crypto::{Aad, CryptoError, DataKey, Keys};
+use crate::crypto::{Aad, CryptoError, DataKey, KeyError, Keys};
+use crate::keys::KeyWatch;
 use crate::store::{
     now_ms, FieldRow, IndexEntry, NewSubject, RecordRow, Store, StoreError, SubjectKeyRow,
     SubjectSnapshot, SubjectWrite, WriteOp,
@@ -52,6 +53,21 @@ pub enum VaultError {
     /// The audit events could not be written, so the change was not made.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The subject's key is wrapped under a master-key version this node has not
+    /// loaded: answered as unavailable until its key source has it.
+    #[error("master key version {0} is not loaded on this node")]
+    KeyUnavailable(i64),
+}
+
+impl From<KeyError> for VaultError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Unavailable(v) => Self::KeyUnavailable(v),
+            KeyError::Store(s) => s.into(),
+            KeyError::Crypto(c) => Self::Crypto(c),
+            KeyError::Setup(m) => Self::Integrity { what: m },
+        }
+    }
 }
 
 impl From<StoreError> for VaultError {
@@ -121,6 +137,8 @@ pub struct Vault {
     /// data keys; never plaintext.
     snapshots: Arc<Cache<String, Arc<Subject>>>,
     keys: Arc<Keys>,
+    /// Reads the master key source again when a version is added or destroyed.
+    key_watch: Arc<KeyWatch>,
     catalogue: Arc<Catalogue>,
     key_usage_limit: i64,
     /// Ids for the subjects this process creates.
@@ -148,6 +166,7 @@ impl Vault {
                 SNAPSHOT_CACHE_TTL,
             )),
             keys,
+            key_watch: Arc::new(KeyWatch::default()),
             catalogue,
             key_usage_limit: DEFAULT_KEY_USAGE_LIMIT,
             ids: Arc::new(IdSequence::default()),
@@ -368,6 +387,7 @@ impl Vault {
         let Some(snapshot) = self.store.subject_snapshot(id.as_str()).await? else {
             return Ok(None);
         };
+        self.ensure_keks(&snapshot.keys).await?;
         let found = Arc::new(Subject {
             snapshot,
             data_keys: std::sync::OnceLock::new(),
@@ -400,13 +420,37 @@ impl Vault {
 
     async fn unwrap_all(&self, id: &SubjectId) -> Result<BTreeMap<i64, DataKey>, VaultError> {
         let rows = self.store.subject_keys(id.as_str()).await?;
+        self.ensure_keks(&rows).await?;
         self.unwrap_keys(id, &rows)
+    }
+
+    /// Makes sure the master-key versions wrapping `rows` are loaded (see [`KeyWatch`]).
+    async fn ensure_keks(&self, rows: &[SubjectKeyRow]) -> Result<(), VaultError> {
+        Ok(self
+            .key_watch
+            .ensure(&self.keys, &self.store, rows.iter().map(|r| r.kek_version))
+            .await?)
+    }
+
+    /// The keys this vault holds, and what keeps its master keyring current.
+    pub fn keys(&self) -> (&Keys, &KeyWatch) {
+        (&self.keys, &self.key_watch)
+    }
+
+    /// Reads the master key source again (a version was added or destroyed) and
+    /// forgets every cached subject, whose keys may be wrapped differently now.
+    pub async fn reload_keys(&self) -> Result<(), KeyError> {
+        let result = self.key_watch.reload(&self.keys, &self.store).await;
+        self.snapshots.set_enabled(false);
+        self.snapshots.set_enabled(true);
+        result
     }
 
     /// The DEK for `n` new encryptions: the current one, or a new version once the
     /// current one has reached its usage bound.
     async fn write_key(&self, id: &SubjectId, n: usize) -> Result<WriteKey, VaultError> {
         let rows = self.store.subject_keys(id.as_str()).await?;
+        self.ensure_keks(&rows).await?;
         let Some(current) = rows.last() else {
             return Err(VaultError::NotFound);
         };

@@ -1,0 +1,201 @@
+//! The key lifecycle: loading the master keyring and checking it against the store,
+//! picking up versions added or destroyed while the vault runs, rotating the master key
+//! (every stored key wrapped again under a new version) and retiring an old version.
+//! Key bytes stay in `crypto`; this module decides what to wrap, when, and records it.
+
+mod rotate;
+
+pub use rotate::{retire_master, rotate_master, Progress, RetireError, RotateError, RotateReport};
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::crypto::{
+    load_ring, source_file, KeyError, Keys, MasterKeyRing, MasterKeySource, BLIND_INDEX_KEY,
+    TOKEN_HASH_KEY,
+};
+use crate::store::{MasterKeyRow, Store, StoreError, SystemKeyRow};
+
+/// Loads the master key from `source`, initialising an empty vault (check values,
+/// system keys) or checking that the key matches an existing one.
+/// Returns the keys and whether this call initialised the vault.
+pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Keys, bool), KeyError> {
+    let initialised = store.get_meta("initialised_at").await?.is_some();
+    let salt = match (source, store.get_meta("kdf_salt").await?) {
+        (MasterKeySource::Passphrase(_), Some(hex_salt)) => Some(
+            hex::decode(hex_salt)
+                .map_err(|_| KeyError::Setup("stored kdf_salt is not hex".into()))?,
+        ),
+        _ => None,
+    };
+    let (ring, new_salt) = load_ring(source, !initialised, salt)?;
+
+    let mut created = false;
+    if !initialised {
+        let masters = ring
+            .versions()
+            .into_iter()
+            .map(|version| {
+                Ok(MasterKeyRow {
+                    version,
+                    check_value: ring.check_value(version)?,
+                    destroyed_at: None,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::crypto::CryptoError>>()?;
+        let mut system = Vec::new();
+        for name in [BLIND_INDEX_KEY, TOKEN_HASH_KEY] {
+            let (kek_version, wrapped) = ring.new_system_key(name, 1)?;
+            system.push(SystemKeyRow {
+                name: name.into(),
+                version: 1,
+                kek_version,
+                wrapped,
+            });
+        }
+        let mut meta = Vec::new();
+        if let Some(salt) = new_salt {
+            meta.push(("kdf_salt", hex::encode(salt)));
+        }
+        match store.initialise(&masters, &system, &meta).await {
+            Ok(()) => created = true,
+            // Another vault node initialised the same database first: use its keys.
+            Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let ring = reconcile(store, ring).await?;
+    let system = store.system_keys().await?;
+    let latest = |name: &str| {
+        system
+            .iter()
+            .filter(|k| k.name == name)
+            .max_by_key(|k| k.version)
+            .ok_or_else(|| KeyError::Setup(format!("system key {name} is missing")))
+    };
+    let unwrap = |row: &SystemKeyRow| {
+        if !ring.contains(row.kek_version) {
+            return Err(KeyError::Unavailable(row.kek_version));
+        }
+        Ok(ring.unwrap_system_key(&row.name, row.version, row.kek_version, &row.wrapped)?)
+    };
+    let blind = unwrap(latest(BLIND_INDEX_KEY)?)?;
+    let token = unwrap(latest(TOKEN_HASH_KEY)?)?;
+    Ok((Keys::new(ring, source_file(source), blind, token), created))
+}
+
+/// Checks a keyring against the store: every version the store knows must match its
+/// check value; versions it has not seen are recorded; destroyed versions are left out
+/// (with a warning: they should be gone from the key source). At least one live
+/// version must be one the store knows, so a key for another vault is refused.
+async fn reconcile(store: &Store, ring: MasterKeyRing) -> Result<MasterKeyRing, KeyError> {
+    let known = store.master_keys().await?;
+    let mut matched = false;
+    let mut destroyed = Vec::new();
+    for version in ring.versions() {
+        match known.iter().find(|k| k.version == version) {
+            Some(row) => {
+                ring.verify_check_value(version, &row.check_value)?;
+                if row.destroyed_at.is_some() {
+                    destroyed.push(version);
+                } else {
+                    matched = true;
+                }
+            }
+            None => {
+                store
+                    .add_master_key(&MasterKeyRow {
+                        version,
+                        check_value: ring.check_value(version)?,
+                        destroyed_at: None,
+                    })
+                    .await?;
+                tracing::info!(version, "new master key version recorded");
+            }
+        }
+    }
+    if !matched {
+        return Err(KeyError::Setup(
+            "none of the loaded master key versions is a live version of this database".into(),
+        ));
+    }
+    for version in &destroyed {
+        tracing::warn!(
+            version,
+            "master key version {version} was destroyed by `keys retire`; it is not used (remove it from the key source)"
+        );
+    }
+    Ok(ring.retain(|v| !destroyed.contains(&v)))
+}
+
+/// How often at most a node reads its key source again because it met a version it
+/// has not loaded (a damaged row must not turn every read into a file read).
+const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps a running vault's master keyring in step with the store: reads the key
+/// source again when a version is added or destroyed (the change feed says so) or
+/// when a stored key names a version it has not loaded.
+#[derive(Debug)]
+pub struct KeyWatch {
+    last: Mutex<Option<Instant>>,
+}
+
+impl Default for KeyWatch {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl KeyWatch {
+    /// Reads the key source again and checks it against the store. On error the keyring
+    /// in use is kept.
+    pub async fn reload(&self, keys: &Keys, store: &Store) -> Result<(), KeyError> {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(Instant::now());
+        }
+        let ring = match keys.read_file()? {
+            Some(ring) => ring,
+            // The same versions as now, less any destroyed meanwhile.
+            None => (*keys.master()).clone(),
+        };
+        let ring = reconcile(store, ring).await?;
+        let before = keys.master().versions();
+        if ring.versions() != before {
+            tracing::info!(versions = ?ring.versions(), "master key versions reloaded");
+        }
+        keys.set_master(ring);
+        Ok(())
+    }
+
+    /// Makes sure every version in `versions` is loaded, reading the key source again
+    /// (at most once a second) if one is not. `Unavailable` if one still is not.
+    pub async fn ensure(
+        &self,
+        keys: &Keys,
+        store: &Store,
+        versions: impl IntoIterator<Item = i64>,
+    ) -> Result<(), KeyError> {
+        let ring = keys.master();
+        let Some(missing) = versions.into_iter().find(|v| !ring.contains(*v)) else {
+            return Ok(());
+        };
+        let due = self
+            .last
+            .lock()
+            .map(|last| last.is_none_or(|t| t.elapsed() >= RELOAD_AT_MOST_EVERY))
+            .unwrap_or(true);
+        if due {
+            if let Err(e) = self.reload(keys, store).await {
+                tracing::error!(error = %e, "the master key source could not be read again");
+            }
+        }
+        if keys.master().contains(missing) {
+            Ok(())
+        } else {
+            Err(KeyError::Unavailable(missing))
+        }
+    }
+}

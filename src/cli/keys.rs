@@ -32,6 +32,9 @@ pub enum KeysCommand {
         /// Keys wrapped again per transaction.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
         batch: u32,
+        /// At most this many keys a second (default: as fast as the store allows).
+        #[arg(long, value_name = "KEYS", value_parser = clap::value_parser!(u32).range(1..))]
+        max_rate: Option<u32>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -50,7 +53,18 @@ pub enum KeysCommand {
 pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeysCommand::List { json } => list(settings, json).await,
-        KeysCommand::Rotate { batch, json, .. } => rotate(settings, batch as usize, json).await,
+        KeysCommand::Rotate {
+            batch,
+            max_rate,
+            json,
+            ..
+        } => {
+            let pace = crate::keys::Pace {
+                batch: batch as usize,
+                max_per_second: max_rate,
+            };
+            rotate(settings, pace, json).await
+        }
         KeysCommand::Retire { master } => retire(settings, master).await,
     }
 }
@@ -61,7 +75,11 @@ fn events() -> impl Fn(&str) -> crate::audit::Event + Sync {
     move |action: &str| crate::audit::Event::new("cli", "operator", "admin", &request, action)
 }
 
-async fn rotate(settings: &Settings, batch: usize, json: bool) -> anyhow::Result<ExitCode> {
+async fn rotate(
+    settings: &Settings,
+    pace: crate::keys::Pace,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let app = crate::open(settings).await?;
     let (keys, watch) = app.vault.keys();
     let bar = super::progress_bar(0, "re-wrapping", "keys");
@@ -74,7 +92,7 @@ async fn rotate(settings: &Settings, batch: usize, json: bool) -> anyhow::Result
         &app.audit,
         keys,
         watch,
-        batch,
+        pace,
         &events(),
         &progress,
     )

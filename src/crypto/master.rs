@@ -358,6 +358,45 @@ mod tests {
     }
 
     #[test]
+    fn versions_are_added_to_and_removed_from_key_file_text() {
+        let text = MasterKeyRing::generate_key_file_text();
+        let two = MasterKeyRing::key_file_with_version(&text, 2);
+        assert!(two.starts_with(KEY_FILE_HEADER), "the comment is kept");
+        let ring = MasterKeyRing::parse(&two).unwrap();
+        assert_eq!(ring.versions(), [1, 2]);
+        let dek = DataKey::generate();
+        let (kv, wrapped) = MasterKeyRing::parse(&text)
+            .unwrap()
+            .wrap_subject_key("sub_a", 1, &dek)
+            .unwrap();
+        assert_eq!(kv, 1);
+        // Wrapped again under the newest version, the same key comes back.
+        let (kv2, rewrapped) = ring.rewrap_subject_key("sub_a", 1, kv, &wrapped).unwrap();
+        assert_eq!(kv2, 2);
+        let back = ring.unwrap_subject_key("sub_a", 1, 2, &rewrapped).unwrap();
+        assert_eq!(back.bytes(), dek.bytes());
+        // Bound to its place: the version number is part of what was sealed.
+        assert!(ring.unwrap_subject_key("sub_a", 1, 1, &rewrapped).is_err());
+
+        let one_left = MasterKeyRing::key_file_without_version(&two, 1).unwrap();
+        let left = MasterKeyRing::parse(&one_left).unwrap();
+        assert_eq!(left.versions(), [2]);
+        assert!(left.unwrap_subject_key("sub_a", 1, 2, &rewrapped).is_ok());
+        assert!(matches!(
+            left.unwrap_subject_key("sub_a", 1, 1, &wrapped),
+            Err(CryptoError::UnknownKekVersion(1))
+        ));
+        assert!(matches!(
+            MasterKeyRing::key_file_without_version(&one_left, 1),
+            Err(CryptoError::UnknownKekVersion(1))
+        ));
+        // A bare key or a comma list cannot have one version taken out line by line.
+        let k = B64.encode([7u8; 32]);
+        assert!(MasterKeyRing::key_file_without_version(&k, 1).is_err());
+        assert!(MasterKeyRing::key_file_without_version(&format!("v1:{k},v2:{k}"), 1).is_err());
+    }
+
+    #[test]
     fn check_value_detects_other_key() {
         let a = MasterKeyRing::parse(&MasterKeyRing::generate_key_file_text()).unwrap();
         let b = MasterKeyRing::parse(&MasterKeyRing::generate_key_file_text()).unwrap();

@@ -5,7 +5,9 @@
 
 mod rotate;
 
-pub use rotate::{retire_master, rotate_master, Progress, RetireError, RotateError, RotateReport};
+pub use rotate::{
+    retire_master, rotate_master, Pace, Progress, RetireError, RotateError, RotateReport,
+};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

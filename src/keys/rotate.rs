@@ -82,18 +82,27 @@ fn elsewhere(counts: &std::collections::BTreeMap<i64, WrappedCount>, target: i64
         .sum()
 }
 
+/// How a rotation goes: keys per transaction, and at most how many keys a second (so
+/// that a large store is rotated without crowding out the requests it serves).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub batch: usize,
+    pub max_per_second: Option<u32>,
+}
+
 /// Rotates the master key: see the module's documentation. `event` makes an audit
-/// event for an action (who does it, under which request id); `batch` is keys per
-/// transaction.
+/// event for an action (who does it, under which request id).
 pub async fn rotate_master(
     store: &Store,
     audit: &Audit,
     keys: &Keys,
     watch: &KeyWatch,
-    batch: usize,
+    pace: Pace,
     event: &(dyn Fn(&str) -> Event + Sync),
     progress: &dyn Progress,
 ) -> Result<RotateReport, RotateError> {
+    let batch = pace.batch.max(1);
+    let started = tokio::time::Instant::now();
     let mut report = RotateReport::default();
     let target = match store.get_meta(TARGET).await? {
         Some(v) => {
@@ -194,6 +203,13 @@ pub async fn rotate_master(
             report.subject_keys += n;
             done += n;
             progress.set(done, total.max(done));
+            if let Some(rate) = pace.max_per_second.filter(|r| *r > 0) {
+                let due = started
+                    + std::time::Duration::from_secs_f64(
+                        (report.subject_keys + report.system_keys) as f64 / f64::from(rate),
+                    );
+                tokio::time::sleep_until(due).await;
+            }
         }
         report.remaining = elsewhere(&store.wrapped_counts().await?, target);
         if report.remaining <= report.failed as i64 {

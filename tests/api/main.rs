@@ -22,6 +22,7 @@ mod dsr;
 mod erasure;
 mod faults;
 mod import;
+mod key_rotation;
 mod lifecycle;
 mod memory;
 mod metrics;

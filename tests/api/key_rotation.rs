@@ -1,0 +1,402 @@
+//! Master-key rotation and retirement, end to end: the CLI beside a serving vault,
+//! killed in the middle and run again, then the old version destroyed; and what that
+//! destruction means for a backup taken before it.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+/// How many keys each master-key version wraps, straight from the store.
+async fn wrapped_under(t: &TestApp) -> std::collections::BTreeMap<i64, i64> {
+    t.app
+        .store
+        .wrapped_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(v, c)| (v, c.total()))
+        .collect()
+}
+
+/// Waits (up to a minute) for `cond`, checking every 10 ms.
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn key_file_versions(t: &TestApp) -> Vec<String> {
+    std::fs::read_to_string(t.dir.path().join("master.key"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('v'))
+        .map(|l| l.split(':').next().unwrap().to_owned())
+        .collect()
+}
+
+both_stores!(
+    master_rotation_under_load_survives_kill_9_then_the_old_version_is_destroyed,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let mut subjects = Vec::new();
+        for i in 0..120 {
+            let phone = format!("139{:08}", 40_000_000 + i);
+            let id = t
+                .create(&dsr, json!({"name": format!("轮换{i}"), "phone": phone}))
+                .await;
+            subjects.push((id, phone));
+        }
+
+        // Nothing to retire yet: version 1 is active and wraps everything.
+        let (ok, said) = t.cli(&["keys", "retire", "--master", "1"]);
+        assert!(!ok, "{said}");
+        assert!(said.contains("is the active version"), "{said}");
+
+        // Reads and creates go on throughout; every answer must be right.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = {
+            let (client, base, dsr, stop) =
+                (t.client.clone(), t.base.clone(), dsr.clone(), stop.clone());
+            let subjects = subjects.clone();
+            tokio::spawn(async move {
+                let (mut reads, mut created) = (0u64, Vec::new());
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let (id, phone) = &subjects[i % subjects.len()];
+                    let (s, b) = call_at(
+                        &client,
+                        &base,
+                        Method::GET,
+                        &format!("/v1/subjects/{id}?fields=phone"),
+                        Some(&dsr),
+                        Some("dsr"),
+                        None,
+                    )
+                    .await;
+                    assert_eq!(s, StatusCode::OK, "read during rotation: {b}");
+                    assert_eq!(b["fields"]["phone"]["value"], phone.as_str());
+                    reads += 1;
+                    if i % 10 == 0 {
+                        let phone = format!("137{:08}", i);
+                        let (s, b) = call_at(
+                            &client,
+                            &base,
+                            Method::POST,
+                            "/v1/subjects",
+                            Some(&dsr),
+                            Some("dsr"),
+                            Some(&json!({"fields": {"phone": phone}})),
+                        )
+                        .await;
+                        assert_eq!(s, StatusCode::CREATED, "create during rotation: {b}");
+                        created.push((b["id"].as_str().unwrap().to_owned(), phone));
+                    }
+                    i += 1;
+                }
+                (reads, created)
+            })
+        };
+
+        // The first attempt, paced, is killed once part of the keys moved.
+        let mut first = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args([
+                "keys",
+                "rotate",
+                "--master",
+                "--batch",
+                "4",
+                "--max-rate",
+                "100",
+            ])
+            .arg("--data-dir")
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("some keys under version 2", || async {
+            wrapped_under(&t).await.get(&2).copied().unwrap_or(0) >= 8
+        })
+        .await;
+        // The server has picked the new version up (change feed): it wraps new keys
+        // under it from now on.
+        wait_for("the server to load version 2", || async {
+            t.app.vault.keys().0.master().current_version() == 2
+        })
+        .await;
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let halfway = wrapped_under(&t).await;
+        assert!(
+            halfway.get(&1).copied().unwrap_or(0) > 0,
+            "the kill came too late: {halfway:?}"
+        );
+        assert_eq!(key_file_versions(&t), ["v1", "v2"]);
+
+        // Run again: it resumes toward version 2 (no third version) and finishes.
+        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(["keys", "rotate", "--master", "--json", "--data-dir"])
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["version"], 2);
+        assert_eq!(report["resumed"], true);
+        assert_eq!(report["remaining"], 0);
+        assert_eq!(report["failed"], 0);
+        assert_eq!(key_file_versions(&t), ["v1", "v2"]);
+
+        stop.store(true, Ordering::Release);
+        let (reads, created) = load.await.unwrap();
+        assert!(reads > 0);
+        let after = wrapped_under(&t).await;
+        assert_eq!(after.get(&1).copied().unwrap_or(0), 0, "{after:?}");
+
+        // The rotation is in the audit trail, and the chain verifies.
+        let events = t.events().await;
+        let actions: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e.action.starts_with("key."))
+            .map(|e| (e.action.as_str(), e.reason.as_str()))
+            .collect();
+        assert!(actions.contains(&("key.rotate", "started")), "{actions:?}");
+        assert!(actions.contains(&("key.rotate", "finished")), "{actions:?}");
+        assert!(
+            actions.iter().filter(|(a, _)| *a == "key.rewrap").count() >= 3,
+            "{actions:?}"
+        );
+        for e in events.iter().filter(|e| e.action.starts_with("key.")) {
+            assert_eq!(
+                (e.actor_token.as_str(), e.actor_role.as_str()),
+                ("cli", "operator")
+            );
+            assert!(
+                e.target.as_deref().unwrap_or("").starts_with("master:v2"),
+                "{:?}",
+                e.target
+            );
+        }
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+
+        // Destroy version 1: gone from the store's live versions and from the file.
+        let (ok, said) = t.cli(&["keys", "retire", "--master", "1"]);
+        assert!(ok, "{said}");
+        assert_eq!(key_file_versions(&t), ["v2"]);
+        let (ok, said) = t.cli(&["keys", "list", "--json"]);
+        assert!(ok, "{said}");
+        assert!(said.contains("\"destroyed\""), "{said}");
+        let (ok, said) = t.cli(&["keys", "retire", "--master", "2"]);
+        assert!(!ok && said.contains("is the active version"), "{said}");
+
+        // The server drops version 1 (change feed) and still answers every value.
+        wait_for("the server to drop version 1", || async {
+            !t.app.vault.keys().0.master().contains(1)
+        })
+        .await;
+        for (id, phone) in subjects.iter().chain(created.iter()) {
+            let (s, v) = read_field(&t, &dsr, "dsr", id, "phone").await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(v, phone.as_str());
+        }
+        let id = t.create(&dsr, json!({"phone": "13900000077"})).await;
+        assert_eq!(
+            read_field(&t, &dsr, "dsr", &id, "phone").await.1,
+            "13900000077"
+        );
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+
+        // Nothing may be wrapped under the destroyed version again, whoever writes it.
+        let raw = t.raw().await;
+        let refused = sqlx::query("UPDATE subject_keys SET kek_version = 1 WHERE subject_id = $1")
+            .bind(&id)
+            .execute(&raw)
+            .await;
+        assert!(
+            refused.is_err(),
+            "a key was wrapped under a destroyed version"
+        );
+    }
+);
+
+/// A copy of the store as it is now, as a new store URL.
+async fn backup(t: &TestApp, into: &std::path::Path) -> String {
+    match t.db {
+        Db::Sqlite => {
+            let file = into.join("backup.db");
+            sqlx::query(&format!("VACUUM INTO '{}'", file.display()))
+                .execute(&t.raw().await)
+                .await
+                .unwrap();
+            format!("sqlite://{}", file.display())
+        }
+        Db::Postgres => {
+            let (url, _) = create_pg_database().await;
+            let dump = Command::new("pg_dump")
+                .args(["--no-owner", &t.database_url])
+                .output()
+                .expect("pg_dump runs");
+            assert!(dump.status.success());
+            let mut restore = Command::new("psql")
+                .args(["-q", "-v", "ON_ERROR_STOP=1", &url])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("psql runs");
+            use std::io::Write;
+            restore
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(&dump.stdout)
+                .unwrap();
+            assert!(restore.wait().unwrap().success());
+            url
+        }
+    }
+}
+
+both_stores!(
+    a_backup_cannot_be_read_for_a_subject_erased_before_its_master_key_version_was_destroyed,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let erased = t
+            .create(&dsr, json!({"name": "备份里的人", "phone": "13900000123"}))
+            .await;
+        let kept = t.create(&dsr, json!({"phone": "13900000124"})).await;
+        let elsewhere = tempfile::tempdir().unwrap();
+        let backup_url = backup(&t, elsewhere.path()).await;
+        let old_key_text = std::fs::read_to_string(t.dir.path().join("master.key")).unwrap();
+
+        let (s, b) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{erased}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (ok, said) = t.cli(&["keys", "rotate", "--master"]);
+        assert!(ok, "{said}");
+        let (ok, said) = t.cli(&["keys", "retire", "--master", "1"]);
+        assert!(ok, "{said}");
+        assert_eq!(
+            read_field(&t, &dsr, "dsr", &kept, "phone").await.1,
+            "13900000124"
+        );
+
+        // The backup still holds the erased subject's wrapped data key…
+        sqlx::any::install_default_drivers();
+        let old = sqlx::AnyPool::connect(&backup_url).await.unwrap();
+        let (version, kek, wrapped): (i64, i64, Vec<u8>) = sqlx::query_as(
+            "SELECT version, kek_version, wrapped FROM subject_keys WHERE subject_id = $1",
+        )
+        .bind(&erased)
+        .fetch_one(&old)
+        .await
+        .unwrap();
+        old.close().await;
+        assert_eq!(kek, 1);
+        // …which the destroyed version could have opened (the control)…
+        let before = piivault::crypto::MasterKeyRing::parse(&old_key_text).unwrap();
+        assert!(before
+            .unwrap_subject_key(&erased, version, kek, &wrapped)
+            .is_ok());
+        // …but the key set as it is now cannot.
+        let now_text = std::fs::read_to_string(t.dir.path().join("master.key")).unwrap();
+        let now = piivault::crypto::MasterKeyRing::parse(&now_text).unwrap();
+        assert_eq!(now.versions(), [2]);
+        assert!(matches!(
+            now.unwrap_subject_key(&erased, version, kek, &wrapped),
+            Err(piivault::crypto::CryptoError::UnknownKekVersion(1))
+        ));
+        // And a vault opened on the backup beside the current key file refuses to start.
+        let beside = tempfile::tempdir().unwrap();
+        let mut settings = settings(beside.path(), backup_url.clone());
+        settings.master = piivault::crypto::MasterKeySource::File {
+            path: t.dir.path().join("master.key"),
+            create: false,
+        };
+        let opened = piivault::open(&settings).await;
+        let said = format!("{:#}", opened.err().expect("the backup must not open"));
+        assert!(said.contains("live version"), "{said}");
+        if let Db::Postgres = t.db {
+            drop_pg_database(backup_url.rsplit('/').next().unwrap()).await;
+        }
+    }
+);
+
+both_stores!(
+    a_node_without_the_new_master_version_answers_key_unavailable_until_its_key_file_has_it,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t.create(&dsr, json!({"phone": "13900000555"})).await;
+        // The rotation runs with a copy of the key file, as on another machine: the
+        // serving node's own file never gets version 2.
+        let other = tempfile::tempdir().unwrap();
+        let other_key = other.path().join("master.key");
+        std::fs::copy(t.dir.path().join("master.key"), &other_key).unwrap();
+        let (ok, said) = t.cli(&[
+            "keys",
+            "rotate",
+            "--master",
+            "--master-key-file",
+            other_key.to_str().unwrap(),
+        ]);
+        assert!(ok, "{said}");
+        assert_eq!(key_file_versions(&t), ["v1"]);
+
+        // Its cached copy of the subject is forgotten (the change feed names a new
+        // version); read again, the key is under a version it cannot load: 503, with
+        // no value, until the version arrives.
+        wait_for("the node to answer key_unavailable", || async {
+            let (s, b) = t
+                .call(
+                    Method::GET,
+                    &format!("/v1/subjects/{id}?fields=phone"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    None,
+                )
+                .await;
+            s == StatusCode::SERVICE_UNAVAILABLE && b["error"]["code"] == "key_unavailable"
+        })
+        .await;
+
+        // The operator gives this node the new key file: it recovers without a restart.
+        std::fs::copy(&other_key, t.dir.path().join("master.key")).unwrap();
+        wait_for("the node to read again", || async {
+            read_field(&t, &dsr, "dsr", &id, "phone").await.1 == "13900000555"
+        })
+        .await;
+        let id2 = t.create(&dsr, json!({"phone": "13900000556"})).await;
+        assert_eq!(
+            read_field(&t, &dsr, "dsr", &id2, "phone").await.1,
+            "13900000556"
+        );
+    }
+);

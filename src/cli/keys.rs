@@ -154,97 +154,41 @@ async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&settings.database_url, 2)
         .await
         .context("opening the store")?;
-    let mut rows = store.key_inventory().await?;
+    let inventory = crate::keys::inventory(&store, &audit_public_keys(settings)).await;
     store.close().await;
-    let current_master = rows
-        .iter()
-        .filter(|r| r.kind == "master" && r.destroyed_at.is_none())
-        .map(|r| r.version)
-        .max();
-    let audit_keys = audit_public_keys(settings);
+    let inventory = inventory?;
     if json {
-        let keys: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["state"] = state(r, current_master).into();
-                v["algorithm"] = algorithm(&r.kind).into();
-                v
-            })
-            .collect();
-        let audit: Vec<_> = audit_keys
-            .iter()
-            .map(|k| serde_json::json!({"kind": "audit_signing", "key_id": k.key_id(), "algorithm": "Ed25519"}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"keys": keys, "audit": audit}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&inventory)?);
         return Ok(ExitCode::SUCCESS);
     }
-    rows.sort_by(|a, b| {
-        order(&a.kind)
-            .cmp(&order(&b.kind))
-            .then(a.version.cmp(&b.version))
-    });
     println!(
         "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12}",
         "key", "version", "algorithm", "state", "created (UTC)", "keys", "encryptions"
     );
     // Master versions count the keys they wrap; data keys the subjects' keys.
-    for r in &rows {
-        let wrapped = r
+    for k in &inventory.keys {
+        let wrapped = k
             .wrapped_by
-            .map(|k| format!(" (under master v{k})"))
+            .map(|v| format!(" (under master v{v})"))
             .unwrap_or_default();
         println!(
             "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12}{wrapped}",
-            r.kind,
-            r.version,
-            algorithm(&r.kind),
-            state(r, current_master),
-            crate::store::rfc3339(r.created_at),
-            r.keys,
-            r.encryptions,
+            k.kind,
+            k.version,
+            k.algorithm,
+            k.state,
+            crate::store::rfc3339(k.created_at),
+            k.keys,
+            k.encryptions,
         );
     }
-    for k in &audit_keys {
+    for k in &inventory.audit {
         println!(
             "{:<12} {:>7} {:<13} {:<12} key id {}",
-            "audit",
-            "-",
-            "Ed25519",
-            "trusted",
-            k.key_id()
+            "audit", "-", k.algorithm, "trusted", k.key_id
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn order(kind: &str) -> u8 {
-    match kind {
-        "master" => 0,
-        "data" => 2,
-        _ => 1,
-    }
-}
-
-fn algorithm(kind: &str) -> &'static str {
-    match kind {
-        "master" | "data" => "AES-256-GCM",
-        _ => "HMAC-SHA256",
-    }
-}
-
-/// Master versions: the newest live one wraps new keys (active), older ones only
-/// unwrap (decrypt-only) until `keys retire` destroys them.
-fn state(r: &crate::store::KeyVersionRow, current_master: Option<i64>) -> &'static str {
-    match r.kind.as_str() {
-        "master" if r.destroyed_at.is_some() => "destroyed",
-        "master" if Some(r.version) == current_master => "active",
-        "master" => "decrypt-only",
-        _ => "active",
-    }
 }
 
 /// The audit public keys beside the signing key (`*.pub`), those that parse.

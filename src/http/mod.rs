@@ -7,6 +7,7 @@ mod dsr;
 mod error;
 mod extract;
 mod health;
+mod keys;
 pub mod openapi;
 mod subjects;
 pub mod tls;
@@ -106,6 +107,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .merge(subjects::router())
         .merge(tokens::router())
+        .merge(keys::router())
         .merge(audit::router())
         .merge(consents::router())
         .merge(dsr::router())

@@ -26,6 +26,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
         (name = "consents", description = "Consent per subject and purpose (PIPL Art. 14-16)"),
         (name = "requests", description = "Data-subject requests, export and legal holds (PIPL Art. 44-47)"),
         (name = "tokens", description = "Bearer tokens"),
+        (name = "keys", description = "The key inventory (admin)"),
         (name = "audit", description = "The audit trail: verification, public key, reports"),
         (name = "operations", description = "Probes, metrics and this document (no token)"),
     )

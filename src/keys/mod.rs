@@ -3,7 +3,10 @@
 //! (every stored key wrapped again under a new version) and retiring an old version.
 //! Key bytes stay in `crypto`; this module decides what to wrap, when, and records it.
 
+mod inventory;
 mod rotate;
+
+pub use inventory::{inventory, AuditKeyInfo, Inventory, KeyVersion};
 
 pub use rotate::{
     retire_master, rotate_master, Pace, Progress, RetireError, RotateError, RotateReport,

@@ -11,6 +11,7 @@ pub mod consents;
 pub mod dsr;
 mod error;
 pub mod import;
+pub mod keys;
 pub mod subjects;
 pub mod tokens;
 

@@ -403,3 +403,71 @@ both_stores!(
         );
     }
 );
+
+both_stores!(
+    admins_read_the_key_inventory_over_http_and_no_one_else,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        t.create(&dsr, json!({"phone": "13900000888"})).await;
+        let (ok, said) = t.cli(&["keys", "rotate", "--master"]);
+        assert!(ok, "{said}");
+        let admin = t.token("admin", &["admin"]).await;
+        let (s, b, rid) = t
+            .call_rid(Method::GET, "/v1/keys", &admin, "admin", None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let keys = b["keys"].as_array().unwrap();
+        let master: Vec<(i64, &str, i64)> = keys
+            .iter()
+            .filter(|k| k["kind"] == "master")
+            .map(|k| {
+                (
+                    k["version"].as_i64().unwrap(),
+                    k["state"].as_str().unwrap(),
+                    k["keys"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        // Version 2 wraps the subject's key and the two system keys.
+        assert_eq!(master, [(1, "decrypt-only", 0), (2, "active", 3)]);
+        let data = keys.iter().find(|k| k["kind"] == "data").unwrap();
+        assert_eq!(
+            (data["wrapped_by"].as_i64(), data["keys"].as_i64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(
+            b["audit"][0]["key_id"],
+            t.app.trusted_audit_keys()[0].key_id()
+        );
+        // No key material: neither the key file's secrets nor wrapped keys.
+        let text = std::fs::read_to_string(t.dir.path().join("master.key")).unwrap();
+        for line in text.lines().filter(|l| l.starts_with('v')) {
+            assert!(!b.to_string().contains(line.split(':').nth(1).unwrap()));
+        }
+        let events = t.events().await;
+        let e = events
+            .iter()
+            .rev()
+            .find(|e| e.action == "key.list")
+            .unwrap();
+        assert_eq!(
+            (
+                e.actor_role.as_str(),
+                e.decision.as_str(),
+                e.request_id.as_str()
+            ),
+            ("admin", "allow", rid.as_str())
+        );
+
+        let (s, b) = t
+            .call(Method::GET, "/v1/keys", Some(&dsr), Some("dsr"), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+        assert_eq!(b["error"]["code"], "policy_denied");
+        let (s, _) = t
+            .call(Method::GET, "/v1/keys", None, Some("admin"), None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+);

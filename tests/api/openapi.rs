@@ -34,6 +34,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("patch", "/v1/requests/{id}"),
     ("post", "/v1/tokens"),
     ("get", "/v1/tokens"),
+    ("get", "/v1/keys"),
     ("delete", "/v1/tokens/{id}"),
     ("get", "/v1/audit/verify"),
     ("get", "/v1/audit/public-key"),

@@ -149,28 +149,24 @@ impl Keys {
 
     /// Adds a fresh random master-key `version` to the key file.
     pub fn add_file_version(&self, version: i64) -> Result<(), KeyError> {
-        let path = self.file.as_deref().ok_or_else(|| {
-            KeyError::Setup("the master key does not come from a key file".into())
-        })?;
-        let text = read_key_file(path)?;
-        write_key_file(
-            path,
-            &MasterKeyRing::key_file_with_version(&text, version),
-            false,
-        )
+        self.edit_file(|text| Ok(MasterKeyRing::key_file_with_version(text, version)))
     }
 
     /// Removes master-key `version` from the key file: the version is destroyed here.
     pub fn remove_file_version(&self, version: i64) -> Result<(), KeyError> {
+        self.edit_file(|text| MasterKeyRing::key_file_without_version(text, version))
+    }
+
+    /// Replaces the key file's text with `change(text)`, durably (see `write_key_file`).
+    fn edit_file(
+        &self,
+        change: impl FnOnce(&str) -> Result<Zeroizing<String>, CryptoError>,
+    ) -> Result<(), KeyError> {
         let path = self.file.as_deref().ok_or_else(|| {
             KeyError::Setup("the master key does not come from a key file".into())
         })?;
         let text = read_key_file(path)?;
-        write_key_file(
-            path,
-            &MasterKeyRing::key_file_without_version(&text, version)?,
-            false,
-        )
+        write_key_file(path, &change(&text)?, false)
     }
 
     pub fn blind_index(&self, field: &str, normalised: &str) -> Vec<u8> {

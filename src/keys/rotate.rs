@@ -10,7 +10,7 @@
 
 use crate::audit::{Audit, CommitError, Event};
 use crate::crypto::{KeyError, Keys};
-use crate::store::{MasterKeyRow, Rewrapped, Store, StoreError, WrappedCount};
+use crate::store::{MasterKeyRow, Rewrapped, Store, StoreError, WrappedCount, WrappedKey};
 
 use super::KeyWatch;
 
@@ -170,36 +170,8 @@ pub async fn rotate_master(
                 .await?;
             let Some(last) = rows.last() else { break };
             after = Some((last.name.clone(), last.version));
-            let olds: Vec<i64> = rows.iter().map(|r| r.kek_version).collect();
-            // A version not loaded here is read again from the key source once.
-            let _ = watch.ensure(keys, store, olds).await;
-            let ring = keys.master();
-            let mut rewrapped = Vec::with_capacity(rows.len());
-            for r in rows {
-                match ring.rewrap_subject_key(&r.name, r.version, r.kek_version, &r.wrapped) {
-                    Ok((kek_version, wrapped)) => rewrapped.push(Rewrapped {
-                        name: r.name,
-                        version: r.version,
-                        old_kek_version: r.kek_version,
-                        kek_version,
-                        wrapped,
-                    }),
-                    Err(e) => {
-                        report.failed += 1;
-                        tracing::error!(subject = %r.name, dek_version = r.version, kek_version = r.kek_version, error = %e, "subject key cannot be wrapped again");
-                    }
-                }
-            }
-            if rewrapped.is_empty() {
-                continue;
-            }
-            let n = rewrapped.len() as u64;
-            audit
-                .record_with(
-                    vec![event("key.rewrap").target(&format!("master:v{target} subject_keys:{n}"))],
-                    store.rewrap_subject_keys_op(rewrapped),
-                )
-                .await?;
+            let rewrapped = rewrap_rows(keys, store, watch, rows, Kind::Subject, &mut report).await;
+            let n = commit_rewrapped(store, audit, event, target, Kind::Subject, rewrapped).await?;
             report.subject_keys += n;
             done += n;
             progress.set(done, total.max(done));
@@ -272,23 +244,59 @@ async fn rewrap_system_keys(
     event: &(dyn Fn(&str) -> Event + Sync),
     report: &mut RotateReport,
 ) -> Result<u64, RotateError> {
-    let rows: Vec<_> = store
+    let rows: Vec<WrappedKey> = store
         .system_keys()
         .await?
         .into_iter()
         .filter(|k| k.kek_version != target)
+        .map(|k| WrappedKey {
+            name: k.name,
+            version: k.version,
+            kek_version: k.kek_version,
+            wrapped: k.wrapped,
+        })
         .collect();
+    let rewrapped = rewrap_rows(keys, store, watch, rows, Kind::System, report).await;
+    let n = commit_rewrapped(store, audit, event, target, Kind::System, rewrapped).await?;
+    report.system_keys += n;
+    Ok(n)
+}
+
+/// Which stored keys a batch holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Subjects' data keys (named by subject id).
+    Subject,
+    /// System keys (named by key name).
+    System,
+}
+
+/// Wraps `rows` again under the newest loaded version (reading the key source again
+/// first if one of them is under a version not loaded here). A key that cannot be
+/// unwrapped is logged by its name and version and counted in `report.failed`.
+async fn rewrap_rows(
+    keys: &Keys,
+    store: &Store,
+    watch: &KeyWatch,
+    rows: Vec<WrappedKey>,
+    kind: Kind,
+    report: &mut RotateReport,
+) -> Vec<Rewrapped> {
     if rows.is_empty() {
-        return Ok(0);
+        return Vec::new();
     }
     let _ = watch
         .ensure(keys, store, rows.iter().map(|r| r.kek_version))
         .await;
     let ring = keys.master();
-    let mut rewrapped = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        match ring.rewrap_system_key(&r.name, r.version, r.kek_version, &r.wrapped) {
-            Ok((kek_version, wrapped)) => rewrapped.push(Rewrapped {
+        let again = match kind {
+            Kind::Subject => ring.rewrap_subject_key(&r.name, r.version, r.kek_version, &r.wrapped),
+            Kind::System => ring.rewrap_system_key(&r.name, r.version, r.kek_version, &r.wrapped),
+        };
+        match again {
+            Ok((kek_version, wrapped)) => out.push(Rewrapped {
                 name: r.name,
                 version: r.version,
                 old_kek_version: r.kek_version,
@@ -297,20 +305,36 @@ async fn rewrap_system_keys(
             }),
             Err(e) => {
                 report.failed += 1;
-                tracing::error!(key = %r.name, version = r.version, kek_version = r.kek_version, error = %e, "system key cannot be wrapped again");
+                tracing::error!(key = %r.name, version = r.version, kek_version = r.kek_version, error = %e, "a stored key cannot be wrapped again");
             }
         }
     }
-    let n = rewrapped.len() as u64;
-    if n > 0 {
-        audit
-            .record_with(
-                vec![event("key.rewrap").target(&format!("master:v{target} system_keys:{n}"))],
-                store.rewrap_system_keys_op(rewrapped),
-            )
-            .await?;
+    out
+}
+
+/// Stores a batch of keys wrapped again, with its audit event; returns how many.
+async fn commit_rewrapped(
+    store: &Store,
+    audit: &Audit,
+    event: &(dyn Fn(&str) -> Event + Sync),
+    target: i64,
+    kind: Kind,
+    rows: Vec<Rewrapped>,
+) -> Result<u64, RotateError> {
+    let n = rows.len() as u64;
+    if n == 0 {
+        return Ok(0);
     }
-    report.system_keys += n;
+    let (what, change) = match kind {
+        Kind::Subject => ("subject_keys", store.rewrap_subject_keys_op(rows)),
+        Kind::System => ("system_keys", store.rewrap_system_keys_op(rows)),
+    };
+    audit
+        .record_with(
+            vec![event("key.rewrap").target(&format!("master:v{target} {what}:{n}"))],
+            change,
+        )
+        .await?;
     Ok(n)
 }
 

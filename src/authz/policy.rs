@@ -155,6 +155,35 @@ impl std::fmt::Debug for PolicySet {
     }
 }
 
+/// The only policy effect piivault runs with: allow what some line allows, deny the
+/// rest. Any other effect (say `!some(where (p.eft == deny))`, allow by default) is
+/// refused, as is text casbin does not know (it panics on an unknown effect).
+const DEFAULT_DENY_EFFECT: &str = "some(where (p.eft == allow))";
+
+/// Refuses a model whose `[policy_effect]` is not [`DEFAULT_DENY_EFFECT`].
+fn check_effect(model_text: &str) -> Result<(), PolicyError> {
+    let mut section = "";
+    let mut effects = Vec::new();
+    for line in model_text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[policy_effect]" && !line.is_empty() && !line.starts_with('#') {
+            effects.push(line);
+        }
+    }
+    // casbin compares the text itself, so its spacing must be exactly this too.
+    let is_default_deny = |line: &str| {
+        line.split_once('=')
+            .is_some_and(|(k, v)| k.trim() == "e" && v.trim() == DEFAULT_DENY_EFFECT)
+    };
+    match effects.as_slice() {
+        [one] if is_default_deny(one) => Ok(()),
+        _ => Err(PolicyError::Model(format!(
+            "[policy_effect] must be exactly `e = {DEFAULT_DENY_EFFECT}`: piivault denies whatever no policy line allows"
+        ))),
+    }
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -294,6 +323,7 @@ impl PolicySet {
             });
         }
 
+        check_effect(model_text)?;
         let model = DefaultModel::from_str(model_text)
             .await
             .map_err(|e| PolicyError::Model(e.to_string()))?;
@@ -669,6 +699,45 @@ mod tests {
             vec!["p, dsr_handler, category:contact, read, dsr"]
         );
         assert_eq!(e.category.as_deref(), Some("category:contact"));
+    }
+
+    /// Found by the policy fuzz target: casbin panics on an effect it does not know.
+    /// Only the default-deny effect is accepted, spelt as casbin knows it.
+    #[tokio::test]
+    async fn a_model_without_default_deny_is_refused_not_a_panic() {
+        let cat = Catalogue::builtin().unwrap();
+        let with_effect = |e: &str| BUILTIN_MODEL.replace("e = some(where (p.eft == allow))", e);
+        assert_ne!(
+            with_effect("x"),
+            BUILTIN_MODEL,
+            "the shipped model names the effect"
+        );
+        for bad in [
+            "e = some(wherpe. (eft == allow))",
+            "e = !some(where (p.eft == deny))",
+            "e = priority(p.eft) || deny",
+            "",
+            "e = some( where ( p.eft == allow ) )",
+        ] {
+            let err = PolicySet::from_texts(
+                &with_effect(bad),
+                "p, admin, tokens, admin, admin",
+                BUILTIN_PURPOSES,
+                &cat,
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, PolicyError::Model(_)), "{bad}: {err}");
+        }
+        let spaced = with_effect("e  =  some(where (p.eft == allow))");
+        assert!(PolicySet::from_texts(
+            &spaced,
+            "p, admin, tokens, admin, admin",
+            BUILTIN_PURPOSES,
+            &cat
+        )
+        .await
+        .is_ok());
     }
 
     #[tokio::test]

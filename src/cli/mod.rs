@@ -46,7 +46,7 @@ pub enum Command {
     /// Import subjects from a CSV or JSON-lines file: every line validated first, then
     /// stored in batches, encrypted and audited like any create; resumable.
     Import(import::ImportArgs),
-    /// The key inventory (rotation comes with the key-lifecycle work).
+    /// The key inventory, master-key rotation and retirement.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Inspect the access policy.

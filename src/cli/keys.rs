@@ -69,12 +69,6 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
     }
 }
 
-/// Audit events of one command run, under one request id.
-fn events() -> impl Fn(&str) -> crate::audit::Event + Sync {
-    let request = crate::crypto::random_id("cli");
-    move |action: &str| crate::audit::Event::new("cli", "operator", "admin", &request, action)
-}
-
 async fn rotate(
     settings: &Settings,
     pace: crate::keys::Pace,
@@ -93,7 +87,7 @@ async fn rotate(
         keys,
         watch,
         pace,
-        &events(),
+        &super::operator_events(),
         &progress,
     )
     .await;
@@ -137,8 +131,15 @@ async fn rotate(
 async fn retire(settings: &Settings, version: i64) -> anyhow::Result<ExitCode> {
     let app = crate::open(settings).await?;
     let (keys, watch) = app.vault.keys();
-    let result =
-        crate::keys::retire_master(&app.store, &app.audit, keys, watch, version, &events()).await;
+    let result = crate::keys::retire_master(
+        &app.store,
+        &app.audit,
+        keys,
+        watch,
+        version,
+        &super::operator_events(),
+    )
+    .await;
     app.store.close().await;
     if result? {
         println!("master key version {version} destroyed and removed from the key file");

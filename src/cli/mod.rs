@@ -102,14 +102,15 @@ pub(crate) fn progress_bar(len: u64, what: &str, unit: &str) -> indicatif::Progr
     bar
 }
 
+/// The operator's audit events for one command run, under one request id.
+pub(crate) fn operator_events() -> impl Fn(&str) -> crate::audit::Event + Sync {
+    let request = crate::crypto::random_id("cli");
+    move |action: &str| crate::audit::Event::new("cli", "operator", "admin", &request, action)
+}
+
+/// One operator audit event (a command that records a single one).
 pub(crate) fn operator_event(action: &str) -> crate::audit::Event {
-    crate::audit::Event::new(
-        "cli",
-        "operator",
-        "admin",
-        &crate::crypto::random_id("cli"),
-        action,
-    )
+    operator_events()(action)
 }
 
 #[cfg(test)]

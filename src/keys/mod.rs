@@ -8,9 +8,7 @@ mod rotate;
 
 pub use inventory::{inventory, AuditKeyInfo, Inventory, KeyVersion};
 
-pub use rotate::{
-    retire_master, rotate_master, Pace, Progress, RetireError, RotateError, RotateReport,
-};
+pub use rotate::{retire_master, rotate_master, Pace, Progress, RotateError, RotateReport};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -21,20 +21,9 @@ const TARGET: &str = "master_rotation_target";
 /// written under an older version meanwhile (a node that had not loaded the new one).
 const PASSES: usize = 3;
 
+/// Why a rotation or a retirement did not go ahead (`Refused` says what to do).
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-    #[error("{0}")]
-    Refused(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RetireError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -350,13 +339,13 @@ pub async fn retire_master(
     watch: &KeyWatch,
     version: i64,
     event: &(dyn Fn(&str) -> Event + Sync),
-) -> Result<bool, RetireError> {
+) -> Result<bool, RotateError> {
     let masters = store.master_keys().await?;
     let row = masters
         .iter()
         .find(|k| k.version == version)
         .ok_or_else(|| {
-            RetireError::Refused(format!("this vault has no master key version {version}"))
+            RotateError::Refused(format!("this vault has no master key version {version}"))
         })?;
     if row.destroyed_at.is_none() {
         let newest_live = masters
@@ -366,7 +355,7 @@ pub async fn retire_master(
             .max()
             .unwrap_or(0);
         if version >= newest_live {
-            return Err(RetireError::Refused(format!(
+            return Err(RotateError::Refused(format!(
                 "master key version {version} is the active version; rotate to a new one first (`piivault keys rotate --master`)"
             )));
         }
@@ -377,7 +366,7 @@ pub async fn retire_master(
             .copied()
             .unwrap_or_default();
         if still.total() > 0 {
-            return Err(RetireError::Refused(format!(
+            return Err(RotateError::Refused(format!(
                 "master key version {version} still wraps {} subject key(s) and {} system key(s); run `piivault keys rotate --master` to the end first",
                 still.subject_keys, still.system_keys
             )));
@@ -390,7 +379,7 @@ pub async fn retire_master(
             .await
         {
             Err(CommitError::Change(StoreError::Conflict)) => {
-                return Err(RetireError::Refused(format!(
+                return Err(RotateError::Refused(format!(
                     "a key was wrapped under master key version {version} meanwhile; run `piivault keys rotate --master` again"
                 )))
             }

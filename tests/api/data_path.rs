@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use reqwest::{Method, StatusCode};
@@ -442,22 +442,6 @@ both_stores!(
         assert!(ok, "{text}");
     }
 );
-
-/// Waits until `probe` says yes, up to a generous deadline; false if it never does.
-async fn eventually<F, Fut>(mut probe: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if probe().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
 
 async fn get(t: &TestApp, tok: &str, purpose: &str, path: &str) -> (StatusCode, Value) {
     t.call(Method::GET, path, Some(tok), Some(purpose), None)

@@ -644,3 +644,20 @@ pub fn assert_event(e: &piivault::store::AuditRow, want: Expect<'_>) {
 pub fn now_ms() -> i64 {
     piivault::store::now_ms()
 }
+
+/// Waits until `probe` says yes, checking every 20 ms up to a generous deadline (a
+/// minute: a loaded CI machine is slow, never wrong); false if it never does.
+pub async fn eventually<F, Fut>(mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

@@ -5,7 +5,6 @@
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -25,17 +24,13 @@ async fn wrapped_under(t: &TestApp) -> std::collections::BTreeMap<i64, i64> {
         .collect()
 }
 
-/// Waits (up to a minute) for `cond`, checking every 10 ms.
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
+/// Waits for `cond` (see [`eventually`]); fails the test naming `what` if it never holds.
+async fn wait_for<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(eventually(cond).await, "timed out waiting for {what}");
 }
 
 fn key_file_versions(t: &TestApp) -> Vec<String> {

@@ -1,4 +1,5 @@
-//! `piivault keys`: the key inventory, master-key rotation and retirement.
+//! `piivault keys`: the key inventory, master-key rotation and retirement, and
+//! re-encryption under new data keys.
 
 use std::process::ExitCode;
 
@@ -19,21 +20,30 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Rotate the master key: add a new version to the key file (with the master key in
-    /// PIIVAULT_MASTER_KEY, use the newest version given there) and wrap every data key
-    /// and system key again under it, in batches, while the server keeps serving. Each
-    /// batch is audited. Interrupted, it resumes toward the same version when run again.
-    /// Several nodes: give every node the new key file line before running it (a node
-    /// reads its key file again when it sees the new version).
+    /// Rotate a key. `--master`: add a new master-key version to the key file (with the
+    /// master key in PIIVAULT_MASTER_KEY, use the newest version given there) and wrap
+    /// every data key and system key again under it; values are not touched. `--data`:
+    /// give every subject a new data key, seal every field value and record again under
+    /// it, and delete the old data keys. Either runs in batches, each one transaction
+    /// with its audit event, while the server keeps serving; interrupted, it resumes
+    /// where it stopped when run again. Several nodes: give every node the new key file
+    /// line before running `--master` (a node reads its key file again when it sees the
+    /// new version).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data"])))]
     Rotate {
-        /// Rotate the master key (the only rotation so far).
-        #[arg(long, required = true)]
+        /// Rotate the master key: every stored key wrapped again under a new version.
+        #[arg(long)]
         master: bool,
-        /// Keys wrapped again per transaction.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
-        batch: u32,
-        /// At most this many keys a second (default: as fast as the store allows).
-        #[arg(long, value_name = "KEYS", value_parser = clap::value_parser!(u32).range(1..))]
+        /// Re-encrypt: new data keys for every subject, every value sealed again.
+        #[arg(long)]
+        data: bool,
+        /// Keys (--master) or subjects (--data) per transaction [default: 1000 keys, 100
+        /// subjects].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+        batch: Option<u32>,
+        /// At most this many keys (--master) or subjects (--data) a second (default: as
+        /// fast as the store allows).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_rate: Option<u32>,
         /// Print the result as JSON.
         #[arg(long)]
@@ -54,16 +64,21 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
     match cmd {
         KeysCommand::List { json } => list(settings, json).await,
         KeysCommand::Rotate {
+            data,
             batch,
             max_rate,
             json,
             ..
         } => {
             let pace = crate::keys::Pace {
-                batch: batch as usize,
+                batch: batch.unwrap_or(if data { 100 } else { 1000 }) as usize,
                 max_per_second: max_rate,
             };
-            rotate(settings, pace, json).await
+            if data {
+                reencrypt(settings, pace, json).await
+            } else {
+                rotate(settings, pace, json).await
+            }
         }
         KeysCommand::Retire { master } => retire(settings, master).await,
     }
@@ -128,6 +143,55 @@ async fn rotate(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn reencrypt(
+    settings: &Settings,
+    pace: crate::keys::Pace,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let (keys, watch) = app.vault.keys();
+    let bar = super::progress_bar(0, "re-encrypting", "subjects");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = crate::keys::reencrypt_data(
+        &app.store,
+        &app.audit,
+        keys,
+        watch,
+        pace,
+        &super::operator_events(),
+        &progress,
+    )
+    .await;
+    bar.finish_and_clear();
+    app.store.close().await;
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} {} subject(s): {} value(s) and record(s) sealed again under new data keys; the old data keys are deleted",
+            if report.resumed {
+                "resumed: re-encrypted"
+            } else {
+                "re-encrypted"
+            },
+            report.subjects,
+            report.items
+        );
+    }
+    if report.failed > 0 {
+        eprintln!(
+            "{} subject(s) could not be re-encrypted (their ids are in the log); the re-encryption is not finished: mend them and run it again",
+            report.failed
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn retire(settings: &Settings, version: i64) -> anyhow::Result<ExitCode> {
     let app = crate::open(settings).await?;
     let (keys, watch) = app.vault.keys();
@@ -163,17 +227,18 @@ async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12}",
-        "key", "version", "algorithm", "state", "created (UTC)", "keys", "encryptions"
+        "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12} {:>10}",
+        "key", "version", "algorithm", "state", "created (UTC)", "keys", "encryptions", "items"
     );
-    // Master versions count the keys they wrap; data keys the subjects' keys.
+    // Master versions count the keys they wrap; data keys the subjects' keys and the
+    // values and records under them.
     for k in &inventory.keys {
         let wrapped = k
             .wrapped_by
             .map(|v| format!(" (under master v{v})"))
             .unwrap_or_default();
         println!(
-            "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12}{wrapped}",
+            "{:<12} {:>7} {:<13} {:<12} {:<25} {:>10} {:>12} {:>10}{wrapped}",
             k.kind,
             k.version,
             k.algorithm,
@@ -181,6 +246,7 @@ async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
             crate::store::rfc3339(k.created_at),
             k.keys,
             k.encryptions,
+            k.items,
         );
     }
     for k in &inventory.audit {
@@ -189,6 +255,15 @@ async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
             "audit", "-", k.algorithm, "trusted", k.key_id
         );
     }
+    println!(
+        "retired data keys: {}, items under them: {}{}",
+        inventory.retired_data_keys,
+        inventory.items_under_retired_keys,
+        match &inventory.reencryption_cursor {
+            Some(_) => " (a re-encryption is under way: `piivault keys rotate --data` resumes it)",
+            None => "",
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,7 +13,9 @@ pub struct KeyVersion {
     pub version: i64,
     pub algorithm: &'static str,
     /// Master versions: `active` (wraps new keys), `decrypt-only` (still unwraps what
-    /// it wraps), `destroyed`. Other keys: `active`.
+    /// it wraps), `destroyed`. Data keys: `retired` if made before the newest
+    /// re-encryption (`keys rotate --data`) started (it replaces them; once it has
+    /// finished there are none), else `active`. System keys: `active`.
     pub state: &'static str,
     /// The master-key version that wraps it (none for a master key).
     pub wrapped_by: Option<i64>,
@@ -25,6 +27,8 @@ pub struct KeyVersion {
     pub keys: i64,
     /// Values encrypted (data keys; 0 where not counted).
     pub encryptions: i64,
+    /// Data keys: the field values and records they protect now.
+    pub items: i64,
 }
 
 /// The whole inventory, ordered master, system keys, data keys; and the audit signing
@@ -33,6 +37,13 @@ pub struct KeyVersion {
 pub struct Inventory {
     pub keys: Vec<KeyVersion>,
     pub audit: Vec<AuditKeyInfo>,
+    /// Data keys retired by a re-encryption that still exist, and the items under
+    /// them: 0 and 0 once `keys rotate --data` has finished.
+    pub retired_data_keys: i64,
+    pub items_under_retired_keys: i64,
+    /// The last subject id an unfinished re-encryption reached ("" before the first
+    /// batch); absent when none is under way.
+    pub reencryption_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,7 +73,14 @@ pub async fn inventory(
     store: &Store,
     audit_keys: &[AuditPublicKey],
 ) -> Result<Inventory, StoreError> {
-    let mut rows = store.key_inventory().await?;
+    use super::reencrypt::{CURSOR, RETIRED_BEFORE, SINCE};
+    let retired_before = match store.get_meta(SINCE).await? {
+        Some(since) => Some(since),
+        None => store.get_meta(RETIRED_BEFORE).await?,
+    }
+    .and_then(|v| v.parse::<i64>().ok())
+    .unwrap_or(i64::MIN);
+    let mut rows = store.key_inventory(retired_before).await?;
     rows.sort_by(|a, b| {
         order(&a.kind)
             .cmp(&order(&b.kind))
@@ -78,8 +96,12 @@ pub async fn inventory(
         "master" if r.destroyed_at.is_some() => "destroyed",
         "master" if Some(r.version) == active => "active",
         "master" => "decrypt-only",
+        "data" if r.retired => "retired",
         _ => "active",
     };
+    let retired = rows.iter().filter(|r| r.kind == "data" && r.retired);
+    let (retired_data_keys, items_under_retired_keys) =
+        retired.fold((0, 0), |(k, i), r| (k + r.keys, i + r.items));
     let keys = rows
         .iter()
         .map(|r| KeyVersion {
@@ -92,6 +114,7 @@ pub async fn inventory(
             destroyed_at: r.destroyed_at,
             keys: r.keys,
             encryptions: r.encryptions,
+            items: r.items,
         })
         .collect();
     let audit = audit_keys
@@ -102,5 +125,11 @@ pub async fn inventory(
             algorithm: "Ed25519",
         })
         .collect();
-    Ok(Inventory { keys, audit })
+    Ok(Inventory {
+        keys,
+        audit,
+        retired_data_keys,
+        items_under_retired_keys,
+        reencryption_cursor: store.get_meta(CURSOR).await?,
+    })
 }

@@ -1,13 +1,16 @@
 //! The key lifecycle: loading the master keyring and checking it against the store,
 //! picking up versions added or destroyed while the vault runs, rotating the master key
-//! (every stored key wrapped again under a new version) and retiring an old version.
+//! (every stored key wrapped again under a new version), retiring an old version, and
+//! re-encrypting every value under new data keys.
 //! Key bytes stay in `crypto`; this module decides what to wrap, when, and records it.
 
 mod inventory;
+mod reencrypt;
 mod rotate;
 
 pub use inventory::{inventory, AuditKeyInfo, Inventory, KeyVersion};
 
+pub use reencrypt::{reencrypt_data, ReencryptReport};
 pub use rotate::{retire_master, rotate_master, Pace, Progress, RotateError, RotateReport};
 
 use std::sync::Mutex;

@@ -39,6 +39,27 @@ pub(super) fn note_in(script: &mut Script, kind: &str, key: &str, at: i64) {
         .bind(at);
 }
 
+/// [`note_in`] for many keys of one kind, in one statement a chunk.
+pub(super) fn note_many_in(script: &mut Script, kind: &str, keys: &[String], at: i64) {
+    if keys.is_empty() {
+        return;
+    }
+    if script.postgres() {
+        script
+            .sql("SELECT pg_advisory_xact_lock(?)")
+            .bind(CHAIN_LOCK);
+    }
+    for chunk in keys.chunks(500) {
+        script.sql(&format!(
+            "INSERT INTO cache_changes (kind, key, at) VALUES {}",
+            super::write::tuples(chunk.len(), 3)
+        ));
+        for key in chunk {
+            script.bind(kind.to_owned()).bind(key.clone()).bind(at);
+        }
+    }
+}
+
 impl Store {
     /// The newest change's number (0 when there is none).
     pub async fn changes_head(&self) -> Result<i64, StoreError> {

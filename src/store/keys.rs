@@ -334,12 +334,21 @@ pub struct KeyVersionRow {
     pub keys: i64,
     /// Values encrypted under them (data keys; 0 where not counted).
     pub encryptions: i64,
+    /// Data keys: the field values and records sealed under them now.
+    pub items: i64,
+    /// Data keys: made before the start of the newest re-encryption (finished or
+    /// not), so retired by it, or about to be.
+    pub retired: bool,
 }
 
 impl Store {
     /// Every key version the store knows of: master versions (their check values only),
-    /// system keys, and data keys counted per version and wrapping master version.
-    pub async fn key_inventory(&self) -> Result<Vec<KeyVersionRow>, StoreError> {
+    /// system keys, and data keys counted per version and wrapping master version, and
+    /// apart for those made before `retired_before` (ms).
+    pub async fn key_inventory(
+        &self,
+        retired_before: i64,
+    ) -> Result<Vec<KeyVersionRow>, StoreError> {
         let row =
             |kind: String, version, wrapped_by, created_at, keys, encryptions| KeyVersionRow {
                 kind,
@@ -349,6 +358,8 @@ impl Store {
                 destroyed_at: None,
                 keys,
                 encryptions,
+                items: 0,
+                retired: false,
             };
         let mut out = Vec::new();
         let masters: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
@@ -374,15 +385,29 @@ impl Store {
                 .into_iter()
                 .map(|(name, v, kek, at)| row(name, v, Some(kek), at, 1, 0)),
         );
-        let data: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT version, kek_version, CAST(count(*) AS BIGINT), CAST(COALESCE(sum(encryptions), 0) AS BIGINT), \
-             CAST(min(created_at) AS BIGINT) FROM subject_keys GROUP BY version, kek_version ORDER BY version, kek_version",
+        let data: Vec<(i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT version, kek_version, retired, CAST(count(*) AS BIGINT), \
+                    CAST(COALESCE(sum(encryptions), 0) AS BIGINT), CAST(min(created_at) AS BIGINT), \
+                    CAST(COALESCE(sum(items), 0) AS BIGINT) \
+             FROM (SELECT k.version, k.kek_version, k.encryptions, k.created_at, \
+                          CASE WHEN k.created_at < $1 THEN 1 ELSE 0 END AS retired, \
+                          (SELECT count(*) FROM subject_fields f \
+                            WHERE f.subject_id = k.subject_id AND f.dek_version = k.version) \
+                          + (SELECT count(*) FROM records r \
+                            WHERE r.subject_id = k.subject_id AND r.dek_version = k.version) AS items \
+                   FROM subject_keys k) AS d \
+             GROUP BY version, kek_version, retired ORDER BY version, kek_version, retired",
         )
+        .bind(retired_before)
         .fetch_all(&self.pool)
         .await?;
         out.extend(
             data.into_iter()
-                .map(|(v, kek, n, enc, at)| row("data".into(), v, Some(kek), at, n, enc)),
+                .map(|(v, kek, retired, n, enc, at, items)| KeyVersionRow {
+                    items,
+                    retired: retired != 0,
+                    ..row("data".into(), v, Some(kek), at, n, enc)
+                }),
         );
         Ok(out)
     }

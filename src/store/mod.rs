@@ -11,6 +11,7 @@ mod audit_index;
 pub(crate) mod changes;
 mod consent;
 mod keys;
+mod reencrypt;
 mod requests;
 mod retention;
 mod subjects;
@@ -21,6 +22,7 @@ pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam,
 pub use audit_index::{subject_seqs, IndexStep};
 pub use consent::ConsentRow;
 pub use keys::{KeyVersionRow, MasterKeyRow, Rewrapped, SystemKeyRow, WrappedCount, WrappedKey};
+pub use reencrypt::{Reseal, Resealed, SealedItem, SealedSubject};
 pub use requests::RequestRow;
 pub use retention::ExpiredRow;
 pub use subjects::{

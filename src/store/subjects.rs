@@ -147,6 +147,24 @@ async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreErro
     Ok(())
 }
 
+/// `Conflict` unless data-key `version` of the subject still exists. A write seals its
+/// values before its transaction starts; a re-encryption may have replaced that key
+/// since. Asked after `touch`, which holds the subject (PostgreSQL: its row lock; a
+/// re-encryption takes it too; SQLite: the write lock), so the answer stays true until
+/// the commit. The write is then made again with the subject's current key.
+async fn key_still_there(conn: &mut Conn, subject: &str, version: i64) -> Result<(), StoreError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM subject_keys WHERE subject_id = $1 AND version = $2")
+            .bind(subject)
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Conflict),
+    }
+}
+
 /// Numbered, typed parameters for one PostgreSQL statement.
 #[derive(Default)]
 struct Params {
@@ -229,9 +247,14 @@ async fn correct_in_one_statement(
         let (count, version) = (p.push(n, "bigint"), p.push(w.key_version, "bigint"));
         ctes.push(format!(
             "counted AS (UPDATE subject_keys SET encryptions = encryptions + {count} \
-             WHERE subject_id = {id} AND version = {version} AND {guard})"
+             WHERE subject_id = {id} AND version = {version} AND {guard} RETURNING 1)"
         ));
     }
+    let counted = if w.new_key.is_none() && n > 0 {
+        "(SELECT count(*) FROM counted)"
+    } else {
+        "CAST(1 AS BIGINT)"
+    };
     let changed: Vec<String> = w
         .set
         .iter()
@@ -283,8 +306,11 @@ async fn correct_in_one_statement(
         "noted AS (INSERT INTO cache_changes (kind, key, at) SELECT {kind}, {id}, {at} \
          FROM (SELECT pg_advisory_xact_lock({lock})) AS l WHERE {guard})"
     ));
-    let sql = format!("WITH {} SELECT count(*) FROM touched", ctes.join(", "));
-    let found: i64 = match sqlx::query_scalar_with(&sql, p.args)
+    let sql = format!(
+        "WITH {} SELECT (SELECT count(*) FROM touched), {counted}",
+        ctes.join(", ")
+    );
+    let (found, counted): (i64, i64) = match sqlx::query_as_with(&sql, p.args)
         .fetch_one(&mut *conn)
         .await
     {
@@ -294,6 +320,11 @@ async fn correct_in_one_statement(
     };
     if found == 0 {
         return Err(StoreError::NotFound);
+    }
+    if counted == 0 {
+        // The data key this write sealed under was replaced meanwhile (a
+        // re-encryption): the write is undone with its transaction, and made again.
+        return Err(StoreError::Conflict);
     }
     Ok(())
 }
@@ -643,6 +674,9 @@ impl Store {
                     return correct_in_one_statement(conn, w, now).await;
                 }
                 touch(conn, &w.subject_id, now).await?;
+                if w.new_key.is_none() && !w.set.is_empty() {
+                    key_still_there(conn, &w.subject_id, w.key_version).await?;
+                }
                 let mut script = Script::new(conn);
                 if let Some(key) = &w.new_key {
                     add_key(&mut script, &w.subject_id, key, 0, now);
@@ -772,16 +806,19 @@ impl Store {
                 let now = now_ms();
                 touch(conn, &subject, now).await?;
                 let mut script = Script::new(conn);
-                if let Some(key) = &new_key {
-                    add_key(&mut script, &subject, key, 0, now);
+                match &new_key {
+                    Some(key) => add_key(&mut script, &subject, key, 1, now),
+                    None => {
+                        key_still_there(conn, &subject, record.dek_version).await?;
+                        script
+                            .sql(
+                                "UPDATE subject_keys SET encryptions = encryptions + 1 \
+                                 WHERE subject_id = ? AND version = ?",
+                            )
+                            .bind(subject.clone())
+                            .bind(record.dek_version);
+                    }
                 }
-                script
-                    .sql(
-                        "UPDATE subject_keys SET encryptions = encryptions + 1 \
-                         WHERE subject_id = ? AND version = ?",
-                    )
-                    .bind(subject.clone())
-                    .bind(record.dek_version);
                 script
                     .sql(
                         "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at) \

@@ -767,8 +767,17 @@ impl Vault {
         if !self.store.subject_active(id.as_str()).await? {
             return Err(VaultError::NotFound);
         }
-        let rows = self.store.records(id.as_str(), collection).await?;
-        let keys = self.unwrap_all(id).await?;
+        // Records and keys are read one after the other: a re-encryption landing in
+        // between replaces the keys the records were sealed under. Read both again then.
+        let mut attempt = 1;
+        let (rows, keys) = loop {
+            let rows = self.store.records(id.as_str(), collection).await?;
+            let keys = self.unwrap_all(id).await?;
+            if attempt >= WRITE_ATTEMPTS || rows.iter().all(|r| keys.contains_key(&r.dek_version)) {
+                break (rows, keys);
+            }
+            attempt += 1;
+        };
         rows.into_iter()
             .map(|row| {
                 let aad = Aad::record(id.as_str(), collection, &row.id, row.dek_version);

@@ -107,8 +107,13 @@ impl Store {
                 };
                 let mut script = Script::new(conn);
                 if !subjects.is_empty() {
-                    let new_version =
-                        subjects.iter().flat_map(|s| &s.keys).map(|k| k.version).max().unwrap_or(0) + 1;
+                    let new_version = subjects
+                        .iter()
+                        .flat_map(|s| &s.keys)
+                        .map(|k| k.version)
+                        .max()
+                        .unwrap_or(0)
+                        + 1;
                     let mut keys = Vec::new();
                     let mut fields = Vec::new();
                     let mut records = Vec::new();
@@ -125,9 +130,12 @@ impl Store {
                                 SealedItem::Field { name, .. } => {
                                     fields.push((s.id.clone(), name.clone(), sealed))
                                 }
-                                SealedItem::Record { id, collection, .. } => {
-                                    records.push((id.clone(), s.id.clone(), collection.clone(), sealed))
-                                }
+                                SealedItem::Record { id, collection, .. } => records.push((
+                                    id.clone(),
+                                    s.id.clone(),
+                                    collection.clone(),
+                                    sealed,
+                                )),
                             }
                         }
                         done.push(s.id.clone());
@@ -168,9 +176,7 @@ async fn load_locked(
     let sql = format!(
         "UPDATE subjects SET updated_at = updated_at WHERE id IN ({list}) AND erased_at IS NULL RETURNING id"
     );
-    let locked = bind_ids(&sql, ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let locked = bind_ids(&sql, ids).fetch_all(&mut *conn).await?;
     let mut subjects: Vec<SealedSubject> = Vec::with_capacity(locked.len());
     for r in &locked {
         subjects.push(SealedSubject {
@@ -188,10 +194,7 @@ async fn load_locked(
         "SELECT subject_id, version, kek_version, wrapped, encryptions FROM subject_keys \
          WHERE subject_id IN ({list}) ORDER BY subject_id, version"
     );
-    for r in bind_ids(&sql, ids)
-    .fetch_all(&mut *conn)
-    .await?
-    {
+    for r in bind_ids(&sql, ids).fetch_all(&mut *conn).await? {
         let id: String = r.try_get(0)?;
         if let Some(i) = find(&mut subjects, &id) {
             subjects[i].keys.push(SubjectKeyRow {
@@ -205,10 +208,7 @@ async fn load_locked(
     let sql = format!(
         "SELECT subject_id, field, dek_version, sealed FROM subject_fields WHERE subject_id IN ({list})"
     );
-    for r in bind_ids(&sql, ids)
-    .fetch_all(&mut *conn)
-    .await?
-    {
+    for r in bind_ids(&sql, ids).fetch_all(&mut *conn).await? {
         let id: String = r.try_get(0)?;
         if let Some(i) = find(&mut subjects, &id) {
             subjects[i].items.push(SealedItem::Field {
@@ -221,10 +221,7 @@ async fn load_locked(
     let sql = format!(
         "SELECT subject_id, id, collection, dek_version, sealed FROM records WHERE subject_id IN ({list})"
     );
-    for r in bind_ids(&sql, ids)
-    .fetch_all(&mut *conn)
-    .await?
-    {
+    for r in bind_ids(&sql, ids).fetch_all(&mut *conn).await? {
         let id: String = r.try_get(0)?;
         if let Some(i) = find(&mut subjects, &id) {
             subjects[i].items.push(SealedItem::Record {

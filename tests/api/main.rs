@@ -30,6 +30,7 @@ mod nodes;
 mod openapi;
 mod policy_admin;
 mod policy_matrix;
+mod reencryption;
 mod retention;
 mod subjects;
 mod tokens;

@@ -1,0 +1,406 @@
+//! Re-encryption (`piivault keys rotate --data`), end to end: the CLI beside a serving
+//! vault that reads, corrects, adds records and creates throughout, killed in the
+//! middle and run again; then every value is intact and nothing is left under a data
+//! key that existed before.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+/// What each subject should hold: its phone and its payment records, oldest first.
+type Expected = Arc<Mutex<BTreeMap<String, (String, Vec<Value>)>>>;
+
+/// How many of `ids` still have a data key of version 1 (each starts with one).
+async fn still_under_first_key(t: &TestApp, ids: &[String]) -> i64 {
+    let raw = t.raw().await;
+    let mut n = 0;
+    for id in ids {
+        let found: i64 = sqlx::query_scalar(
+            "SELECT CAST(count(*) AS BIGINT) FROM subject_keys WHERE subject_id = $1 AND version = 1",
+        )
+        .bind(id)
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        n += found;
+    }
+    raw.close().await;
+    n
+}
+
+async fn inventory(t: &TestApp) -> Value {
+    let (ok, said) = t.cli(&["keys", "list", "--json"]);
+    assert!(ok, "{said}");
+    serde_json::from_str(&said).unwrap()
+}
+
+both_stores!(
+    data_reencryption_under_load_survives_kill_9_and_leaves_nothing_under_retired_keys,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let expected: Expected = Arc::default();
+        let mut ids = Vec::new();
+        for i in 0..120 {
+            let phone = format!("139{:08}", 50_000_000 + i);
+            let id = t
+                .create(&dsr, json!({"name": format!("重加密{i}"), "phone": phone}))
+                .await;
+            let mut records = Vec::new();
+            if i % 3 == 0 {
+                let doc = json!({"amount": format!("{i}.00"), "currency": "CNY"});
+                let (s, b) = t
+                    .call(
+                        Method::POST,
+                        &format!("/v1/subjects/{id}/records/payments"),
+                        Some(&dsr),
+                        Some("dsr"),
+                        Some(&doc),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::CREATED, "{b}");
+                records.push(doc);
+            }
+            expected
+                .lock()
+                .unwrap()
+                .insert(id.clone(), (phone, records));
+            ids.push(id);
+        }
+        let raw = t.raw().await;
+        let sealed_before: Vec<u8> = sqlx::query_scalar(
+            "SELECT sealed FROM subject_fields WHERE subject_id = $1 AND field = 'phone'",
+        )
+        .bind(&ids[0])
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        raw.close().await;
+
+        // Reads, corrections, new records and creates go on throughout; every answer
+        // must be right, and every acknowledged change must be there at the end.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = {
+            let (client, base, dsr, stop) =
+                (t.client.clone(), t.base.clone(), dsr.clone(), stop.clone());
+            let (ids, expected) = (ids.clone(), expected.clone());
+            tokio::spawn(async move {
+                let mut steps = 0u64;
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let id = &ids[i % ids.len()];
+                    let (phone, records) = expected.lock().unwrap()[id].clone();
+                    let (s, b) = call_at(
+                        &client,
+                        &base,
+                        Method::GET,
+                        &format!("/v1/subjects/{id}?fields=phone"),
+                        Some(&dsr),
+                        Some("dsr"),
+                        None,
+                    )
+                    .await;
+                    assert_eq!(s, StatusCode::OK, "read during re-encryption: {b}");
+                    assert_eq!(b["fields"]["phone"]["value"], phone.as_str());
+                    let (s, b) = call_at(
+                        &client,
+                        &base,
+                        Method::GET,
+                        &format!("/v1/subjects/{id}/records/payments"),
+                        Some(&dsr),
+                        Some("dsr"),
+                        None,
+                    )
+                    .await;
+                    assert_eq!(s, StatusCode::OK, "records during re-encryption: {b}");
+                    let docs: Vec<Value> = b["records"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["document"].clone())
+                        .collect();
+                    assert_eq!(docs, records);
+                    if i % 3 == 0 {
+                        let phone = format!("136{:08}", i);
+                        let (s, b) = call_at(
+                            &client,
+                            &base,
+                            Method::PATCH,
+                            &format!("/v1/subjects/{id}"),
+                            Some(&dsr),
+                            Some("dsr"),
+                            Some(&json!({"fields": {"phone": phone}})),
+                        )
+                        .await;
+                        assert_eq!(s, StatusCode::OK, "correction during re-encryption: {b}");
+                        expected.lock().unwrap().get_mut(id).unwrap().0 = phone;
+                    }
+                    if i % 4 == 0 {
+                        let doc = json!({"amount": format!("{i}.50"), "currency": "CNY"});
+                        let (s, b) = call_at(
+                            &client,
+                            &base,
+                            Method::POST,
+                            &format!("/v1/subjects/{id}/records/payments"),
+                            Some(&dsr),
+                            Some("dsr"),
+                            Some(&doc),
+                        )
+                        .await;
+                        assert_eq!(s, StatusCode::CREATED, "record during re-encryption: {b}");
+                        expected.lock().unwrap().get_mut(id).unwrap().1.push(doc);
+                    }
+                    if i % 10 == 0 {
+                        let phone = format!("135{:08}", i);
+                        let (s, b) = call_at(
+                            &client,
+                            &base,
+                            Method::POST,
+                            "/v1/subjects",
+                            Some(&dsr),
+                            Some("dsr"),
+                            Some(&json!({"fields": {"phone": phone}})),
+                        )
+                        .await;
+                        assert_eq!(s, StatusCode::CREATED, "create during re-encryption: {b}");
+                        let new = b["id"].as_str().unwrap().to_owned();
+                        expected.lock().unwrap().insert(new, (phone, Vec::new()));
+                    }
+                    steps += 1;
+                    i += 1;
+                }
+                steps
+            })
+        };
+
+        // The first attempt, paced, is killed once part of the subjects moved.
+        let mut first = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args([
+                "keys",
+                "rotate",
+                "--data",
+                "--batch",
+                "4",
+                "--max-rate",
+                "40",
+            ])
+            .arg("--data-dir")
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let all = ids.len() as i64;
+        assert!(
+            eventually(|| async { still_under_first_key(&t, &ids).await <= all - 12 }).await,
+            "the re-encryption never started"
+        );
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let left = still_under_first_key(&t, &ids).await;
+        assert!(left > 0, "the kill came too late");
+        let halfway = inventory(&t).await;
+        assert!(halfway["reencryption_cursor"].is_string(), "{halfway}");
+        assert!(
+            halfway["items_under_retired_keys"].as_i64().unwrap() > 0,
+            "{halfway}"
+        );
+
+        // Run again: it resumes after the last batch that landed and finishes.
+        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(["keys", "rotate", "--data", "--json", "--data-dir"])
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["resumed"], true, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+        assert!(report["subjects"].as_i64().unwrap() >= left, "{report}");
+
+        stop.store(true, Ordering::Release);
+        let steps = load.await.unwrap();
+        assert!(steps > 0);
+
+        // Nothing is left under a data key that existed before: every original subject's
+        // first key is gone, and the inventory counts no retired key and no item under
+        // one.
+        assert_eq!(still_under_first_key(&t, &ids).await, 0);
+        let after = inventory(&t).await;
+        assert_eq!(after["retired_data_keys"], 0, "{after}");
+        assert_eq!(after["items_under_retired_keys"], 0, "{after}");
+        assert!(after["reencryption_cursor"].is_null(), "{after}");
+        let raw = t.raw().await;
+        let sealed_after: Vec<u8> = sqlx::query_scalar(
+            "SELECT sealed FROM subject_fields WHERE subject_id = $1 AND field = 'phone'",
+        )
+        .bind(&ids[0])
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        assert_ne!(sealed_before, sealed_after);
+        // Every value and record sits under a key its subject has.
+        let orphans: i64 = sqlx::query_scalar(
+            "SELECT CAST(count(*) AS BIGINT) FROM subject_fields f WHERE NOT EXISTS \
+             (SELECT 1 FROM subject_keys k WHERE k.subject_id = f.subject_id AND k.version = f.dek_version)",
+        )
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        let orphan_records: i64 = sqlx::query_scalar(
+            "SELECT CAST(count(*) AS BIGINT) FROM records r WHERE NOT EXISTS \
+             (SELECT 1 FROM subject_keys k WHERE k.subject_id = r.subject_id AND k.version = r.dek_version)",
+        )
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+        raw.close().await;
+        assert_eq!((orphans, orphan_records), (0, 0));
+
+        // Every acknowledged value and record reads back, through a fresh look at the
+        // store (the server's cache was told of every change).
+        let expected = expected.lock().unwrap().clone();
+        for (id, (phone, records)) in &expected {
+            let (s, v) = read_field(&t, &dsr, "dsr", id, "phone").await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(&v, phone);
+            let (s, b) = t
+                .call(
+                    Method::GET,
+                    &format!("/v1/subjects/{id}/records/payments"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK);
+            let docs: Vec<Value> = b["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["document"].clone())
+                .collect();
+            assert_eq!(&docs, records, "{id}");
+        }
+        // Lookups by the blind index still find them (its key is not a data key).
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/subjects/lookup",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"field": "phone", "value": expected[&ids[1]].0})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert!(b.to_string().contains(&ids[1]), "{b}");
+
+        // The re-encryption is in the audit trail, by the operator, and the chain
+        // verifies.
+        let events = t.events().await;
+        let actions: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e.action.starts_with("key."))
+            .map(|e| (e.action.as_str(), e.reason.as_str()))
+            .collect();
+        assert!(actions.contains(&("key.rotate", "started")), "{actions:?}");
+        assert!(actions.contains(&("key.rotate", "finished")), "{actions:?}");
+        assert!(
+            actions
+                .iter()
+                .filter(|(a, _)| *a == "key.reencrypt")
+                .count()
+                >= 3,
+            "{actions:?}"
+        );
+        for e in events.iter().filter(|e| e.action.starts_with("key.")) {
+            assert_eq!(
+                (e.actor_token.as_str(), e.actor_role.as_str()),
+                ("cli", "operator")
+            );
+            assert!(e.target.as_deref().unwrap_or("").starts_with("data"));
+        }
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);
+
+both_stores!(
+    a_write_sealed_under_a_key_a_reencryption_replaced_is_refused_as_a_conflict,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t.create(&dsr, json!({"phone": "13900000123"})).await;
+        let (ok, said) = t.cli(&["keys", "rotate", "--data"]);
+        assert!(ok, "{said}");
+        // A correction and a record prepared under data key 1, before the
+        // re-encryption replaced it, reach the store after: both are refused (the
+        // vault then makes them again under the subject's current key), and nothing
+        // of them lands.
+        let store = &t.app.store;
+        let correction = store.write_subject_op(piivault::store::SubjectWrite {
+            subject_id: id.clone(),
+            new_key: None,
+            key_version: 1,
+            set: vec![piivault::store::FieldRow {
+                field: "phone".into(),
+                dek_version: 1,
+                sealed: vec![0; 40],
+            }],
+            remove: Vec::new(),
+            index: Vec::new(),
+        });
+        assert!(
+            matches!(
+                store.transact(correction).await,
+                Err(piivault::store::StoreError::Conflict)
+            ),
+            "a value under a replaced key was written"
+        );
+        let record = store.insert_record_op(
+            &id,
+            None,
+            piivault::store::RecordRow {
+                id: "rec_stale".into(),
+                collection: "payments".into(),
+                dek_version: 1,
+                sealed: vec![0; 40],
+                created_at: now_ms(),
+            },
+        );
+        assert!(matches!(
+            store.transact(record).await,
+            Err(piivault::store::StoreError::Conflict)
+        ));
+        assert_eq!(
+            read_field(&t, &dsr, "dsr", &id, "phone").await.1,
+            "13900000123"
+        );
+        // Through the API the same writes succeed (made with the current key).
+        let (s, b) = t
+            .call(
+                Method::PATCH,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"fields": {"phone": "13900000124"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(
+            read_field(&t, &dsr, "dsr", &id, "phone").await.1,
+            "13900000124"
+        );
+    }
+);

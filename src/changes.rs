@@ -30,6 +30,8 @@ pub struct ChangeFeed {
     tokens: Tokens,
     consents: Consents,
     vault: Vault,
+    /// The audit trail whose signing key is read again after a rotation.
+    audit: Option<crate::audit::Audit>,
     seen: Arc<AtomicI64>,
     sync: Arc<tokio::sync::Mutex<()>>,
 }
@@ -41,9 +43,16 @@ impl ChangeFeed {
             tokens,
             consents,
             vault,
+            audit: None,
             seen: Arc::new(AtomicI64::new(-1)),
             sync: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Reads the audit signing key file again when a rotation says so.
+    pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Reads the feed once and applies it. On error the caches are switched off.
@@ -84,6 +93,11 @@ impl ChangeFeed {
                 changes::SUBJECT => {
                     self.consents.forget_subject(&key);
                     self.vault.forget(&key);
+                }
+                changes::KEYS if key == "audit" => {
+                    if let Some(Err(e)) = self.audit.as_ref().map(|a| a.reload_key()) {
+                        tracing::error!(error = %e, "the audit signing key was rotated, but its file could not be read again");
+                    }
                 }
                 changes::KEYS => {
                     if let Err(e) = self.vault.reload_keys().await {

@@ -148,9 +148,10 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
     let file = &settings.file;
     let defaults = AuditConfig::default();
     store.spawn_wal_checkpointer();
-    let audit = Audit::start(
+    let audit = Audit::start_with_key_file(
         store.clone(),
         Some(audit_key),
+        Some(settings.audit_key_file.clone()),
         AuditConfig {
             checkpoint_every_events: file
                 .audit_checkpoint_events
@@ -194,7 +195,8 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         tokens.clone(),
         consents.clone(),
         vault.clone(),
-    );
+    )
+    .with_audit(audit.clone());
     changes.sync().await.context("reading the change feed")?;
     changes.clone().start(
         file.cache_sync_ms
@@ -382,7 +384,6 @@ impl App {
             audit: self.audit.clone(),
             consents: self.consents.clone(),
             requests: self.requests.clone(),
-            trusted_keys: Arc::new(self.trusted_audit_keys()),
             checkpoint_file: self.checkpoint_file.clone(),
             reports: self.reports.clone(),
             policy: self.policy.clone(),
@@ -390,37 +391,9 @@ impl App {
         }
     }
 
-    /// The public keys an auditor of this vault trusts: this node's, and every other
-    /// `*.pub` file placed beside it (other nodes' keys).
+    /// The public keys an auditor of this vault trusts (see [`trusted_audit_keys`]).
     pub fn trusted_audit_keys(&self) -> Vec<AuditPublicKey> {
-        let mut keys: Vec<AuditPublicKey> = self
-            .audit
-            .key()
-            .map(|k| k.public().clone())
-            .into_iter()
-            .collect();
-        if let Some(dir) = self.checkpoint_file.parent() {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for path in entries.flatten().map(|e| e.path()) {
-                    if path.extension().is_some_and(|e| e == "pub") {
-                        if let Ok(k) =
-                            std::fs::read_to_string(&path).map(|t| AuditPublicKey::parse(&t))
-                        {
-                            match k {
-                                Ok(k) if !keys.iter().any(|x| x.key_id() == k.key_id()) => {
-                                    keys.push(k)
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(path = %path.display(), error = %e, "not an audit public key")
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        keys
+        trusted_audit_keys(&self.audit, &self.checkpoint_file)
     }
 
     /// Verifies the whole trail against the trusted keys and the checkpoint file.
@@ -432,6 +405,26 @@ impl App {
         )
         .await
     }
+}
+
+/// The public keys an auditor of this vault trusts: the signing key's, and every
+/// `*.pub` file beside the checkpoint file (other nodes' keys, and this node's earlier
+/// keys kept by `piivault keys rotate --audit`). Read afresh on each call, so a key
+/// rotated while the vault runs is trusted at once.
+pub fn trusted_audit_keys(audit: &Audit, checkpoint_file: &std::path::Path) -> Vec<AuditPublicKey> {
+    let mut keys: Vec<AuditPublicKey> = audit
+        .key()
+        .map(|k| k.public().clone())
+        .into_iter()
+        .collect();
+    if let Some(dir) = checkpoint_file.parent() {
+        for k in audit::public_keys_in(dir) {
+            if !keys.iter().any(|x| x.key_id() == k.key_id()) {
+                keys.push(k);
+            }
+        }
+    }
+    keys
 }
 
 /// Verifies the trail in `store` with `keys`, adding the checkpoints of `checkpoint_file`.

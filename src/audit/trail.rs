@@ -98,7 +98,10 @@ struct CheckpointState {
 pub struct Audit {
     queue: mpsc::Sender<Pending>,
     store: Store,
-    key: Option<Arc<AuditKey>>,
+    /// The signing key; replaced when it is rotated (`piivault keys rotate --audit`).
+    key: Arc<std::sync::RwLock<Option<Arc<AuditKey>>>>,
+    /// The file it was read from, if any (read again after a rotation).
+    key_file: Option<std::path::PathBuf>,
     config: Arc<AuditConfig>,
     state: Arc<Mutex<CheckpointState>>,
     /// Whether the last batch committed (for `/readyz`).
@@ -112,7 +115,7 @@ pub struct Audit {
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Audit")
-            .field("key", &self.key)
+            .field("key", &self.key())
             .finish_non_exhaustive()
     }
 }
@@ -120,12 +123,25 @@ impl std::fmt::Debug for Audit {
 impl Audit {
     /// Starts the writer (and, with a key, the checkpoint signer) on the current runtime.
     pub fn start(store: Store, key: Option<Arc<AuditKey>>, config: AuditConfig) -> Self {
+        Self::start_with_key_file(store, key, None, config)
+    }
+
+    /// As [`Audit::start`], with the key file `key` was read from: the key is read
+    /// from it again by [`Audit::reload_key`].
+    pub fn start_with_key_file(
+        store: Store,
+        key: Option<Arc<AuditKey>>,
+        key_file: Option<std::path::PathBuf>,
+        config: AuditConfig,
+    ) -> Self {
+        let signing = key.is_some();
         let (queue, rx) = mpsc::channel(8192);
         let (head_tx, head_rx) = watch::channel(0i64);
         let audit = Self {
             queue,
             store: store.clone(),
-            key,
+            key: Arc::new(std::sync::RwLock::new(key)),
+            key_file,
             config: Arc::new(config),
             state: Arc::new(Mutex::new(CheckpointState {
                 last: None,
@@ -144,7 +160,7 @@ impl Audit {
             audit.commits.clone(),
         ));
         tokio::spawn(indexer(store, head_rx.clone()));
-        if audit.key.is_some() {
+        if signing {
             tokio::spawn(signer(audit.clone(), head_rx));
         }
         audit
@@ -224,30 +240,76 @@ impl Audit {
         self.commits.load(Ordering::Relaxed)
     }
 
-    pub fn key(&self) -> Option<&AuditKey> {
-        self.key.as_deref()
+    /// The signing key in use.
+    pub fn key(&self) -> Option<Arc<AuditKey>> {
+        match self.key.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Signs with `key` from now on. The checkpoint position is kept: the events up to
+    /// it were checked by this process whichever key signed them.
+    pub fn set_key(&self, key: Arc<AuditKey>) {
+        match self.key.write() {
+            Ok(mut slot) => *slot = Some(key),
+            Err(poisoned) => *poisoned.into_inner() = Some(key),
+        }
+    }
+
+    /// Reads the key file again (a rotation replaced it); `true` if the key changed.
+    pub fn reload_key(&self) -> Result<bool, AuditError> {
+        let (Some(path), Some(current)) = (&self.key_file, self.key()) else {
+            return Ok(false);
+        };
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| AuditError::Checkpoint(format!("{}: {e}", path.display())))?,
+        );
+        let key = AuditKey::parse(&text).map_err(|e| AuditError::Checkpoint(e.to_string()))?;
+        if key.public().key_id() == current.public().key_id() {
+            return Ok(false);
+        }
+        tracing::info!(
+            old = current.public().key_id(),
+            new = key.public().key_id(),
+            "audit signing key replaced"
+        );
+        self.set_key(Arc::new(key));
+        Ok(true)
+    }
+
+    /// The key file the signing key comes from, if any.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        self.key_file.as_deref()
     }
 
     /// Signs a checkpoint of the current head now (if it moved since the last one),
     /// after checking that the events since the last checkpoint link up.
     pub async fn checkpoint_now(&self) -> Result<Option<i64>, AuditError> {
-        let Some(key) = &self.key else {
+        let Some(key) = self.key() else {
             return Ok(None);
         };
         let mut state = self.state.lock().await;
         let fail = |e: String| AuditError::Checkpoint(e);
         if state.last.is_none() {
-            // Resume from the newest checkpoint this key signed, if any.
+            // Resume from the newest checkpoint this key signed, or a key kept beside
+            // its file (an earlier key of this node, rotated out), if any.
+            let mut trusted = vec![key.public().clone()];
+            if let Some(dir) = self.key_file.as_deref().and_then(std::path::Path::parent) {
+                trusted.extend(crate::audit::public_keys_in(dir));
+            }
             let mine = self
                 .store
                 .checkpoints()
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .into_iter()
-                .filter(|c| c.key_id == key.public().key_id())
                 .filter(|c| {
-                    key.public()
-                        .verify_checkpoint(c.seq, c.ts, &c.hash, &c.signature)
+                    trusted.iter().any(|k| {
+                        k.key_id() == c.key_id
+                            && k.verify_checkpoint(c.seq, c.ts, &c.hash, &c.signature)
+                    })
                 })
                 .max_by_key(|c| c.seq);
             state.last = match mine {

@@ -28,8 +28,9 @@ pub enum KeysCommand {
     /// with its audit event, while the server keeps serving; interrupted, it resumes
     /// where it stopped when run again. Several nodes: give every node the new key file
     /// line before running `--master` (a node reads its key file again when it sees the
-    /// new version).
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data"])))]
+    /// new version). `--audit`: replace this node's audit signing key; the old public
+    /// key stays beside it, so what it signed still verifies.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data", "audit"])))]
     Rotate {
         /// Rotate the master key: every stored key wrapped again under a new version.
         #[arg(long)]
@@ -37,6 +38,10 @@ pub enum KeysCommand {
         /// Re-encrypt: new data keys for every subject, every value sealed again.
         #[arg(long)]
         data: bool,
+        /// Replace this node's audit signing key (the server signs with the new one
+        /// from its next checkpoint).
+        #[arg(long)]
+        audit: bool,
         /// Keys (--master) or subjects (--data) per transaction [default: 1000 keys, 100
         /// subjects].
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -63,6 +68,7 @@ pub enum KeysCommand {
 pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KeysCommand::List { json } => list(settings, json).await,
+        KeysCommand::Rotate { audit: true, .. } => rotate_audit(settings).await,
         KeysCommand::Rotate {
             data,
             batch,
@@ -140,6 +146,21 @@ async fn rotate(
     if !json {
         println!("older master key versions now wrap nothing: `piivault keys retire --master VERSION` destroys them");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_audit(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let result = crate::keys::rotate_audit(&app.store, &app.audit, &super::operator_events()).await;
+    app.store.close().await;
+    let rotation = result?;
+    println!(
+        "audit signing key {} replaced by {}; the old public key is kept in {} (give it, and the new {}, to auditors who verify elsewhere)",
+        rotation.old_key_id,
+        rotation.new_key_id,
+        rotation.kept_public_key,
+        settings.audit_key_file.with_extension("pub").display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -88,8 +88,13 @@ impl AuditKey {
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
         let key = Self::parse(&text)?;
+        // Written when missing, and again when it holds another key (a rotation cut
+        // short between replacing the key and its public half).
         let public_path = path.with_extension("pub");
-        if !public_path.exists() {
+        let current = std::fs::read_to_string(&public_path)
+            .ok()
+            .and_then(|t| AuditPublicKey::parse(&t).ok());
+        if current.is_none_or(|p| p.key_id != key.public.key_id) {
             std::fs::write(&public_path, format!("{}\n", key.public.to_text())).map_err(io)?;
         }
         Ok(key)
@@ -97,6 +102,40 @@ impl AuditKey {
 
     pub fn public(&self) -> &AuditPublicKey {
         &self.public
+    }
+
+    /// Replaces the key in `path` with a fresh one. The old public key is kept beside
+    /// it as `<stem>-<key id>.pub` (checkpoints it signed still verify; the private half
+    /// is gone), and `<stem>.pub` gets the new one. Each file is written beside its
+    /// place and renamed over it, so a crash leaves the old key or the new, never half.
+    /// Returns the old public key and the new key.
+    pub fn rotate_file(path: &Path) -> Result<(AuditPublicKey, Self), CryptoError> {
+        let io = |e: std::io::Error| {
+            CryptoError::MasterKey(format!("audit key {}: {e}", path.display()))
+        };
+        let write = |at: &Path, text: &str, create_new: bool| {
+            super::keyset::write_key_file(at, text, create_new)
+                .map_err(|e| CryptoError::MasterKey(e.to_string()))
+        };
+        let old = Self::parse(&Zeroizing::new(std::fs::read_to_string(path).map_err(io)?))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "audit".into());
+        let kept = path.with_file_name(format!("{stem}-{}.pub", old.public.key_id));
+        if !kept.exists() {
+            write(&kept, &format!("{}\n", old.public.to_text()), true)?;
+        }
+        let seed = Zeroizing::new(random_bytes::<32>());
+        let text = Zeroizing::new(format!("{SECRET_PREFIX}{}\n", B64.encode(seed.as_slice())));
+        let new = Self::parse(&text)?;
+        write(path, &text, false)?;
+        write(
+            &path.with_extension("pub"),
+            &format!("{}\n", new.public.to_text()),
+            false,
+        )?;
+        Ok((old.public, new))
     }
 
     pub fn sign_checkpoint(&self, seq: i64, ts: i64, hash: &[u8]) -> Vec<u8> {
@@ -177,5 +216,28 @@ mod tests {
         assert!(!public.verify_checkpoint(8, 100, &[1u8; 32], &sig));
         assert!(!public.verify_checkpoint(7, 100, &[2u8; 32], &sig));
         assert!(!public.verify_checkpoint(7, 100, &[1u8; 32], &sig[..10]));
+    }
+
+    #[test]
+    fn a_rotated_key_is_new_and_the_old_public_half_stays_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.key");
+        let old = AuditKey::load_or_create(&path).unwrap();
+        let sig = old.sign_checkpoint(1, 2, &[3u8; 32]);
+        let (was, new) = AuditKey::rotate_file(&path).unwrap();
+        assert_eq!(was.key_id(), old.public().key_id());
+        assert_ne!(new.public().key_id(), old.public().key_id());
+        let read = |name: String| {
+            AuditPublicKey::parse(&std::fs::read_to_string(dir.path().join(name)).unwrap()).unwrap()
+        };
+        let kept = read(format!("audit-{}.pub", was.key_id()));
+        assert!(kept.verify_checkpoint(1, 2, &[3u8; 32], &sig));
+        assert_eq!(read("audit.pub".into()).key_id(), new.public().key_id());
+        let loaded = AuditKey::load_or_create(&path).unwrap();
+        assert_eq!(loaded.public().key_id(), new.public().key_id());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "the key file stays private");
     }
 }

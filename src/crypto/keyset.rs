@@ -68,12 +68,9 @@ fn create_key_file(path: &Path) -> Result<(), KeyError> {
 
 /// Writes key file text durably: a new file (`create_new`), or a replacement written
 /// beside it and renamed over it, so a crash leaves the old text or the new, never half.
-fn write_key_file(path: &Path, text: &str, create_new: bool) -> Result<(), KeyError> {
+pub(super) fn write_key_file(path: &Path, text: &str, create_new: bool) -> Result<(), KeyError> {
     let setup = |e: std::io::Error| {
-        KeyError::Setup(format!(
-            "cannot create master key file {}: {e}",
-            path.display()
-        ))
+        KeyError::Setup(format!("cannot write key file {}: {e}", path.display()))
     };
     let target = if create_new {
         path.to_owned()

@@ -4,10 +4,12 @@
 //! re-encrypting every value under new data keys.
 //! Key bytes stay in `crypto`; this module decides what to wrap, when, and records it.
 
+mod audit_key;
 mod inventory;
 mod reencrypt;
 mod rotate;
 
+pub use audit_key::{rotate_audit, AuditRotation};
 pub use inventory::{inventory, AuditKeyInfo, Inventory, KeyVersion};
 
 pub use reencrypt::{reencrypt_data, ReencryptReport};

@@ -30,7 +30,7 @@ pub async fn public_key(state: &Pipeline, who: &Authorized) -> Result<Value, Err
     who.require(state, "audit_trail", "audit", who.event("audit.public_key"))
         .await?;
     let keys: Vec<Value> = state
-        .trusted_keys
+        .trusted_keys()
         .iter()
         .map(|k| json!({ "key_id": k.key_id(), "public_key": k.to_text() }))
         .collect();

@@ -9,7 +9,7 @@ pub async fn list(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
     let event = who.event("key.list");
     who.require(state, "keys", "admin", event.clone()).await?;
     state.audit.record_one(event).await?;
-    let inventory = crate::keys::inventory(&state.store, &state.trusted_keys)
+    let inventory = crate::keys::inventory(&state.store, &state.trusted_keys())
         .await
         .map_err(Error::store)?;
     serde_json::to_value(inventory).map_err(Error::internal)

@@ -39,8 +39,6 @@ pub struct Pipeline {
     pub audit: Audit,
     pub consents: crate::pipl::Consents,
     pub requests: crate::pipl::Requests,
-    /// Public keys that verify audit checkpoints.
-    pub trusted_keys: Arc<Vec<AuditPublicKey>>,
     pub checkpoint_file: PathBuf,
     pub reports: Arc<crate::audit::Reports>,
     pub policy: Arc<Policy>,
@@ -73,7 +71,12 @@ impl std::fmt::Debug for Credentials<'_> {
 
 impl Pipeline {
     pub async fn verify_audit(&self) -> anyhow::Result<crate::audit::VerifyReport> {
-        crate::verify_trail(&self.store, &self.trusted_keys, &self.checkpoint_file).await
+        crate::verify_trail(&self.store, &self.trusted_keys(), &self.checkpoint_file).await
+    }
+
+    /// Public keys that verify audit checkpoints (read afresh: a rotation adds one).
+    pub fn trusted_keys(&self) -> Vec<AuditPublicKey> {
+        crate::trusted_audit_keys(&self.audit, &self.checkpoint_file)
     }
 
     /// Authentication: a bearer token that is known, unrevoked and unexpired. An address

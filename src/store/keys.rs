@@ -279,6 +279,19 @@ impl Store {
         })
     }
 
+    /// Tells every node that key `what` changed (`master`: read the master key source
+    /// again; `audit`: the audit signing key file), as a change to commit with its
+    /// audit event.
+    pub fn keys_changed_op(&self, what: &'static str) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                let mut script = Script::new(conn);
+                note_in(&mut script, KEYS, what, now_ms());
+                script.run(conn).await
+            })
+        })
+    }
+
     /// Sets (or, with `None`, removes) a `vault_meta` entry, as a change to commit
     /// with its audit event.
     pub fn set_meta_op(&self, key: &'static str, value: Option<String>) -> WriteOp {

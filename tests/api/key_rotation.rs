@@ -466,3 +466,107 @@ both_stores!(
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
 );
+
+both_stores!(
+    the_audit_signing_key_rotates_while_serving_and_the_chain_verifies_across_both_keys,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let auditor = t.token("auditor", &["audit"]).await;
+        let id = t.create(&dsr, json!({"phone": "13900000311"})).await;
+        let old = t.app.audit.key().unwrap().public().key_id().to_owned();
+        t.app.audit.checkpoint_now().await.unwrap();
+
+        let (ok, said) = t.cli(&["keys", "rotate", "--audit"]);
+        assert!(ok, "{said}");
+        assert!(said.contains(&old), "{said}");
+        let key_dir = t.dir.path().join("audit");
+        let key_file = key_dir.join("signing.key");
+        let new = piivault::crypto::AuditKey::parse(&std::fs::read_to_string(&key_file).unwrap())
+            .unwrap()
+            .public()
+            .key_id()
+            .to_owned();
+        assert_ne!(new, old);
+        assert!(key_dir.join(format!("signing-{old}.pub")).exists());
+
+        // The server picks the new key up through the change feed and signs with it.
+        wait_for("the server to sign with the new key", || async {
+            t.app.audit.key().unwrap().public().key_id() == new
+        })
+        .await;
+        read_field(&t, &dsr, "dsr", &id, "phone").await;
+        t.app.audit.checkpoint_now().await.unwrap();
+        let signers: std::collections::BTreeSet<String> = t
+            .app
+            .store
+            .checkpoints()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.key_id)
+            .collect();
+        assert!(
+            signers.contains(&old) && signers.contains(&new),
+            "{signers:?}"
+        );
+
+        // The rotation is audited, and the chain verifies across both keys, from the
+        // CLI and over HTTP, which lists both public keys.
+        let events = t.events().await;
+        let rotated = events
+            .iter()
+            .find(|e| e.action == "key.rotate")
+            .expect("a key.rotate event");
+        assert_eq!(
+            rotated.target.as_deref(),
+            Some(format!("audit:{new}").as_str())
+        );
+        assert_eq!(rotated.reason, format!("replaces {old}"));
+        let (ok, said) = t.cli(&["audit", "verify", "--json"]);
+        assert!(ok, "{said}");
+        let report: Value = serde_json::from_str(&said).unwrap();
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["checkpoints_unknown_key"], 0, "{report}");
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/audit/verify",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["ok"], true, "{b}");
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/audit/public-key",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let ids: Vec<&str> = b["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key_id"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&old.as_str()) && ids.contains(&new.as_str()),
+            "{b}"
+        );
+
+        // Without the old public key, what it signed can no longer be vouched for.
+        std::fs::remove_file(key_dir.join(format!("signing-{old}.pub"))).unwrap();
+        let (_, said) = t.cli(&["audit", "verify", "--json"]);
+        let report: Value = serde_json::from_str(&said).unwrap();
+        assert!(
+            report["checkpoints_unknown_key"].as_u64().unwrap() > 0,
+            "{report}"
+        );
+    }
+);

@@ -103,6 +103,10 @@ impl ChangeFeed {
                     if let Err(e) = self.vault.reload_keys().await {
                         tracing::error!(error = %e, "master key versions changed, but the key source could not be read again");
                     }
+                    // Tokens are looked up again, so that one hashed under an older
+                    // token-hash key moves to a new one as it is used.
+                    self.tokens.cache_enabled(false);
+                    self.tokens.cache_enabled(true);
                 }
                 _ => {
                     // A kind this version does not know: forget everything to be safe.

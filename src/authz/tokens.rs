@@ -222,27 +222,46 @@ impl Tokens {
         if !well_formed_secret(secret) {
             return Err(TokenError::Invalid);
         }
-        let hash = self.keys.token_hash(secret);
-        if let Some(v) = self.cache.get(&hash) {
-            if v.expires_at <= self.clock.now_ms() {
-                return Err(TokenError::Expired);
+        // One hash per live token-hash key version (one, except during a rotation).
+        let hashes = self.keys.token_hashes(secret);
+        for (_, hash) in &hashes {
+            if let Some(v) = self.cache.get(hash) {
+                if v.expires_at <= self.clock.now_ms() {
+                    return Err(TokenError::Expired);
+                }
+                return Ok(v.caller);
             }
-            return Ok(v.caller);
         }
         let generation = self.cache.generation();
-        let (row, stored) = self
-            .store
-            .token_by_hash(&hash)
-            .await?
-            .ok_or(TokenError::Invalid)?;
-        if !ct_eq(&stored, &hash) {
-            return Err(TokenError::Invalid);
+        let mut found = None;
+        for (i, (_, hash)) in hashes.iter().enumerate() {
+            if let Some((row, stored)) = self.store.token_by_hash(hash).await? {
+                if ct_eq(&stored, hash) {
+                    found = Some((i, row, hash.clone()));
+                    break;
+                }
+            }
         }
+        let (under, row, hash) = found.ok_or(TokenError::Invalid)?;
         if row.revoked_at.is_some() {
             return Err(TokenError::Revoked);
         }
         if row.expires_at <= self.clock.now_ms() {
             return Err(TokenError::Expired);
+        }
+        if under > 0 {
+            // Hashed under an older key: move it to the newest, so that the old key can
+            // be destroyed. Not on the request's path; a failure is tried again on the
+            // token's next use.
+            if let Some(newest) = hashes.first().cloned() {
+                let (store, id) = (self.store.clone(), row.id.clone());
+                let op = store.rehash_token_op(&id, hash.clone(), newest);
+                tokio::spawn(async move {
+                    if let Err(e) = store.transact(op).await {
+                        tracing::warn!(token = %id, error = %e, "a token could not be moved to the newest token-hash key");
+                    }
+                });
+            }
         }
         let caller = Caller {
             purposes: serde_json::from_str(&row.purposes).unwrap_or_default(),

@@ -29,8 +29,9 @@ pub enum KeysCommand {
     /// where it stopped when run again. Several nodes: give every node the new key file
     /// line before running `--master` (a node reads its key file again when it sees the
     /// new version). `--audit`: replace this node's audit signing key; the old public
-    /// key stays beside it, so what it signed still verifies.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data", "audit"])))]
+    /// key stays beside it, so what it signed still verifies. `--token-hash`: add a new
+    /// token-hash key version; issued tokens stay valid and move to it as they are used.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data", "audit", "token_hash"])))]
     Rotate {
         /// Rotate the master key: every stored key wrapped again under a new version.
         #[arg(long)]
@@ -42,6 +43,9 @@ pub enum KeysCommand {
         /// from its next checkpoint).
         #[arg(long)]
         audit: bool,
+        /// Add a new token-hash key version (tokens move to it as they are used).
+        #[arg(long)]
+        token_hash: bool,
         /// Keys (--master) or subjects (--data) per transaction [default: 1000 keys, 100
         /// subjects].
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -54,14 +58,19 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Destroy an old master-key version once nothing is wrapped under it: it is marked
-    /// destroyed in the store (no node uses it again) and removed from the key file.
-    /// Backups of the database taken before then can no longer be read without a copy
-    /// of that version: destroy old copies of the key file too.
+    /// Destroy an old key version once nothing depends on it. `--master V`: once nothing
+    /// is wrapped under it, V is marked destroyed in the store (no node uses it again)
+    /// and removed from the key file; backups of the database taken before then can no
+    /// longer be read without a copy of V: destroy old copies of the key file too.
+    /// `--token-hash V`: once no live token is hashed under it, V is deleted.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "token_hash"])))]
     Retire {
         /// The master-key version to destroy.
         #[arg(long, value_name = "VERSION")]
-        master: i64,
+        master: Option<i64>,
+        /// The token-hash key version to destroy.
+        #[arg(long, value_name = "VERSION")]
+        token_hash: Option<i64>,
     },
 }
 
@@ -69,6 +78,9 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
     match cmd {
         KeysCommand::List { json } => list(settings, json).await,
         KeysCommand::Rotate { audit: true, .. } => rotate_audit(settings).await,
+        KeysCommand::Rotate {
+            token_hash: true, ..
+        } => rotate_token_hash(settings).await,
         KeysCommand::Rotate {
             data,
             batch,
@@ -86,7 +98,13 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
                 rotate(settings, pace, json).await
             }
         }
-        KeysCommand::Retire { master } => retire(settings, master).await,
+        KeysCommand::Retire {
+            token_hash: Some(version),
+            ..
+        } => retire_token_hash(settings, version).await,
+        KeysCommand::Retire { master, .. } => {
+            retire(settings, master.context("name the version to retire")?).await
+        }
     }
 }
 
@@ -146,6 +164,43 @@ async fn rotate(
     if !json {
         println!("older master key versions now wrap nothing: `piivault keys retire --master VERSION` destroys them");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_token_hash(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let (keys, watch) = app.vault.keys();
+    let result = crate::keys::rotate_token_hash(
+        &app.store,
+        &app.audit,
+        keys,
+        watch,
+        &super::operator_events(),
+    )
+    .await;
+    app.store.close().await;
+    let version = result?;
+    println!(
+        "token-hash key version {version} added; issued tokens stay valid and move to it as they are used. Once `piivault keys list` shows no live token under an older version, `piivault keys retire --token-hash VERSION` destroys it"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retire_token_hash(settings: &Settings, version: i64) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let (keys, watch) = app.vault.keys();
+    let result = crate::keys::retire_token_hash(
+        &app.store,
+        &app.audit,
+        keys,
+        watch,
+        version,
+        &super::operator_events(),
+    )
+    .await;
+    app.store.close().await;
+    result?;
+    println!("token-hash key version {version} destroyed");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,15 +26,22 @@ pub enum KeyError {
     Unavailable(i64),
 }
 
-/// Everything key-related a running vault needs. The master keyring can be replaced
-/// while the vault runs (a rotation added a version, a retirement removed one); the
-/// system keys are fixed for the process's life.
+/// The live versions of the system MAC keys, newest first: several only while a
+/// rotation of one is under way (`piivault keys rotate --token-hash`).
+#[derive(Debug)]
+pub struct SystemKeys {
+    pub blind: Vec<(i64, MacKey)>,
+    pub token: Vec<(i64, MacKey)>,
+}
+
+/// Everything key-related a running vault needs. The master keyring and the system
+/// keys can be replaced while the vault runs (a rotation added a version, a retirement
+/// removed one).
 pub struct Keys {
     master: RwLock<Arc<MasterKeyRing>>,
     /// The key file the ring was read from, if it came from one.
     file: Option<PathBuf>,
-    blind: MacKey,
-    token: MacKey,
+    system: RwLock<Arc<SystemKeys>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -104,13 +111,37 @@ pub(super) fn write_key_file(path: &Path, text: &str, create_new: bool) -> Resul
 impl Keys {
     /// The keys of a running vault: `master` as loaded (from `file`, if it came from
     /// one) and the unwrapped system keys.
-    pub fn new(master: MasterKeyRing, file: Option<PathBuf>, blind: MacKey, token: MacKey) -> Self {
+    pub fn new(master: MasterKeyRing, file: Option<PathBuf>, system: SystemKeys) -> Self {
         Self {
             master: RwLock::new(Arc::new(master)),
             file,
-            blind,
-            token,
+            system: RwLock::new(Arc::new(system)),
         }
+    }
+
+    fn system(&self) -> Arc<SystemKeys> {
+        match self.system.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the system keys (after a version was added or destroyed).
+    pub fn set_system(&self, system: SystemKeys) {
+        let system = Arc::new(system);
+        match self.system.write() {
+            Ok(mut slot) => *slot = system,
+            Err(poisoned) => *poisoned.into_inner() = system,
+        }
+    }
+
+    /// The loaded versions of the blind-index and token-hash keys, newest first.
+    pub fn system_versions(&self) -> (Vec<i64>, Vec<i64>) {
+        let s = self.system();
+        (
+            s.blind.iter().map(|(v, _)| *v).collect(),
+            s.token.iter().map(|(v, _)| *v).collect(),
+        )
     }
 
     /// The master keyring as it is now.
@@ -166,12 +197,31 @@ impl Keys {
         write_key_file(path, &change(&text)?, false)
     }
 
+    /// The blind-index digest under the newest key (what a write stores).
     pub fn blind_index(&self, field: &str, normalised: &str) -> Vec<u8> {
-        super::blind_index(&self.blind, field, normalised)
+        match self.system().blind.first() {
+            Some((_, key)) => super::blind_index(key, field, normalised),
+            None => Vec::new(),
+        }
     }
 
-    pub fn token_hash(&self, secret: &str) -> Vec<u8> {
-        super::token_hash(&self.token, secret)
+    /// The token hash under the newest token-hash key, with that key's version (what
+    /// issuing a token stores).
+    pub fn token_hash(&self, secret: &str) -> (i64, Vec<u8>) {
+        match self.system().token.first() {
+            Some((v, key)) => (*v, super::token_hash(key, secret)),
+            None => (0, Vec::new()),
+        }
+    }
+
+    /// The token hash under every live token-hash key, newest first: a token issued
+    /// before a rotation is found under the key it was hashed with.
+    pub fn token_hashes(&self, secret: &str) -> Vec<(i64, Vec<u8>)> {
+        self.system()
+            .token
+            .iter()
+            .map(|(v, key)| (*v, super::token_hash(key, secret)))
+            .collect()
     }
 }
 

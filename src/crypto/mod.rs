@@ -17,7 +17,7 @@ mod random;
 pub use aad::Aad;
 pub use audit_key::{AuditKey, AuditPublicKey};
 pub use cipher::{DataKey, Sealed};
-pub use keyset::{load_ring, source_file, KeyError, Keys};
+pub use keyset::{load_ring, source_file, KeyError, Keys, SystemKeys};
 pub use master::{MasterKeyRing, MasterKeySource, KEY_FILE_HEADER};
 pub use random::{random_bytes, random_id};
 

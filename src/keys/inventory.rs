@@ -15,7 +15,9 @@ pub struct KeyVersion {
     /// Master versions: `active` (wraps new keys), `decrypt-only` (still unwraps what
     /// it wraps), `destroyed`. Data keys: `retired` if made before the newest
     /// re-encryption (`keys rotate --data`) started (it replaces them; once it has
-    /// finished there are none), else `active`. System keys: `active`.
+    /// finished there are none), else `active`. System keys: `active` (the newest
+    /// version) or `verify-only` (an older token-hash key, still checked for tokens
+    /// hashed under it).
     pub state: &'static str,
     /// The master-key version that wraps it (none for a master key).
     pub wrapped_by: Option<i64>,
@@ -27,7 +29,8 @@ pub struct KeyVersion {
     pub keys: i64,
     /// Values encrypted (data keys; 0 where not counted).
     pub encryptions: i64,
-    /// Data keys: the field values and records they protect now.
+    /// Data keys: the field values and records they protect now. Token-hash keys: the
+    /// live tokens hashed under them.
     pub items: i64,
 }
 
@@ -92,13 +95,24 @@ pub async fn inventory(
         .filter(|r| r.kind == "master" && r.destroyed_at.is_none())
         .map(|r| r.version)
         .max();
+    let newest_system = |kind: &str| {
+        rows.iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.version)
+            .max()
+    };
     let state = |r: &KeyVersionRow| match r.kind.as_str() {
         "master" if r.destroyed_at.is_some() => "destroyed",
         "master" if Some(r.version) == active => "active",
         "master" => "decrypt-only",
         "data" if r.retired => "retired",
-        _ => "active",
+        "data" => "active",
+        kind if Some(r.version) == newest_system(kind) => "active",
+        // An older system key: still checked (a token hashed under it), never used
+        // for anything new.
+        _ => "verify-only",
     };
+    let live_tokens = store.tokens_per_hash_key(crate::store::now_ms()).await?;
     let retired = rows.iter().filter(|r| r.kind == "data" && r.retired);
     let (retired_data_keys, items_under_retired_keys) =
         retired.fold((0, 0), |(k, i), r| (k + r.keys, i + r.items));
@@ -114,7 +128,14 @@ pub async fn inventory(
             destroyed_at: r.destroyed_at,
             keys: r.keys,
             encryptions: r.encryptions,
-            items: r.items,
+            items: match r.kind.as_str() {
+                // The live tokens hashed under it.
+                crate::crypto::TOKEN_HASH_KEY => live_tokens
+                    .iter()
+                    .find(|(v, _, _)| *v == r.version)
+                    .map_or(0, |(_, live, _)| *live),
+                _ => r.items,
+            },
         })
         .collect();
     let audit = audit_keys

@@ -8,19 +8,21 @@ mod audit_key;
 mod inventory;
 mod reencrypt;
 mod rotate;
+mod token_hash;
 
 pub use audit_key::{rotate_audit, AuditRotation};
 pub use inventory::{inventory, AuditKeyInfo, Inventory, KeyVersion};
 
 pub use reencrypt::{reencrypt_data, ReencryptReport};
 pub use rotate::{retire_master, rotate_master, Pace, Progress, RotateError, RotateReport};
+pub use token_hash::{retire_token_hash, rotate_token_hash};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::crypto::{
-    load_ring, source_file, KeyError, Keys, MasterKeyRing, MasterKeySource, BLIND_INDEX_KEY,
-    TOKEN_HASH_KEY,
+    load_ring, source_file, KeyError, Keys, MasterKeyRing, MasterKeySource, SystemKeys,
+    BLIND_INDEX_KEY, TOKEN_HASH_KEY,
 };
 use crate::store::{MasterKeyRow, Store, StoreError, SystemKeyRow};
 
@@ -74,23 +76,38 @@ pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Keys, bool
     }
 
     let ring = reconcile(store, ring).await?;
-    let system = store.system_keys().await?;
-    let latest = |name: &str| {
-        system
-            .iter()
-            .filter(|k| k.name == name)
-            .max_by_key(|k| k.version)
-            .ok_or_else(|| KeyError::Setup(format!("system key {name} is missing")))
+    let system = load_system(store, &ring).await?;
+    Ok((Keys::new(ring, source_file(source), system), created))
+}
+
+/// Unwraps every stored version of the system keys (newest first) with `ring`.
+async fn load_system(store: &Store, ring: &MasterKeyRing) -> Result<SystemKeys, KeyError> {
+    let mut rows = store.system_keys().await?;
+    rows.sort_by(|a, b| b.version.cmp(&a.version));
+    let mut system = SystemKeys {
+        blind: Vec::new(),
+        token: Vec::new(),
     };
-    let unwrap = |row: &SystemKeyRow| {
+    for row in &rows {
         if !ring.contains(row.kek_version) {
             return Err(KeyError::Unavailable(row.kek_version));
         }
-        Ok(ring.unwrap_system_key(&row.name, row.version, row.kek_version, &row.wrapped)?)
-    };
-    let blind = unwrap(latest(BLIND_INDEX_KEY)?)?;
-    let token = unwrap(latest(TOKEN_HASH_KEY)?)?;
-    Ok((Keys::new(ring, source_file(source), blind, token), created))
+        let key = ring.unwrap_system_key(&row.name, row.version, row.kek_version, &row.wrapped)?;
+        match row.name.as_str() {
+            BLIND_INDEX_KEY => system.blind.push((row.version, key)),
+            TOKEN_HASH_KEY => system.token.push((row.version, key)),
+            _ => {}
+        }
+    }
+    for (name, versions) in [
+        (BLIND_INDEX_KEY, &system.blind),
+        (TOKEN_HASH_KEY, &system.token),
+    ] {
+        if versions.is_empty() {
+            return Err(KeyError::Setup(format!("system key {name} is missing")));
+        }
+    }
+    Ok(system)
 }
 
 /// Checks a keyring against the store: every version the store knows must match its
@@ -174,7 +191,13 @@ impl KeyWatch {
         if ring.versions() != before {
             tracing::info!(versions = ?ring.versions(), "master key versions reloaded");
         }
+        let system = load_system(store, &ring).await?;
         keys.set_master(ring);
+        let before = keys.system_versions();
+        keys.set_system(system);
+        if keys.system_versions() != before {
+            tracing::info!(versions = ?keys.system_versions(), "system key versions reloaded");
+        }
         Ok(())
     }
 

@@ -279,6 +279,62 @@ impl Store {
         })
     }
 
+    /// Adds a version of a system key (a rotation), and tells every node to load it.
+    /// `Conflict` if that version exists already (a concurrent rotation).
+    pub fn add_system_key_op(&self, row: SystemKeyRow) -> WriteOp {
+        op(move |conn| {
+            let row = row.clone();
+            Box::pin(async move {
+                let now = now_ms();
+                let mut script = Script::new(conn);
+                script
+                    .sql(
+                        "INSERT INTO system_keys (name, version, kek_version, wrapped, created_at) \
+                         VALUES (?, ?, ?, ?, ?)",
+                    )
+                    .bind(row.name)
+                    .bind(row.version)
+                    .bind(row.kek_version)
+                    .bind(row.wrapped)
+                    .bind(now);
+                note_in(&mut script, KEYS, "master", now);
+                script.run(conn).await
+            })
+        })
+    }
+
+    /// Destroys an old version of the token-hash key: its wrapped key is deleted, and
+    /// every node drops it. `Conflict` if it is the newest version, or if a live token
+    /// (neither revoked nor expired at `now`) is still hashed under it.
+    pub fn destroy_token_hash_key_op(&self, version: i64, now: i64) -> WriteOp {
+        op(move |conn| {
+            Box::pin(async move {
+                let (newer, live): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT CAST(count(*) AS BIGINT) FROM system_keys WHERE name = 'token_hash' AND version > $1), \
+                            (SELECT CAST(count(*) AS BIGINT) FROM tokens \
+                              WHERE hash_key_version = $1 AND revoked_at IS NULL AND expires_at > $2)",
+                )
+                .bind(version)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
+                if newer == 0 || live > 0 {
+                    return Err(StoreError::Conflict);
+                }
+                let gone = sqlx::query(
+                    "DELETE FROM system_keys WHERE name = 'token_hash' AND version = $1",
+                )
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+                if gone.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                super::changes::note(conn, KEYS, "master", now).await
+            })
+        })
+    }
+
     /// Tells every node that key `what` changed (`master`: read the master key source
     /// again; `audit`: the audit signing key file), as a change to commit with its
     /// audit event.

@@ -46,13 +46,14 @@ const COLUMNS: &str =
 
 impl Store {
     /// Storing a new token (its secret only as a keyed hash).
-    pub fn insert_token_op(&self, t: TokenRow, secret_hash: Vec<u8>) -> WriteOp {
+    /// `secret_hash` is the keyed hash and the token-hash key version that made it.
+    pub fn insert_token_op(&self, t: TokenRow, secret_hash: (i64, Vec<u8>)) -> WriteOp {
         op(move |conn| {
-            let (t, secret_hash) = (t.clone(), secret_hash.clone());
+            let (t, (hash_version, secret_hash)) = (t.clone(), secret_hash.clone());
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO tokens (id, secret_hash, role, purposes, description, created_by, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO tokens (id, secret_hash, role, purposes, description, created_by, created_at, expires_at, hash_key_version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(t.id.as_str())
                 .bind(secret_hash.as_slice())
@@ -62,11 +63,48 @@ impl Store {
                 .bind(t.created_by.as_str())
                 .bind(t.created_at)
                 .bind(t.expires_at)
+                .bind(hash_version)
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
             })
         })
+    }
+
+    /// Moves a token to a newer token-hash key: its hash under `old` replaced by
+    /// `new` (made from the secret it was just presented with). Nothing changes if
+    /// another node moved it first.
+    pub fn rehash_token_op(&self, id: &str, old: Vec<u8>, new: (i64, Vec<u8>)) -> WriteOp {
+        let id = id.to_owned();
+        op(move |conn| {
+            let (id, old, (version, new)) = (id.clone(), old.clone(), new.clone());
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE tokens SET secret_hash = $1, hash_key_version = $2 WHERE id = $3 AND secret_hash = $4",
+                )
+                .bind(new)
+                .bind(version)
+                .bind(id)
+                .bind(old)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Tokens per token-hash key version: `(version, live, all)`, where live ones are
+    /// neither revoked nor expired at `now`.
+    pub async fn tokens_per_hash_key(&self, now: i64) -> Result<Vec<(i64, i64, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT hash_key_version, \
+                    CAST(COALESCE(sum(CASE WHEN revoked_at IS NULL AND expires_at > $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                    CAST(count(*) AS BIGINT) \
+             FROM tokens GROUP BY hash_key_version ORDER BY hash_key_version",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The token whose keyed secret hash is `secret_hash`, with that hash.

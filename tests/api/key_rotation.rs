@@ -570,3 +570,116 @@ both_stores!(
         );
     }
 );
+
+both_stores!(
+    a_token_hash_key_rotation_keeps_issued_tokens_valid_and_retires_the_old_key_once_none_is_under_it,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let auditor = t.token("auditor", &["audit"]).await;
+        let id = t.create(&dsr, json!({"phone": "13900000411"})).await;
+        let under = |version: i64| {
+            let store = t.app.store.clone();
+            async move {
+                store
+                    .tokens_per_hash_key(now_ms())
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|(v, _, _)| *v == version)
+                    .map_or(0, |(_, live, _)| live)
+            }
+        };
+        assert_eq!(under(1).await, 2);
+
+        let (ok, said) = t.cli(&["keys", "rotate", "--token-hash"]);
+        assert!(ok, "{said}");
+        wait_for("the server to load token-hash key version 2", || async {
+            t.app.vault.keys().0.system_versions().1 == vec![2, 1]
+        })
+        .await;
+
+        // Tokens issued before the rotation still work, and move to version 2 as they
+        // are used; a new token is hashed under version 2 at once.
+        assert_eq!(
+            read_field(&t, &dsr, "dsr", &id, "phone").await.1,
+            "13900000411"
+        );
+        wait_for("the used token to move to version 2", || async {
+            under(1).await == 1
+        })
+        .await;
+        let fresh = t.token("dsr_handler", &["dsr"]).await;
+        assert_eq!(under(2).await, 2);
+        assert_eq!(
+            read_field(&t, &fresh, "dsr", &id, "phone").await.1,
+            "13900000411"
+        );
+
+        // Version 1 cannot go while a live token is hashed under it.
+        let (ok, said) = t.cli(&["keys", "retire", "--token-hash", "1"]);
+        assert!(!ok, "{said}");
+        assert!(said.contains("1 live token(s)"), "{said}");
+        let (ok, said) = t.cli(&["keys", "list", "--json"]);
+        assert!(ok, "{said}");
+        let inventory: Value = serde_json::from_str(&said).unwrap();
+        let v1 = inventory["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "token_hash" && k["version"] == 1)
+            .unwrap()
+            .clone();
+        assert_eq!((v1["state"].as_str(), v1["items"].as_i64()), (Some("verify-only"), Some(1)));
+
+        // Once that token is used, it moves too, and version 1 is destroyed.
+        let (s, b) = t
+            .call(Method::GET, "/v1/audit/verify", Some(&auditor), Some("audit"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        wait_for("the auditor's token to move to version 2", || async {
+            under(1).await == 0
+        })
+        .await;
+        let (ok, said) = t.cli(&["keys", "retire", "--token-hash", "1"]);
+        assert!(ok, "{said}");
+        let (ok, said) = t.cli(&["keys", "retire", "--token-hash", "2"]);
+        assert!(!ok && said.contains("is the active version"), "{said}");
+        wait_for("the server to drop token-hash key version 1", || async {
+            t.app.vault.keys().0.system_versions().1 == vec![2]
+        })
+        .await;
+        for token in [&dsr, &fresh] {
+            assert_eq!(
+                read_field(&t, token, "dsr", &id, "phone").await.1,
+                "13900000411"
+            );
+        }
+        let (s, _) = t
+            .call(Method::GET, "/v1/audit/verify", Some(&auditor), Some("audit"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        // A made-up token is still refused.
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields=phone"),
+                Some("pvt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+        let events = t.events().await;
+        let keyed: Vec<(&str, Option<&str>)> = events
+            .iter()
+            .filter(|e| e.action.starts_with("key."))
+            .map(|e| (e.action.as_str(), e.target.as_deref()))
+            .collect();
+        assert!(keyed.contains(&("key.rotate", Some("token_hash:v2"))), "{keyed:?}");
+        assert!(keyed.contains(&("key.retire", Some("token_hash:v1"))), "{keyed:?}");
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

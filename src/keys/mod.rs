@@ -83,7 +83,7 @@ pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Keys, bool
 /// Unwraps every stored version of the system keys (newest first) with `ring`.
 async fn load_system(store: &Store, ring: &MasterKeyRing) -> Result<SystemKeys, KeyError> {
     let mut rows = store.system_keys().await?;
-    rows.sort_by(|a, b| b.version.cmp(&a.version));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.version));
     let mut system = SystemKeys {
         blind: Vec::new(),
         token: Vec::new(),

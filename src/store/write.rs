@@ -80,6 +80,21 @@ impl WriteOp {
     }
 }
 
+/// How long a SQLite write waits for another process's write lock (as the busy timeout
+/// of the pooled connections).
+const SQLITE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SQLite's "database is locked" (`SQLITE_BUSY` and its extended codes).
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 5),
+        _ => false,
+    }
+}
+
 /// A connection held for one write transaction.
 enum Lease {
     Pooled(PoolConnection<Any>),
@@ -148,6 +163,13 @@ impl Dedicated {
             super::configure(&mut conn, self.backend, self.attach.as_deref()).await?;
             if self.attach.is_some() {
                 super::audit_index::create_tables(&mut conn).await?;
+            }
+            if self.backend == Backend::Sqlite {
+                // Another process writing the same file (an operator's command beside the
+                // server) makes `BEGIN IMMEDIATE` busy. SQLite's own busy handler sleeps
+                // in steps of up to 100 ms, which every queued request would wait out;
+                // `begin_write` waits in short async steps instead.
+                sqlx::Executor::execute(&mut conn, "PRAGMA busy_timeout = 0").await?;
             }
             if self.backend == Backend::Sqlite && self.attach.is_none() {
                 // The one connection that writes keeps more of the indexes it writes to
@@ -310,9 +332,27 @@ impl Store {
             (Backend::Sqlite, _) => "BEGIN IMMEDIATE",
             (Backend::Postgres, _) => "BEGIN",
         };
-        if let Err(e) = lease.conn().execute(begin).await {
-            lease.discard();
-            return Err(e.into());
+        // SQLite: the write lock is held by another process; try again in short steps
+        // (a failed BEGIN leaves no transaction open) for as long as the busy timeout
+        // every connection is given.
+        let deadline = tokio::time::Instant::now() + SQLITE_BUSY_WAIT;
+        let mut pause = std::time::Duration::from_micros(100);
+        loop {
+            match lease.conn().execute(begin).await {
+                Ok(_) => break,
+                Err(e)
+                    if self.backend == Backend::Sqlite
+                        && is_busy(&e)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(2));
+                }
+                Err(e) => {
+                    lease.discard();
+                    return Err(e.into());
+                }
+            }
         }
         Ok(WriteTx {
             backend: self.backend,

@@ -436,3 +436,48 @@ fn the_master_key_from_the_environment_and_plain_http_on_loopback() {
         .status();
     assert!(child.wait().unwrap().success());
 }
+
+/// Another process holding SQLite's write lock (an operator's command beside the
+/// server): the server's writes (audit commits included) wait for it, in short steps of
+/// their own rather than SQLite's sleeping busy handler, and go through once it lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_none() {
+    let t = spawn_app(Db::Sqlite).await;
+    let dsr = t.dsr().await;
+    let id = t.create(&dsr, json!({"phone": "13900000511"})).await;
+    let url = t.database_url.clone();
+    // Another connection, as another process would have, takes the write lock.
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let create = {
+        let (client, base, dsr) = (t.client.clone(), t.base.clone(), dsr.clone());
+        tokio::spawn(async move {
+            call_at(
+                &client,
+                &base,
+                Method::POST,
+                "/v1/subjects",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"fields": {"phone": "13900000512"}})),
+            )
+            .await
+        })
+    };
+    // The create is waiting for the lock, not failed.
+    assert!(
+        eventually(|| async { t.app.audit.in_flight() > 0 }).await,
+        "the create never reached the audit writer"
+    );
+    assert!(!create.is_finished());
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let (s, b) = create.await.unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, v) = read_field(&t, &dsr, "dsr", &id, "phone").await;
+    assert_eq!((s, v), (StatusCode::OK, json!("13900000511")));
+}

@@ -61,6 +61,8 @@ pub struct App {
     pub checkpoint_file: PathBuf,
     /// Whether opening this vault initialised it (first start).
     pub initialised_now: bool,
+    /// Set while a rotation started over HTTP runs in this process.
+    pub rotation: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Installs the one rustls crypto provider (ring) for the whole process.
@@ -225,6 +227,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
         checkpoint_file,
         store,
         initialised_now,
+        rotation: Arc::default(),
     })
 }
 
@@ -388,6 +391,7 @@ impl App {
             reports: self.reports.clone(),
             policy: self.policy.clone(),
             limiter: Arc::new(FailureLimiter::new(bad_token_limit)),
+            rotation: self.rotation.clone(),
         }
     }
 

@@ -42,6 +42,7 @@ impl IntoResponse for ApiError {
                 Some(v.field),
             ),
             Self::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message, None),
+            Self::Conflict { code, message } => (StatusCode::CONFLICT, code, message, None),
             Self::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

@@ -169,6 +169,18 @@ pub struct IssueBody {
     pub description: Option<String>,
 }
 
+/// A rotation to start.
+#[derive(ToSchema)]
+pub struct RotateBody {
+    /// `data` (re-encrypt under new data keys) or `master` (wrap again under a new
+    /// master-key version).
+    pub kind: String,
+    /// Subjects (`data`, default 100) or keys (`master`, default 1000) per transaction.
+    pub batch: Option<u32>,
+    /// At most this many subjects or keys a second.
+    pub max_rate: Option<u32>,
+}
+
 /// A consent given.
 #[derive(ToSchema)]
 pub struct GrantBody {

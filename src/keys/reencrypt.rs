@@ -127,7 +127,7 @@ pub async fn reencrypt_data(
     watch: &KeyWatch,
     pace: Pace,
     event: &(dyn Fn(&str) -> Event + Sync),
-    progress: &dyn Progress,
+    progress: &(dyn Progress + Sync),
 ) -> Result<ReencryptReport, RotateError> {
     let batch = pace.batch.max(1);
     let mut report = ReencryptReport::default();

@@ -88,7 +88,7 @@ pub async fn rotate_master(
     watch: &KeyWatch,
     pace: Pace,
     event: &(dyn Fn(&str) -> Event + Sync),
-    progress: &dyn Progress,
+    progress: &(dyn Progress + Sync),
 ) -> Result<RotateReport, RotateError> {
     let batch = pace.batch.max(1);
     let started = tokio::time::Instant::now();

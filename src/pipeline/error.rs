@@ -29,6 +29,11 @@ pub enum Error {
         code: &'static str,
         message: String,
     },
+    /// The request clashes with work under way (409).
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
     PayloadTooLarge,
     /// The client did not send its whole request body in time.
     RequestTimeout,
@@ -185,9 +190,9 @@ impl std::fmt::Display for Error {
             Self::Unauthorized { code, message } | Self::NotFound { code, message } => {
                 write!(f, "{code}: {message}")
             }
-            Self::Forbidden { code, message, .. } | Self::BadRequest { code, message } => {
-                write!(f, "{code}: {message}")
-            }
+            Self::Forbidden { code, message, .. }
+            | Self::BadRequest { code, message }
+            | Self::Conflict { code, message } => write!(f, "{code}: {message}"),
             Self::TooManyFailures { .. } => f.write_str("too_many_failures"),
             Self::Invalid(v) => write!(f, "{}: {}: {}", v.rule, v.field, v.message),
             Self::PayloadTooLarge => f.write_str("payload_too_large"),

@@ -14,3 +14,109 @@ pub async fn list(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
         .map_err(Error::store)?;
     serde_json::to_value(inventory).map_err(Error::internal)
 }
+
+/// What `POST /v1/keys/rotations` asks for.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateInput {
+    /// `data` (re-encrypt every value under new data keys) or `master` (wrap every key
+    /// again under a new master-key version).
+    pub kind: String,
+    /// Subjects (`data`) or keys (`master`) per transaction.
+    pub batch: Option<u32>,
+    /// At most this many subjects or keys a second.
+    pub max_rate: Option<u32>,
+}
+
+/// Starts a rotation inside the server and answers at once; it runs in the background,
+/// each batch audited under this request's token and id, sharing the server's group
+/// commits (on SQLite, unlike a second process, it never waits on another process's
+/// lock). `GET /v1/keys` shows its progress. One at a time per process; an
+/// interrupted one (a restart) resumes when started again, here or from the CLI.
+#[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role, purpose = %who.purpose))]
+pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Result<Value, Error> {
+    let event = who.event("key.rotate");
+    who.require(state, "keys", "admin", event.clone()).await?;
+    let data = match body.kind.as_str() {
+        "data" => true,
+        "master" => false,
+        _ => {
+            return Err(Error::bad_request(
+                "unknown_rotation",
+                "kind must be \"data\" (re-encrypt) or \"master\" (wrap again)",
+            ))
+        }
+    };
+    let batch = body.batch.unwrap_or(if data { 100 } else { 1000 });
+    if !(1..=50_000).contains(&batch) || body.max_rate == Some(0) {
+        return Err(Error::bad_request(
+            "invalid_rotation",
+            "batch must be 1 to 50000 and max_rate at least 1",
+        ));
+    }
+    use std::sync::atomic::Ordering;
+    if state.rotation.swap(true, Ordering::AcqRel) {
+        return Err(Error::Conflict {
+            code: "rotation_running",
+            message:
+                "a rotation started on this node is still running; GET /v1/keys shows its progress"
+                    .into(),
+        });
+    }
+    let target = if data { "data" } else { "master" };
+    if let Err(e) = state
+        .audit
+        .record_one(
+            event
+                .target(target)
+                .outcome(crate::audit::Decision::Allow, "requested"),
+        )
+        .await
+    {
+        state.rotation.store(false, Ordering::Release);
+        return Err(e.into());
+    }
+    let pace = crate::keys::Pace {
+        batch: batch as usize,
+        max_per_second: body.max_rate,
+    };
+    let (state, caller) = (state.clone(), who.clone());
+    tokio::spawn(async move {
+        let event = |action: &str| caller.event(action);
+        let (keys, watch) = state.vault.keys();
+        let quiet = |_: u64, _: u64| {};
+        let outcome = if data {
+            crate::keys::reencrypt_data(
+                &state.store,
+                &state.audit,
+                keys,
+                watch,
+                pace,
+                &event,
+                &quiet,
+            )
+            .await
+            .map(|r| serde_json::to_string(&r).unwrap_or_default())
+        } else {
+            crate::keys::rotate_master(
+                &state.store,
+                &state.audit,
+                keys,
+                watch,
+                pace,
+                &event,
+                &quiet,
+            )
+            .await
+            .map(|r| serde_json::to_string(&r).unwrap_or_default())
+        };
+        match outcome {
+            Ok(report) => tracing::info!(kind = target, %report, "rotation finished"),
+            Err(e) => tracing::error!(kind = target, error = %e, "rotation stopped"),
+        }
+        state.rotation.store(false, Ordering::Release);
+    });
+    Ok(
+        serde_json::json!({ "kind": target, "batch": batch, "max_rate": body.max_rate, "started": true }),
+    )
+}

@@ -31,7 +31,7 @@ use crate::store::Store;
 use crate::vault::Vault;
 
 /// The parts of the vault a request can reach.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pipeline {
     pub vault: Vault,
     pub tokens: Tokens,
@@ -43,6 +43,8 @@ pub struct Pipeline {
     pub reports: Arc<crate::audit::Reports>,
     pub policy: Arc<Policy>,
     pub limiter: Arc<FailureLimiter>,
+    /// Set while a rotation started over HTTP runs in this process (one at a time).
+    pub rotation: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What an interface knows about a request before the pipeline looks at it. Its `Debug`

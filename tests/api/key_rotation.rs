@@ -683,3 +683,125 @@ both_stores!(
         assert!(ok, "{said}");
     }
 );
+
+both_stores!(
+    a_rotation_started_over_http_runs_inside_the_server_one_at_a_time,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let admin = t.token("admin", &["admin"]).await;
+        let mut subjects = Vec::new();
+        for i in 0..5 {
+            let phone = format!("139{:08}", 60_000_000 + i);
+            subjects.push((t.create(&dsr, json!({"phone": phone})).await, phone));
+        }
+        let post = |token: Option<&str>, purpose: Option<&str>, body: Value| {
+            let (client, base) = (t.client.clone(), t.base.clone());
+            let (token, purpose) = (token.map(str::to_owned), purpose.map(str::to_owned));
+            async move {
+                call_at(
+                    &client,
+                    &base,
+                    Method::POST,
+                    "/v1/keys/rotations",
+                    token.as_deref(),
+                    purpose.as_deref(),
+                    Some(&body),
+                )
+                .await
+            }
+        };
+        // Bad requests and other roles are refused before anything starts.
+        let (s, b) = post(Some(&admin), Some("admin"), json!({"kind": "everything"})).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("unknown_rotation"))
+        );
+        let (s, b) = post(
+            Some(&admin),
+            Some("admin"),
+            json!({"kind": "data", "batch": 0}),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_rotation"))
+        );
+        let (s, _) = post(Some(&dsr), Some("dsr"), json!({"kind": "data"})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = post(None, None, json!({"kind": "data"})).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+        // Paced to one subject a second, the five take at least four seconds, so the
+        // second request meets the first still running.
+        let (s, b) = post(
+            Some(&admin),
+            Some("admin"),
+            json!({"kind": "data", "batch": 1, "max_rate": 1}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        let (s, b) = post(Some(&admin), Some("admin"), json!({"kind": "master"})).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("rotation_running")),
+            "{b}"
+        );
+
+        let inventory = || async {
+            t.call(Method::GET, "/v1/keys", Some(&admin), Some("admin"), None)
+                .await
+                .1
+        };
+        wait_for("the re-encryption to finish", || async {
+            let i = inventory().await;
+            i["reencryption_cursor"].is_null() && i["items_under_retired_keys"] == 0
+        })
+        .await;
+        wait_for("the rotation slot to be free", || async {
+            !t.app.rotation.load(Ordering::Acquire)
+        })
+        .await;
+        for (id, phone) in &subjects {
+            assert_eq!(
+                read_field(&t, &dsr, "dsr", id, "phone").await.1,
+                phone.as_str()
+            );
+        }
+        // Everything it did is in the trail under the admin's request.
+        let events = t.events().await;
+        let requested = events
+            .iter()
+            .find(|e| e.action == "key.rotate" && e.reason == "requested")
+            .expect("the request is audited");
+        let batches: Vec<_> = events
+            .iter()
+            .filter(|e| e.action == "key.reencrypt")
+            .collect();
+        assert_eq!(batches.len(), 5);
+        for e in batches.iter().copied().chain(
+            events
+                .iter()
+                .filter(|e| e.action == "key.rotate" && e.reason == "finished"),
+        ) {
+            assert_eq!(e.actor_token, requested.actor_token);
+            assert_eq!(e.request_id, requested.request_id);
+        }
+        // Now a master-key rotation can start, and finishes the same way.
+        let (s, b) = post(Some(&admin), Some("admin"), json!({"kind": "master"})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        wait_for("the master-key rotation to finish", || async {
+            wrapped_under(&t).await.get(&1).copied().unwrap_or(0) == 0
+                && !t.app.rotation.load(Ordering::Acquire)
+        })
+        .await;
+        for (id, phone) in &subjects {
+            assert_eq!(
+                read_field(&t, &dsr, "dsr", id, "phone").await.1,
+                phone.as_str()
+            );
+        }
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

@@ -35,6 +35,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/v1/tokens"),
     ("get", "/v1/tokens"),
     ("get", "/v1/keys"),
+    ("post", "/v1/keys/rotations"),
     ("delete", "/v1/tokens/{id}"),
     ("get", "/v1/audit/verify"),
     ("get", "/v1/audit/public-key"),

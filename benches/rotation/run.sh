@@ -8,6 +8,8 @@
 #   benches/rotation/run.sh                                   # --data, 200,000 subjects
 #   ROTATE="--data --batch 100 --max-rate 2000" STORES=postgres benches/rotation/run.sh
 #   ROTATE="--master" SUBJECTS=100000 benches/rotation/run.sh
+#   VIA=http ROTATE='{"kind":"data","batch":20,"max_rate":2000}' benches/rotation/run.sh
+#       # the rotation runs inside the server (POST /v1/keys/rotations), not beside it
 #
 # Needs wrk. The load generator, the server, the rotation and PostgreSQL share this
 # machine's cores.
@@ -71,8 +73,18 @@ for store in $STORES; do
   wrk_pid=$!
   sleep 1
   t0=$(date +%s.%N)
-  # shellcheck disable=SC2086
-  "$BIN" keys rotate $ROTATE --json "${args[@]}" >"$work/rotate.json" 2>"$work/rotate.err" || { cat "$work/rotate.err"; exit 1; }
+  if [ "${VIA:-cli}" = http ]; then
+    admin=$("$BIN" token issue "${args[@]}" --role admin --purpose admin --ttl 1h 2>/dev/null)
+    auth=(-sk -H "Authorization: Bearer $admin" -H "X-Purpose: admin" -H "Content-Type: application/json")
+    curl "${auth[@]}" -X POST -d "$ROTATE" "$base/v1/keys/rotations" >"$work/started.json"
+    grep -q '"started":true' "$work/started.json" || { cat "$work/started.json"; exit 1; }
+    # Done once the server's log says so.
+    until grep -q 'rotation finished\|rotation stopped' "$work/$store-server.log"; do sleep 0.2; done
+    grep -o 'report=.*' "$work/$store-server.log" | tail -1 | cut -d= -f2- >"$work/rotate.json"
+  else
+    # shellcheck disable=SC2086
+    "$BIN" keys rotate $ROTATE --json "${args[@]}" >"$work/rotate.json" 2>"$work/rotate.err" || { cat "$work/rotate.err"; exit 1; }
+  fi
   t1=$(date +%s.%N)
   kill -INT "$wrk_pid"; wait "$wrk_pid" 2>/dev/null || true
   printf '  reads during keys rotate %s: ' "$ROTATE"

@@ -254,6 +254,14 @@ impl Catalogue {
         self.collections.get(name)
     }
 
+    /// The names of the fields that have a blind index.
+    pub fn searchable_fields(&self) -> std::collections::BTreeSet<String> {
+        self.fields()
+            .filter(|f| f.searchable)
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
     pub fn fields(&self) -> impl Iterator<Item = &FieldSpec> {
         self.fields.values()
     }

@@ -31,7 +31,10 @@ pub enum KeysCommand {
     /// new version). `--audit`: replace this node's audit signing key; the old public
     /// key stays beside it, so what it signed still verifies. `--token-hash`: add a new
     /// token-hash key version; issued tokens stay valid and move to it as they are used.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data", "audit", "token_hash"])))]
+    /// `--blind-index`: add a new blind-index key version and index every subject again
+    /// under it (the walk of `--data`, which re-encrypts too); lookups find subjects
+    /// under either version meanwhile.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "data", "audit", "token_hash", "blind_index"])))]
     Rotate {
         /// Rotate the master key: every stored key wrapped again under a new version.
         #[arg(long)]
@@ -46,6 +49,9 @@ pub enum KeysCommand {
         /// Add a new token-hash key version (tokens move to it as they are used).
         #[arg(long)]
         token_hash: bool,
+        /// Add a new blind-index key version and index every subject again under it.
+        #[arg(long)]
+        blind_index: bool,
         /// Keys (--master) or subjects (--data) per transaction [default: 1000 keys, 100
         /// subjects].
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50_000))]
@@ -63,7 +69,8 @@ pub enum KeysCommand {
     /// and removed from the key file; backups of the database taken before then can no
     /// longer be read without a copy of V: destroy old copies of the key file too.
     /// `--token-hash V`: once no live token is hashed under it, V is deleted.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "token_hash"])))]
+    /// `--blind-index V`: once no index entry is under it, V is deleted.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["master", "token_hash", "blind_index"])))]
     Retire {
         /// The master-key version to destroy.
         #[arg(long, value_name = "VERSION")]
@@ -71,6 +78,9 @@ pub enum KeysCommand {
         /// The token-hash key version to destroy.
         #[arg(long, value_name = "VERSION")]
         token_hash: Option<i64>,
+        /// The blind-index key version to destroy.
+        #[arg(long, value_name = "VERSION")]
+        blind_index: Option<i64>,
     },
 }
 
@@ -81,6 +91,19 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
         KeysCommand::Rotate {
             token_hash: true, ..
         } => rotate_token_hash(settings).await,
+        KeysCommand::Rotate {
+            blind_index: true,
+            batch,
+            max_rate,
+            json,
+            ..
+        } => {
+            let pace = crate::keys::Pace {
+                batch: batch.unwrap_or(100) as usize,
+                max_per_second: max_rate,
+            };
+            rotate_blind_index(settings, pace, json).await
+        }
         KeysCommand::Rotate {
             data,
             batch,
@@ -101,7 +124,11 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
         KeysCommand::Retire {
             token_hash: Some(version),
             ..
-        } => retire_token_hash(settings, version).await,
+        } => retire_system(settings, crate::crypto::TOKEN_HASH_KEY, version).await,
+        KeysCommand::Retire {
+            blind_index: Some(version),
+            ..
+        } => retire_system(settings, crate::crypto::BLIND_INDEX_KEY, version).await,
         KeysCommand::Retire { master, .. } => {
             retire(settings, master.context("name the version to retire")?).await
         }
@@ -186,21 +213,74 @@ async fn rotate_token_hash(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn retire_token_hash(settings: &Settings, version: i64) -> anyhow::Result<ExitCode> {
+async fn retire_system(
+    settings: &Settings,
+    name: &'static str,
+    version: i64,
+) -> anyhow::Result<ExitCode> {
     let app = crate::open(settings).await?;
     let (keys, watch) = app.vault.keys();
-    let result = crate::keys::retire_token_hash(
+    let result = crate::keys::retire_system_key(
         &app.store,
         &app.audit,
         keys,
         watch,
+        name,
         version,
         &super::operator_events(),
     )
     .await;
     app.store.close().await;
     result?;
-    println!("token-hash key version {version} destroyed");
+    println!("{name} key version {version} destroyed");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_blind_index(
+    settings: &Settings,
+    pace: crate::keys::Pace,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = crate::open(settings).await?;
+    let (keys, watch) = app.vault.keys();
+    let bar = super::progress_bar(0, "indexing again", "subjects");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = crate::keys::rotate_blind_index(
+        &app.store,
+        &app.audit,
+        keys,
+        watch,
+        &app.vault.catalogue().searchable_fields(),
+        pace,
+        &super::operator_events(),
+        &progress,
+    )
+    .await;
+    bar.finish_and_clear();
+    app.store.close().await;
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} every subject under blind-index key version {} ({} subjects, {} indexed again afterwards); {} entries remain under older versions",
+            if report.resumed { "resumed: indexed" } else { "indexed" },
+            report.version,
+            report.walk.subjects,
+            report.stragglers,
+            report.remaining
+        );
+    }
+    if report.walk.failed > 0 || report.remaining > 0 {
+        eprintln!("the rotation is not finished (see the log): run it again");
+        return Ok(ExitCode::FAILURE);
+    }
+    if !json {
+        println!("older blind-index versions now index nothing: `piivault keys retire --blind-index VERSION` destroys them");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,6 +316,7 @@ async fn reencrypt(
         &app.audit,
         keys,
         watch,
+        &app.vault.catalogue().searchable_fields(),
         pace,
         &super::operator_events(),
         &progress,

@@ -34,6 +34,16 @@ pub struct SystemKeys {
     pub token: Vec<(i64, MacKey)>,
 }
 
+impl SystemKeys {
+    /// The blind-index digest under the newest key, with that key's version.
+    pub fn blind_index(&self, field: &str, normalised: &str) -> (i64, Vec<u8>) {
+        match self.blind.first() {
+            Some((v, key)) => (*v, super::blind_index(key, field, normalised)),
+            None => (0, Vec::new()),
+        }
+    }
+}
+
 /// Everything key-related a running vault needs. The master keyring and the system
 /// keys can be replaced while the vault runs (a rotation added a version, a retirement
 /// removed one).
@@ -197,12 +207,25 @@ impl Keys {
         write_key_file(path, &change(&text)?, false)
     }
 
-    /// The blind-index digest under the newest key (what a write stores).
-    pub fn blind_index(&self, field: &str, normalised: &str) -> Vec<u8> {
-        match self.system().blind.first() {
-            Some((_, key)) => super::blind_index(key, field, normalised),
-            None => Vec::new(),
-        }
+    /// The blind-index digest under the newest key, with that key's version (what a
+    /// write stores).
+    pub fn blind_index(&self, field: &str, normalised: &str) -> (i64, Vec<u8>) {
+        self.system().blind_index(field, normalised)
+    }
+
+    /// The blind-index digest under every live key, newest first (what a lookup
+    /// searches for while the key is rotated).
+    pub fn blind_indexes(&self, field: &str, normalised: &str) -> Vec<Vec<u8>> {
+        self.system()
+            .blind
+            .iter()
+            .map(|(_, key)| super::blind_index(key, field, normalised))
+            .collect()
+    }
+
+    /// The system keys as they are now (a long task keeps using this set).
+    pub fn system_keys(&self) -> Arc<SystemKeys> {
+        self.system()
     }
 
     /// The token hash under the newest token-hash key, with that key's version (what

@@ -16,8 +16,8 @@ pub struct KeyVersion {
     /// it wraps), `destroyed`. Data keys: `retired` if made before the newest
     /// re-encryption (`keys rotate --data`) started (it replaces them; once it has
     /// finished there are none), else `active`. System keys: `active` (the newest
-    /// version) or `verify-only` (an older token-hash key, still checked for tokens
-    /// hashed under it).
+    /// version), `verify-only` (an older token-hash key, still checked for tokens
+    /// hashed under it) or `lookup-only` (an older blind-index key, still searched).
     pub state: &'static str,
     /// The master-key version that wraps it (none for a master key).
     pub wrapped_by: Option<i64>,
@@ -30,7 +30,8 @@ pub struct KeyVersion {
     /// Values encrypted (data keys; 0 where not counted).
     pub encryptions: i64,
     /// Data keys: the field values and records they protect now. Token-hash keys: the
-    /// live tokens hashed under them.
+    /// live tokens hashed under them. Blind-index keys: the index entries made under
+    /// them.
     pub items: i64,
 }
 
@@ -108,11 +109,24 @@ pub async fn inventory(
         "data" if r.retired => "retired",
         "data" => "active",
         kind if Some(r.version) == newest_system(kind) => "active",
-        // An older system key: still checked (a token hashed under it), never used
-        // for anything new.
+        // An older system key: still searched (index entries made under it) or
+        // checked (tokens hashed under it), never used for anything new.
+        crate::crypto::BLIND_INDEX_KEY => "lookup-only",
         _ => "verify-only",
     };
     let live_tokens = store.tokens_per_hash_key(crate::store::now_ms()).await?;
+    let mut entries = std::collections::BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.kind == crate::crypto::BLIND_INDEX_KEY)
+    {
+        entries.insert(
+            r.version,
+            store
+                .system_key_users(crate::crypto::BLIND_INDEX_KEY, r.version, 0)
+                .await?,
+        );
+    }
     let retired = rows.iter().filter(|r| r.kind == "data" && r.retired);
     let (retired_data_keys, items_under_retired_keys) =
         retired.fold((0, 0), |(k, i), r| (k + r.keys, i + r.items));
@@ -134,6 +148,8 @@ pub async fn inventory(
                     .iter()
                     .find(|(v, _, _)| *v == r.version)
                     .map_or(0, |(_, live, _)| *live),
+                // The index entries made under it.
+                crate::crypto::BLIND_INDEX_KEY => entries.get(&r.version).copied().unwrap_or(0),
                 _ => r.items,
             },
         })

@@ -8,14 +8,14 @@ mod audit_key;
 mod inventory;
 mod reencrypt;
 mod rotate;
-mod token_hash;
+mod system;
 
 pub use audit_key::{rotate_audit, AuditRotation};
 pub use inventory::{inventory, AuditKeyInfo, Inventory, KeyVersion};
 
 pub use reencrypt::{reencrypt_data, ReencryptReport};
 pub use rotate::{retire_master, rotate_master, Pace, Progress, RotateError, RotateReport};
-pub use token_hash::{retire_token_hash, rotate_token_hash};
+pub use system::{retire_system_key, rotate_blind_index, rotate_token_hash, BlindIndexReport};
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

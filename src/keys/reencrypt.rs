@@ -15,8 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{Audit, Event};
-use crate::crypto::{Aad, DataKey, Keys, MasterKeyRing};
-use crate::store::{Resealed, SealedItem, SealedSubject, Store, SubjectKeyRow, WriteOp};
+use crate::crypto::{Aad, DataKey, Keys, MasterKeyRing, SystemKeys};
+use crate::store::{
+    IndexEntry, Resealed, SealedItem, SealedSubject, Store, SubjectKeyRow, WriteOp,
+};
 
 use super::{KeyWatch, Pace, Progress, RotateError};
 
@@ -46,7 +48,12 @@ pub struct ReencryptReport {
 
 /// Seals one subject again under a new data key: `None` (and the reason logged) if one
 /// of its keys or ciphertexts cannot be opened.
-fn reseal(ring: &MasterKeyRing, s: &SealedSubject) -> Option<Resealed> {
+fn reseal(
+    ring: &MasterKeyRing,
+    system: &SystemKeys,
+    searchable: &BTreeSet<String>,
+    s: &SealedSubject,
+) -> Option<Resealed> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(subject = %s.id, what, error = %e, "a subject cannot be re-encrypted");
     };
@@ -71,6 +78,7 @@ fn reseal(ring: &MasterKeyRing, s: &SealedSubject) -> Option<Resealed> {
         }
     };
     let mut sealed = Vec::with_capacity(s.items.len());
+    let mut index = Vec::new();
     for item in &s.items {
         let (version, was, now, bytes) = match item {
             SealedItem::Field {
@@ -99,13 +107,30 @@ fn reseal(ring: &MasterKeyRing, s: &SealedSubject) -> Option<Resealed> {
             Some(k) => k.open(&was, bytes),
             None => Err(crate::crypto::CryptoError::Decrypt),
         };
-        match plain {
-            Ok(plain) => sealed.push(key.seal(&now, &plain)),
+        let plain = match plain {
+            Ok(plain) => plain,
             Err(e) => {
                 fail("ciphertext", &e);
                 return None;
             }
+        };
+        if let SealedItem::Field { name, .. } = item {
+            if searchable.contains(name) {
+                // The sealed bytes are the value's canonical form, which is what the
+                // blind index is made of.
+                let Ok(canonical) = std::str::from_utf8(&plain) else {
+                    fail("ciphertext", &"not UTF-8");
+                    return None;
+                };
+                let (key_version, digest) = system.blind_index(name, canonical);
+                index.push(IndexEntry {
+                    field: name.clone(),
+                    digest,
+                    key_version,
+                });
+            }
         }
+        sealed.push(key.seal(&now, &plain));
     }
     Some(Resealed {
         key: SubjectKeyRow {
@@ -115,16 +140,21 @@ fn reseal(ring: &MasterKeyRing, s: &SealedSubject) -> Option<Resealed> {
             encryptions: s.items.len() as i64,
         },
         sealed,
+        index,
     })
 }
 
-/// Re-encrypts every subject: see the module's documentation. `event` makes an audit
-/// event for an action (who does it, under which request id).
+/// Re-encrypts every subject: see the module's documentation. Each subject's blind
+/// index is made again too, of its `searchable` fields, under the newest blind-index
+/// key. `event` makes an audit event for an action (who does it, under which request
+/// id).
+#[allow(clippy::too_many_arguments)]
 pub async fn reencrypt_data(
     store: &Store,
     audit: &Audit,
     keys: &Keys,
     watch: &KeyWatch,
+    searchable: &BTreeSet<String>,
     pace: Pace,
     event: &(dyn Fn(&str) -> Event + Sync),
     progress: &(dyn Progress + Sync),
@@ -163,45 +193,19 @@ pub async fn reencrypt_data(
         let Some(last) = ids.last().cloned() else {
             break;
         };
-        let ring = keys.master();
-        // Filled by the batch's transaction (which may run more than once: keyed by
-        // subject, so a second run counts nothing twice).
-        let items = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-        let failed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
-        let (seen, broken) = (items.clone(), failed.clone());
-        let change = store.reencrypt_subjects_op(
+        let (n, k, f) = reencrypt_batch(
+            store,
+            audit,
+            keys,
+            searchable,
             ids.clone(),
-            Arc::new(move |s: &SealedSubject| {
-                let out = reseal(&ring, s);
-                if let (Ok(mut seen), Ok(mut broken)) = (seen.lock(), broken.lock()) {
-                    match &out {
-                        Some(_) => {
-                            broken.remove(&s.id);
-                            seen.insert(s.id.clone(), s.items.len() as u64);
-                        }
-                        None => {
-                            seen.remove(&s.id);
-                            broken.insert(s.id.clone());
-                        }
-                    }
-                }
-                out
-            }),
-            (CURSOR, last.clone()),
-        );
-        audit
-            .record_with(
-                vec![event("key.reencrypt").target(&format!("data subjects:{}", ids.len()))],
-                change,
-            )
-            .await?;
-        let (n, k) = items
-            .lock()
-            .map(|m| (m.len() as u64, m.values().sum::<u64>()))
-            .unwrap_or_default();
+            Some(last.clone()),
+            event,
+        )
+        .await?;
         report.subjects += n;
         report.items += k;
-        report.failed += failed.lock().map(|f| f.len() as u64).unwrap_or_default();
+        report.failed += f;
         done += ids.len() as u64;
         progress.set(done, total.max(done));
         cursor = last;
@@ -238,4 +242,58 @@ pub async fn reencrypt_data(
             .await?;
     }
     Ok(report)
+}
+
+/// Re-encrypts (and indexes again) subjects `ids` in one transaction with its audit
+/// event, moving the walk's position to `cursor` if given. Returns the subjects done,
+/// the items sealed again, and the subjects that could not be.
+pub(super) async fn reencrypt_batch(
+    store: &Store,
+    audit: &Audit,
+    keys: &Keys,
+    searchable: &BTreeSet<String>,
+    ids: Vec<String>,
+    cursor: Option<String>,
+    event: &(dyn Fn(&str) -> Event + Sync),
+) -> Result<(u64, u64, u64), RotateError> {
+    let (ring, system) = (keys.master(), keys.system_keys());
+    let searchable = searchable.clone();
+    // Filled by the batch's transaction (which may run more than once: keyed by
+    // subject, so a second run counts nothing twice).
+    let items = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let failed = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let (seen, broken) = (items.clone(), failed.clone());
+    let n = ids.len();
+    let change = store.reencrypt_subjects_op(
+        ids,
+        Arc::new(move |s: &SealedSubject| {
+            let out = reseal(&ring, &system, &searchable, s);
+            if let (Ok(mut seen), Ok(mut broken)) = (seen.lock(), broken.lock()) {
+                match &out {
+                    Some(_) => {
+                        broken.remove(&s.id);
+                        seen.insert(s.id.clone(), s.items.len() as u64);
+                    }
+                    None => {
+                        seen.remove(&s.id);
+                        broken.insert(s.id.clone());
+                    }
+                }
+            }
+            out
+        }),
+        cursor.map(|c| (CURSOR, c)),
+    );
+    audit
+        .record_with(
+            vec![event("key.reencrypt").target(&format!("data subjects:{n}"))],
+            change,
+        )
+        .await?;
+    let (done, sealed) = items
+        .lock()
+        .map(|m| (m.len() as u64, m.values().sum::<u64>()))
+        .unwrap_or_default();
+    let failed = failed.lock().map(|f| f.len() as u64).unwrap_or_default();
+    Ok((done, sealed, failed))
 }

@@ -91,6 +91,7 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
                 &state.audit,
                 keys,
                 watch,
+                &state.vault.catalogue().searchable_fields(),
                 pace,
                 &event,
                 &quiet,

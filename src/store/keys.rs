@@ -303,36 +303,66 @@ impl Store {
         })
     }
 
-    /// Destroys an old version of the token-hash key: its wrapped key is deleted, and
-    /// every node drops it. `Conflict` if it is the newest version, or if a live token
-    /// (neither revoked nor expired at `now`) is still hashed under it.
-    pub fn destroy_token_hash_key_op(&self, version: i64, now: i64) -> WriteOp {
+    /// Destroys an old version of a system key: its wrapped key is deleted, and every
+    /// node drops it. `Conflict` if it is the newest version of its key, or if anything
+    /// still depends on it ([`Store::system_key_users`]).
+    pub fn destroy_system_key_op(&self, name: &'static str, version: i64, now: i64) -> WriteOp {
         op(move |conn| {
             Box::pin(async move {
-                let (newer, live): (i64, i64) = sqlx::query_as(
-                    "SELECT (SELECT CAST(count(*) AS BIGINT) FROM system_keys WHERE name = 'token_hash' AND version > $1), \
-                            (SELECT CAST(count(*) AS BIGINT) FROM tokens \
-                              WHERE hash_key_version = $1 AND revoked_at IS NULL AND expires_at > $2)",
+                let newer: i64 = sqlx::query_scalar(
+                    "SELECT CAST(count(*) AS BIGINT) FROM system_keys WHERE name = $1 AND version > $2",
                 )
+                .bind(name)
                 .bind(version)
-                .bind(now)
                 .fetch_one(&mut *conn)
                 .await?;
-                if newer == 0 || live > 0 {
+                let users = users_of(conn, name, version, now).await?;
+                if newer == 0 || users > 0 {
                     return Err(StoreError::Conflict);
                 }
-                let gone = sqlx::query(
-                    "DELETE FROM system_keys WHERE name = 'token_hash' AND version = $1",
-                )
-                .bind(version)
-                .execute(&mut *conn)
-                .await?;
+                let gone = sqlx::query("DELETE FROM system_keys WHERE name = $1 AND version = $2")
+                    .bind(name)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?;
                 if gone.rows_affected() == 0 {
                     return Err(StoreError::NotFound);
                 }
                 super::changes::note(conn, KEYS, "master", now).await
             })
         })
+    }
+
+    /// What still depends on version `version` of system key `name`: for the token-hash
+    /// key, live tokens (neither revoked nor expired at `now`) hashed under it; for the
+    /// blind-index key, index entries made under it.
+    pub async fn system_key_users(
+        &self,
+        name: &str,
+        version: i64,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        users_of(&mut conn, name, version, now).await
+    }
+
+    /// Up to `limit` subjects with a blind-index entry made under a key version older
+    /// than `version`, in id order after `after`.
+    pub async fn subjects_indexed_before(
+        &self,
+        version: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT subject_id FROM blind_index WHERE key_version < $1 AND subject_id > $2 \
+             ORDER BY subject_id LIMIT $3",
+        )
+        .bind(version)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Tells every node that key `what` changed (`master`: read the master key source
@@ -480,4 +510,27 @@ impl Store {
         );
         Ok(out)
     }
+}
+
+async fn users_of(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    version: i64,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let sql = match name {
+        "token_hash" => {
+            "SELECT CAST(count(*) AS BIGINT) FROM tokens \
+             WHERE hash_key_version = $1 AND revoked_at IS NULL AND expires_at > $2"
+        }
+        "blind_index" => {
+            "SELECT CAST(count(*) AS BIGINT) FROM blind_index WHERE key_version = $1 AND $2 = $2"
+        }
+        _ => return Ok(0),
+    };
+    Ok(sqlx::query_scalar(sql)
+        .bind(version)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?)
 }

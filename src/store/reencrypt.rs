@@ -1,5 +1,6 @@
 //! Re-encryption (`piivault keys rotate --data`): a batch of subjects read, sealed
-//! again under new data keys and written back in one transaction that holds their rows
+//! again under new data keys (and indexed again under the newest blind-index key) and
+//! written back in one transaction that holds their rows
 //! locked, so that no write to them can land in between.
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use sqlx::Row;
 
 use super::changes::SUBJECT;
 use super::write::{op, tuples, Script};
-use super::{now_ms, Store, StoreError, SubjectKeyRow, WriteOp};
+use super::{now_ms, IndexEntry, Store, StoreError, SubjectKeyRow, WriteOp};
 
 /// One stored ciphertext of a subject.
 #[derive(Debug, Clone)]
@@ -36,12 +37,14 @@ pub struct SealedSubject {
     pub new_version: i64,
 }
 
-/// A subject sealed again: its new data key (version `SealedSubject::new_version`) and
-/// each item's new ciphertext, in the order of `SealedSubject::items`.
+/// A subject sealed again: its new data key (version `SealedSubject::new_version`),
+/// each item's new ciphertext, in the order of `SealedSubject::items`, and its blind
+/// index entries made again (under the newest blind-index key); they replace all it had.
 #[derive(Debug, Clone)]
 pub struct Resealed {
     pub key: SubjectKeyRow,
     pub sealed: Vec<Vec<u8>>,
+    pub index: Vec<IndexEntry>,
 }
 
 /// Seals a subject again; `None` leaves it as it is (its keys could not be opened).
@@ -88,13 +91,13 @@ impl Store {
     /// inside the transaction, their rows are locked, their keys and ciphertexts read,
     /// sealed again, and written back; every older data key of theirs is deleted. Each
     /// subject gets one new data-key version, the same for the whole batch (higher than
-    /// any it had). `cursor` (a `vault_meta` key and value) is set in the same
+    /// any it had). `cursor` (a `vault_meta` key and value), if any, is set in the same
     /// transaction, so an interrupted run resumes after the last batch that landed.
     pub fn reencrypt_subjects_op(
         &self,
         ids: Vec<String>,
         reseal: Arc<Reseal>,
-        cursor: (&'static str, String),
+        cursor: Option<(&'static str, String)>,
     ) -> WriteOp {
         op(move |conn| {
             let (ids, reseal, cursor) = (ids.clone(), reseal.clone(), cursor.clone());
@@ -117,6 +120,7 @@ impl Store {
                     let mut keys = Vec::new();
                     let mut fields = Vec::new();
                     let mut records = Vec::new();
+                    let mut index = Vec::new();
                     let mut done = Vec::new();
                     for s in &mut subjects {
                         s.new_version = new_version;
@@ -125,6 +129,7 @@ impl Store {
                             continue;
                         }
                         keys.push((s.id.clone(), resealed.key, s.items.len() as i64));
+                        index.extend(resealed.index.into_iter().map(|e| (s.id.clone(), e)));
                         for (item, sealed) in s.items.iter().zip(resealed.sealed) {
                             match item {
                                 SealedItem::Field { name, .. } => {
@@ -140,14 +145,26 @@ impl Store {
                         }
                         done.push(s.id.clone());
                     }
-                    write_resealed(&mut script, new_version, now, keys, fields, records, &done);
+                    write_resealed(
+                        &mut script,
+                        new_version,
+                        now,
+                        BatchRows {
+                            keys,
+                            fields,
+                            records,
+                            index,
+                        },
+                        &done,
+                    );
                 }
-                let (key, value) = cursor;
-                script.sql("DELETE FROM vault_meta WHERE key = ?").bind(key);
-                script
-                    .sql("INSERT INTO vault_meta (key, value) VALUES (?, ?)")
-                    .bind(key)
-                    .bind(value);
+                if let Some((key, value)) = cursor {
+                    script.sql("DELETE FROM vault_meta WHERE key = ?").bind(key);
+                    script
+                        .sql("INSERT INTO vault_meta (key, value) VALUES (?, ?)")
+                        .bind(key)
+                        .bind(value);
+                }
                 script.run(conn).await
             })
         })
@@ -235,9 +252,14 @@ async fn load_locked(
     Ok(subjects)
 }
 
-type KeyRows = Vec<(String, SubjectKeyRow, i64)>;
-type FieldRows = Vec<(String, String, Vec<u8>)>;
-type RecordRows = Vec<(String, String, String, Vec<u8>)>;
+/// The rows a batch writes back: new keys (with their item counts), ciphertexts of
+/// fields and records, index entries, each with its subject.
+struct BatchRows {
+    keys: Vec<(String, SubjectKeyRow, i64)>,
+    fields: Vec<(String, String, Vec<u8>)>,
+    records: Vec<(String, String, String, Vec<u8>)>,
+    index: Vec<(String, IndexEntry)>,
+}
 
 /// The statements that store resealed subjects: new keys, ciphertexts replaced in
 /// place (their times kept), older keys deleted, and a change noted for each subject
@@ -246,11 +268,15 @@ fn write_resealed(
     script: &mut Script,
     new_version: i64,
     now: i64,
-    keys: KeyRows,
-    fields: FieldRows,
-    records: RecordRows,
+    rows: BatchRows,
     done: &[String],
 ) {
+    let BatchRows {
+        keys,
+        fields,
+        records,
+        index,
+    } = rows;
     if done.is_empty() {
         return;
     }
@@ -309,6 +335,29 @@ fn write_resealed(
         script.bind(new_version);
         for id in chunk {
             script.bind(id.clone());
+        }
+    }
+    let by_subject = super::subjects::blind_index_by_subject(script.postgres());
+    for chunk in done.chunks(ROWS_PER_STATEMENT) {
+        script.sql(&format!(
+            "DELETE FROM {by_subject} WHERE subject_id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        ));
+        for id in chunk {
+            script.bind(id.clone());
+        }
+    }
+    for chunk in index.chunks(ROWS_PER_STATEMENT) {
+        script.sql(&format!(
+            "{insert} INTO blind_index (field, digest, subject_id, key_version) VALUES {} ON CONFLICT DO NOTHING",
+            tuples(chunk.len(), 4)
+        ));
+        for (id, e) in chunk {
+            script
+                .bind(e.field.clone())
+                .bind(e.digest.clone())
+                .bind(id.clone())
+                .bind(e.key_version);
         }
     }
     super::changes::note_many_in(script, SUBJECT, done, now);

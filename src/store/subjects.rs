@@ -21,11 +21,12 @@ pub struct FieldRow {
     pub sealed: Vec<u8>,
 }
 
-/// One blind-index entry of a subject.
+/// One blind-index entry of a subject, made by blind-index key `key_version`.
 #[derive(Debug, Clone)]
 pub struct IndexEntry {
     pub field: String,
     pub digest: Vec<u8>,
+    pub key_version: i64,
 }
 
 /// Rows per INSERT statement in an import (at 6 columns, well inside SQLite's 32,766
@@ -200,7 +201,7 @@ impl Params {
     }
 
     /// `(field, digest)` rows of a `VALUES` list.
-    fn index_rows(&mut self, index: impl IntoIterator<Item = (String, Vec<u8>)>) -> String {
+    fn index_keys(&mut self, index: impl IntoIterator<Item = (String, Vec<u8>)>) -> String {
         let rows: Vec<String> = index
             .into_iter()
             .map(|(field, digest)| {
@@ -208,6 +209,22 @@ impl Params {
                     "({}, {})",
                     self.push(field, "text"),
                     self.push(digest, "bytea")
+                )
+            })
+            .collect();
+        rows.join(", ")
+    }
+
+    /// `(field, digest, key_version)` rows of a `VALUES` list.
+    fn index_rows(&mut self, index: Vec<IndexEntry>) -> String {
+        let rows: Vec<String> = index
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "({}, {}, {})",
+                    self.push(e.field, "text"),
+                    self.push(e.digest, "bytea"),
+                    self.push(e.key_version, "bigint")
                 )
             })
             .collect();
@@ -266,7 +283,7 @@ async fn correct_in_one_statement(
         let spare = if w.index.is_empty() {
             String::new()
         } else {
-            let keep = p.index_rows(w.index.iter().map(|e| (e.field.clone(), e.digest.clone())));
+            let keep = p.index_keys(w.index.iter().map(|e| (e.field.clone(), e.digest.clone())));
             format!(" AND (field, digest) NOT IN ({keep})")
         };
         ctes.push(format!(
@@ -291,10 +308,10 @@ async fn correct_in_one_statement(
         ));
     }
     if !w.index.is_empty() {
-        let rows = p.index_rows(w.index.into_iter().map(|e| (e.field, e.digest)));
+        let rows = p.index_rows(w.index);
         ctes.push(format!(
-            "indexed AS (INSERT INTO blind_index (field, digest, subject_id) \
-             SELECT v.field, v.digest, {id} FROM (VALUES {rows}) AS v (field, digest) \
+            "indexed AS (INSERT INTO blind_index (field, digest, subject_id, key_version) \
+             SELECT v.field, v.digest, {id}, v.key_version FROM (VALUES {rows}) AS v (field, digest, key_version) \
              WHERE {guard} ON CONFLICT DO NOTHING)"
         ));
     }
@@ -360,10 +377,10 @@ async fn create_in_one_statement(
         ));
     }
     if !s.index.is_empty() {
-        let rows = p.index_rows(s.index.into_iter().map(|e| (e.field, e.digest)));
+        let rows = p.index_rows(s.index);
         ctes.push(format!(
-            "indexed AS (INSERT INTO blind_index (field, digest, subject_id) \
-             SELECT v.field, v.digest, c.id FROM created c, (VALUES {rows}) AS v (field, digest) ON CONFLICT DO NOTHING)"
+            "indexed AS (INSERT INTO blind_index (field, digest, subject_id, key_version) \
+             SELECT v.field, v.digest, c.id, v.key_version FROM created c, (VALUES {rows}) AS v (field, digest, key_version) ON CONFLICT DO NOTHING)"
         ));
     }
     let sql = format!("WITH {} SELECT count(*) FROM created", ctes.join(", "));
@@ -430,11 +447,15 @@ fn add_index(script: &mut Script, subject: &str, index: Vec<IndexEntry>) {
     }
     let insert = script.insert_verb();
     script.sql(&format!(
-        "{insert} INTO blind_index (field, digest, subject_id) VALUES {} ON CONFLICT DO NOTHING",
-        tuples(index.len(), 3)
+        "{insert} INTO blind_index (field, digest, subject_id, key_version) VALUES {} ON CONFLICT DO NOTHING",
+        tuples(index.len(), 4)
     ));
     for e in index {
-        script.bind(e.field).bind(e.digest).bind(subject.to_owned());
+        script
+            .bind(e.field)
+            .bind(e.digest)
+            .bind(subject.to_owned())
+            .bind(e.key_version);
     }
 }
 
@@ -615,6 +636,7 @@ impl Store {
                             Arg::Text(e.field),
                             Arg::Bytes(e.digest),
                             Arg::Text(s.id.clone()),
+                            Arg::Int(e.key_version),
                         ]);
                     }
                 }
@@ -638,7 +660,7 @@ impl Store {
                          channel, separate, guardian, actor_token, at)",
                         consents,
                     ),
-                    ("blind_index (field, digest, subject_id)", index),
+                    ("blind_index (field, digest, subject_id, key_version)", index),
                 ] {
                     insert_rows(&mut script, target, rows);
                 }
@@ -768,24 +790,35 @@ impl Store {
 
     /// Subjects whose index entry for `field` is `digest`, each with whether it is under
     /// a legal hold: at most `limit`, in id order, after the id `after` (a page).
+    /// `digests` holds the value's digest under each live blind-index key version (one,
+    /// except while the key is rotated); a subject indexed under any of them is found.
     pub async fn lookup(
         &self,
         field: &str,
-        digest: &[u8],
+        digests: &[Vec<u8>],
         after: &str,
         limit: i64,
     ) -> Result<Vec<(String, bool)>, StoreError> {
-        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
-            "SELECT b.subject_id, s.legal_hold_at FROM blind_index b JOIN subjects s ON s.id = b.subject_id \
-             WHERE b.field = $1 AND b.digest = $2 AND b.subject_id > $3 AND s.erased_at IS NULL \
-             ORDER BY b.subject_id LIMIT $4",
-        )
-        .bind(field)
-        .bind(digest)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (4..4 + digests.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT DISTINCT b.subject_id, s.legal_hold_at FROM blind_index b JOIN subjects s ON s.id = b.subject_id \
+             WHERE b.field = $1 AND b.subject_id > $2 AND s.erased_at IS NULL AND b.digest IN ({list}) \
+             ORDER BY b.subject_id LIMIT $3"
+        );
+        let mut query = sqlx::query_as::<_, (String, Option<i64>)>(&sql)
+            .bind(field)
+            .bind(after)
+            .bind(limit);
+        for d in digests {
+            query = query.bind(d.as_slice());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
             .map(|(id, held)| (id, held.is_some()))

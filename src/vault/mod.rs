@@ -258,9 +258,11 @@ impl Vault {
                 ),
             });
             if spec.searchable {
+                let (key_version, digest) = self.keys.blind_index(name, value.canonical());
                 index.push(IndexEntry {
                     field: name.clone(),
-                    digest: self.keys.blind_index(name, value.canonical()),
+                    digest,
+                    key_version,
                 });
             }
         }
@@ -679,8 +681,8 @@ impl Vault {
             .into());
         }
         let parsed = spec.kind.parse_on(field, value, self.today())?;
-        let digest = self.keys.blind_index(field, parsed.canonical());
-        Ok(self.store.lookup(field, &digest, after, limit).await?)
+        let digests = self.keys.blind_indexes(field, parsed.canonical());
+        Ok(self.store.lookup(field, &digests, after, limit).await?)
     }
 
     fn collection(&self, name: &str) -> Result<&crate::classify::CollectionSpec, VaultError> {

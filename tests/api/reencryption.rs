@@ -404,3 +404,196 @@ both_stores!(
         );
     }
 );
+
+/// How many blind-index entries were made under key `version`.
+async fn entries_under(t: &TestApp, version: i64) -> i64 {
+    let raw = t.raw().await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT CAST(count(*) AS BIGINT) FROM blind_index WHERE key_version = $1",
+    )
+    .bind(version)
+    .fetch_one(&raw)
+    .await
+    .unwrap();
+    raw.close().await;
+    n
+}
+
+both_stores!(
+    a_blind_index_rotation_keeps_lookups_working_survives_kill_9_and_retires_the_old_key,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let mut subjects = Vec::new();
+        for i in 0..60 {
+            let (phone, email) = (
+                format!("139{:08}", 70_000_000 + i),
+                format!("bi{i}@example.com"),
+            );
+            let id = t
+                .create(&dsr, json!({"phone": phone, "email": email}))
+                .await;
+            subjects.push((id, phone));
+        }
+        assert_eq!(entries_under(&t, 1).await, 120);
+
+        // Lookups (and creates) go on throughout; each must find exactly its subject.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = {
+            let (client, base, dsr, stop) =
+                (t.client.clone(), t.base.clone(), dsr.clone(), stop.clone());
+            let subjects = subjects.clone();
+            tokio::spawn(async move {
+                let (mut i, mut created) = (0usize, Vec::new());
+                while !stop.load(Ordering::Acquire) {
+                    let (id, phone) = &subjects[i % subjects.len()];
+                    let (s, b) = call_at(
+                        &client,
+                        &base,
+                        Method::POST,
+                        "/v1/subjects/lookup",
+                        Some(&dsr),
+                        Some("dsr"),
+                        Some(&json!({"field": "phone", "value": phone})),
+                    )
+                    .await;
+                    assert_eq!(s, StatusCode::OK, "lookup during the rotation: {b}");
+                    assert_eq!(b["ids"], json!([id]), "lookup of {phone}");
+                    if i % 7 == 0 {
+                        let phone = format!("134{:08}", i);
+                        let (s, b) = call_at(
+                            &client,
+                            &base,
+                            Method::POST,
+                            "/v1/subjects",
+                            Some(&dsr),
+                            Some("dsr"),
+                            Some(&json!({"fields": {"phone": phone}})),
+                        )
+                        .await;
+                        assert_eq!(s, StatusCode::CREATED, "{b}");
+                        created.push((b["id"].as_str().unwrap().to_owned(), phone));
+                    }
+                    i += 1;
+                }
+                created
+            })
+        };
+
+        let mut first = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args([
+                "keys",
+                "rotate",
+                "--blind-index",
+                "--batch",
+                "4",
+                "--max-rate",
+                "30",
+            ])
+            .arg("--data-dir")
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            eventually(|| async { entries_under(&t, 2).await >= 16 }).await,
+            "the rotation never started"
+        );
+        first.kill().unwrap();
+        first.wait().unwrap();
+        assert!(entries_under(&t, 1).await > 0, "the kill came too late");
+        // As a node that had not loaded version 2 yet would: an entry under version 1 for
+        // a subject the walk has passed.
+        let raw = t.raw().await;
+        sqlx::query(
+            "INSERT INTO blind_index (field, digest, subject_id, key_version) VALUES ('phone', $1, $2, 1)",
+        )
+        .bind(vec![7u8; 32])
+        .bind(&subjects[0].0)
+        .execute(&raw)
+        .await
+        .unwrap();
+        raw.close().await;
+
+        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
+            .args(["keys", "rotate", "--blind-index", "--json", "--data-dir"])
+            .arg(t.dir.path())
+            .arg("--database-url")
+            .arg(&t.database_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["version"], 2, "{report}");
+        assert_eq!(report["resumed"], true, "{report}");
+        assert_eq!(report["remaining"], 0, "{report}");
+        assert!(report["stragglers"].as_u64().unwrap() >= 1, "{report}");
+
+        stop.store(true, Ordering::Release);
+        let created = load.await.unwrap();
+        assert_eq!(entries_under(&t, 1).await, 0);
+
+        // Version 1 goes; version 2 cannot.
+        let (ok, said) = t.cli(&["keys", "retire", "--blind-index", "2"]);
+        assert!(!ok && said.contains("is the active version"), "{said}");
+        let (ok, said) = t.cli(&["keys", "retire", "--blind-index", "1"]);
+        assert!(ok, "{said}");
+        assert!(
+            eventually(|| async { t.app.vault.keys().0.system_versions().0 == vec![2] }).await,
+            "the server never dropped blind-index key version 1"
+        );
+        for (id, phone) in subjects.iter().chain(created.iter()) {
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    "/v1/subjects/lookup",
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&json!({"field": "phone", "value": phone})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(b["ids"], json!([id]), "lookup of {phone} after retirement");
+        }
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/subjects/lookup",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"field": "email", "value": "bi5@example.com"})),
+            )
+            .await;
+        assert_eq!((s, &b["ids"]), (StatusCode::OK, &json!([subjects[5].0])));
+        let inventory = inventory(&t).await;
+        let blind: Vec<(i64, String, i64)> = inventory["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kind"] == "blind_index")
+            .map(|k| {
+                (
+                    k["version"].as_i64().unwrap(),
+                    k["state"].as_str().unwrap().to_owned(),
+                    k["items"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            blind,
+            vec![(2, "active".to_owned(), entries_under(&t, 2).await)]
+        );
+        let events = t.events().await;
+        assert!(events.iter().any(|e| e.action == "key.rotate"
+            && e.target.as_deref() == Some("blind_index:v2")
+            && e.reason == "finished"));
+        assert!(events
+            .iter()
+            .any(|e| e.action == "key.retire" && e.target.as_deref() == Some("blind_index:v1")));
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

@@ -122,6 +122,11 @@ pub struct FileConfig {
     /// Subjects whose ciphertexts and wrapped keys are kept in memory (default 50,000;
     /// 0: none, every read asks the store).
     pub subject_cache_entries: Option<usize>,
+    /// The algorithms new keys are made for: `aes` (default: AES-256-GCM data keys,
+    /// HMAC-SHA256 blind-index and token-hash keys) or `sm` (China's commercial
+    /// cryptography: SM4-GCM and HMAC-SM3). Existing keys keep theirs: `piivault keys
+    /// rotate --data` (and `--blind-index`, `--token-hash`) moves a store over.
+    pub crypto_suite: Option<String>,
     /// Bad tokens one client address may present per window before it is delayed and
     /// refused with 429 (default 20).
     pub bad_token_max_failures: Option<u32>,
@@ -192,6 +197,8 @@ pub struct Settings {
     pub max_token_ttl: Duration,
     /// The audit signing key (private; 0600).
     pub audit_key_file: PathBuf,
+    /// The algorithms new keys are made for (`crypto_suite`).
+    pub suite: crate::crypto::Suite,
     /// The TOML file, for subcommand-specific settings.
     pub file: FileConfig,
 }
@@ -316,9 +323,18 @@ impl Settings {
             .clone()
             .or_else(|| file.audit_key_file.clone())
             .unwrap_or_else(|| data_dir.join("audit").join("signing.key"));
+        let suite = match file.crypto_suite.as_deref() {
+            None => crate::crypto::Suite::default(),
+            Some(name) => crate::crypto::Suite::parse(name).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "crypto_suite must be \"aes\" (AES-256-GCM, HMAC-SHA256) or \"sm\" (SM4-GCM, HMAC-SM3), not {name:?}"
+                ))
+            })?,
+        };
         Ok(Self {
             audit_key_file,
             max_token_ttl,
+            suite,
             log_format: args
                 .log_format
                 .or(file.log_format)

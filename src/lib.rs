@@ -130,7 +130,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
     let store = Store::connect(&settings.database_url, connections)
         .await
         .context("opening the store")?;
-    let (keys, initialised_now) = keys::open(&store, &settings.master)
+    let (keys, initialised_now) = keys::open(&store, &settings.master, settings.suite)
         .await
         .context("loading the master key")?;
     let keys = Arc::new(keys);

@@ -24,6 +24,7 @@ pub fn settings(dir: &Path) -> Settings {
         log_format: LogFormat::Text,
         max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
         audit_key_file: dir.join("audit/signing.key"),
+        suite: Default::default(),
         file: Default::default(),
     }
 }

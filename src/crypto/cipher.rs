@@ -1,7 +1,10 @@
-//! AES-256-GCM with random 96-bit nonces; ciphertext layout `nonce || ciphertext || tag`.
+//! The data ciphers: AES-256-GCM (the default) or SM4-GCM (GB/T 32907 in the GCM mode
+//! of NIST SP 800-38D, as RFC 8998 uses it), with random 96-bit nonces; ciphertext
+//! layout `nonce || ciphertext || tag`.
 
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::{Aes256Gcm, AesGcm, Nonce};
 use zeroize::Zeroizing;
 
 use super::{random_bytes, Aad, CryptoError};
@@ -9,39 +12,113 @@ use super::{random_bytes, Aad, CryptoError};
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
+/// SM4 in GCM mode with 96-bit nonces.
+type Sm4Gcm = AesGcm<sm4::Sm4, U12>;
+
+/// Marks an SM4 key where a data key is stored wrapped (an AES-256 key is its 32 bytes
+/// alone, as since the first version).
+const SM4_TAG: u8 = 0x02;
+
 /// A sealed value as stored: nonce, ciphertext and tag.
 pub type Sealed = Vec<u8>;
 
-/// A 256-bit AES-GCM key: a subject's DEK, or a wrapping key derived from the KEK.
-pub struct DataKey(Zeroizing<[u8; 32]>);
+/// The cipher a data key is for. It is recorded with the key itself (inside what the
+/// master key wraps), so each data-key version has its own, and a store moves from one
+/// to the other by re-encryption while both read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataCipher {
+    #[default]
+    Aes256Gcm,
+    Sm4Gcm,
+}
+
+impl DataCipher {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aes256Gcm => "AES-256-GCM",
+            Self::Sm4Gcm => "SM4-GCM",
+        }
+    }
+
+    /// The cipher of a data key from the length of its wrapped form (nonce, key in its
+    /// wrapped form, tag), as the inventory sees it without unwrapping.
+    pub fn of_wrapped_len(len: usize) -> Option<Self> {
+        match len.checked_sub(NONCE_LEN + TAG_LEN)? {
+            32 => Some(Self::Aes256Gcm),
+            17 => Some(Self::Sm4Gcm),
+            _ => None,
+        }
+    }
+
+    fn key_len(self) -> usize {
+        match self {
+            Self::Aes256Gcm => 32,
+            Self::Sm4Gcm => 16,
+        }
+    }
+}
+
+/// A data key (a subject's DEK, or a wrapping key derived from the KEK): 256-bit
+/// AES-GCM or 128-bit SM4-GCM.
+pub struct DataKey {
+    cipher: DataCipher,
+    /// The key in its first `cipher.key_len()` bytes.
+    key: Zeroizing<[u8; 32]>,
+}
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(<redacted>)")
+        write!(f, "DataKey({}, <redacted>)", self.cipher.as_str())
     }
 }
 
 impl DataKey {
-    /// A fresh random key.
+    /// A fresh random AES-256-GCM key.
     pub fn generate() -> Self {
-        Self(Zeroizing::new(random_bytes::<32>()))
+        Self::generate_for(DataCipher::Aes256Gcm)
     }
 
+    /// A fresh random key for `cipher`.
+    pub fn generate_for(cipher: DataCipher) -> Self {
+        let mut key = Zeroizing::new(random_bytes::<32>());
+        key[cipher.key_len()..].fill(0);
+        Self { cipher, key }
+    }
+
+    pub fn cipher(&self) -> DataCipher {
+        self.cipher
+    }
+
+    /// An AES-256-GCM key from its 32 bytes.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
-        if bytes.len() != 32 {
+        Self::from_parts(DataCipher::Aes256Gcm, bytes)
+    }
+
+    fn from_parts(cipher: DataCipher, bytes: &[u8]) -> Result<Self, CryptoError> {
+        if bytes.len() != cipher.key_len() {
             return Err(CryptoError::Malformed);
         }
         let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(bytes);
-        Ok(Self(key))
+        key[..bytes.len()].copy_from_slice(bytes);
+        Ok(Self { cipher, key })
     }
 
-    pub(crate) fn bytes(&self) -> &[u8; 32] {
-        &self.0
+    /// The key as the master key wraps it: an AES-256 key's 32 bytes, or the SM4 tag
+    /// and the SM4 key's 16.
+    pub(crate) fn to_wrapped_form(&self) -> Zeroizing<Vec<u8>> {
+        let key = &self.key[..self.cipher.key_len()];
+        Zeroizing::new(match self.cipher {
+            DataCipher::Aes256Gcm => key.to_vec(),
+            DataCipher::Sm4Gcm => [&[SM4_TAG][..], key].concat(),
+        })
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(self.0.as_slice().into())
+    /// The key from what the master key wrapped (see [`DataKey::to_wrapped_form`]).
+    pub(crate) fn from_wrapped_form(bytes: &[u8]) -> Result<Self, CryptoError> {
+        match bytes {
+            [SM4_TAG, key @ ..] if key.len() == 16 => Self::from_parts(DataCipher::Sm4Gcm, key),
+            key => Self::from_parts(DataCipher::Aes256Gcm, key),
+        }
     }
 
     /// Encrypts `plaintext` bound to `aad` under a fresh random nonce.
@@ -51,11 +128,17 @@ impl DataKey {
             msg: plaintext,
             aad: aad.as_bytes(),
         };
+        let nonce_ref = Nonce::from_slice(&nonce);
+        let key = &self.key[..self.cipher.key_len()];
         // Encryption with a valid key and in-memory buffer only fails for inputs
         // larger than GCM's 64 GiB limit, which request limits rule out.
-        let ct = match self.cipher().encrypt(Nonce::from_slice(&nonce), payload) {
+        let ct = match self.cipher {
+            DataCipher::Aes256Gcm => Aes256Gcm::new(key.into()).encrypt(nonce_ref, payload),
+            DataCipher::Sm4Gcm => Sm4Gcm::new(key.into()).encrypt(nonce_ref, payload),
+        };
+        let ct = match ct {
             Ok(ct) => ct,
-            Err(_) => unreachable!("AES-GCM encryption of a bounded buffer cannot fail"),
+            Err(_) => unreachable!("GCM encryption of a bounded buffer cannot fail"),
         };
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -73,10 +156,14 @@ impl DataKey {
             msg: ct,
             aad: aad.as_bytes(),
         };
-        self.cipher()
-            .decrypt(Nonce::from_slice(nonce), payload)
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Decrypt)
+        let nonce = Nonce::from_slice(nonce);
+        let key = &self.key[..self.cipher.key_len()];
+        match self.cipher {
+            DataCipher::Aes256Gcm => Aes256Gcm::new(key.into()).decrypt(nonce, payload),
+            DataCipher::Sm4Gcm => Sm4Gcm::new(key.into()).decrypt(nonce, payload),
+        }
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -111,6 +198,77 @@ mod tests {
             key.open(&aad, &sealed[..10]),
             Err(CryptoError::Malformed)
         ));
+    }
+
+    /// GB/T 32907-2016, appendix A, example 1: one block under SM4.
+    #[test]
+    fn sm4_matches_gb_t_32907() {
+        use sm4::cipher::{BlockEncrypt, KeyInit as _};
+        let key = hex::decode("0123456789abcdeffedcba9876543210").unwrap();
+        let cipher = sm4::Sm4::new_from_slice(&key).unwrap();
+        let mut block = sm4::cipher::generic_array::GenericArray::clone_from_slice(&key);
+        cipher.encrypt_block(&mut block);
+        assert_eq!(hex::encode(block), "681edf34d206965e86b3e94f536e4246");
+        // Example 2: the same block encrypted 1,000,000 times.
+        let mut block = sm4::cipher::generic_array::GenericArray::clone_from_slice(&key);
+        for _ in 0..1_000_000 {
+            cipher.encrypt_block(&mut block);
+        }
+        assert_eq!(hex::encode(block), "595298c7c6fd271f0402f804c33d3f66");
+    }
+
+    /// RFC 8998, appendix A.1: SM4-GCM.
+    #[test]
+    fn sm4_gcm_matches_rfc_8998() {
+        let key = hex::decode("0123456789abcdeffedcba9876543210").unwrap();
+        let nonce = hex::decode("00001234567800000000abcd").unwrap();
+        let aad = hex::decode("feedfacedeadbeeffeedfacedeadbeefabaddad2").unwrap();
+        let plain = hex::decode(concat!(
+            "aaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbccccccccccccccccdddddddddddddddd",
+            "eeeeeeeeeeeeeeeeffffffffffffffffeeeeeeeeeeeeeeeeaaaaaaaaaaaaaaaa"
+        ))
+        .unwrap();
+        let out = Sm4Gcm::new_from_slice(&key)
+            .unwrap()
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &aad,
+                },
+            )
+            .unwrap();
+        let (ct, tag) = out.split_at(plain.len());
+        assert_eq!(
+            hex::encode(ct),
+            concat!(
+                "17f399f08c67d5ee19d0dc9969c4bb7d5fd46fd3756489069157b282bb200735",
+                "d82710ca5c22f0ccfa7cbf93d496ac15a56834cbcf98c397b4024a2691233b8d"
+            )
+        );
+        assert_eq!(hex::encode(tag), "83de3541e4c2b58177e065a9bf7b62ec");
+    }
+
+    #[test]
+    fn sm4_data_keys_round_trip_and_keep_their_cipher_through_wrapping() {
+        let key = DataKey::generate_for(DataCipher::Sm4Gcm);
+        let aad = Aad::field("sub_a", "phone", 1);
+        let sealed = key.seal(&aad, b"13812345678");
+        assert_eq!(key.open(&aad, &sealed).unwrap().as_slice(), b"13812345678");
+        let again = DataKey::from_wrapped_form(&key.to_wrapped_form()).unwrap();
+        assert_eq!(again.cipher(), DataCipher::Sm4Gcm);
+        assert_eq!(
+            again.open(&aad, &sealed).unwrap().as_slice(),
+            b"13812345678"
+        );
+        // An AES key in its original 32-byte form is still read as one.
+        let aes = DataKey::generate();
+        assert_eq!(aes.to_wrapped_form().len(), 32);
+        let back = DataKey::from_wrapped_form(&aes.to_wrapped_form()).unwrap();
+        assert_eq!(back.cipher(), DataCipher::Aes256Gcm);
+        // A value sealed under one cipher does not open under the other.
+        assert!(back.open(&aad, &sealed).is_err());
+        assert!(DataKey::from_wrapped_form(&[SM4_TAG; 10]).is_err());
     }
 
     #[test]

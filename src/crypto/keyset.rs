@@ -52,6 +52,8 @@ pub struct Keys {
     /// The key file the ring was read from, if it came from one.
     file: Option<PathBuf>,
     system: RwLock<Arc<SystemKeys>>,
+    /// The algorithms new keys are made for.
+    suite: super::Suite,
 }
 
 impl std::fmt::Debug for Keys {
@@ -121,12 +123,28 @@ pub(super) fn write_key_file(path: &Path, text: &str, create_new: bool) -> Resul
 impl Keys {
     /// The keys of a running vault: `master` as loaded (from `file`, if it came from
     /// one) and the unwrapped system keys.
-    pub fn new(master: MasterKeyRing, file: Option<PathBuf>, system: SystemKeys) -> Self {
+    pub fn new(
+        master: MasterKeyRing,
+        file: Option<PathBuf>,
+        system: SystemKeys,
+        suite: super::Suite,
+    ) -> Self {
         Self {
             master: RwLock::new(Arc::new(master)),
             file,
             system: RwLock::new(Arc::new(system)),
+            suite,
         }
+    }
+
+    /// The algorithms new keys are made for.
+    pub fn suite(&self) -> super::Suite {
+        self.suite
+    }
+
+    /// A fresh data key for the suite in use.
+    pub fn new_data_key(&self) -> super::DataKey {
+        super::DataKey::generate_for(self.suite.data_cipher())
     }
 
     fn system(&self) -> Arc<SystemKeys> {

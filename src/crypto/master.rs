@@ -276,7 +276,7 @@ impl MasterKeyRing {
     ) -> Result<(i64, Sealed), CryptoError> {
         let (kek_version, kek) = self.current()?;
         let aad = Aad::subject_key(subject, dek_version, kek_version);
-        Ok((kek_version, kek.wrap.seal(&aad, dek.bytes())))
+        Ok((kek_version, kek.wrap.seal(&aad, &dek.to_wrapped_form())))
     }
 
     pub fn unwrap_subject_key(
@@ -288,7 +288,7 @@ impl MasterKeyRing {
     ) -> Result<DataKey, CryptoError> {
         let aad = Aad::subject_key(subject, dek_version, kek_version);
         let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
-        DataKey::from_bytes(&bytes)
+        DataKey::from_wrapped_form(&bytes)
     }
 
     /// Unwraps a subject's DEK from `kek_version` and wraps it again under the current
@@ -319,10 +319,16 @@ impl MasterKeyRing {
         Ok((current, kek.wrap.seal(&aad, &bytes)))
     }
 
-    /// Generates and wraps a new system MAC key (blind index, token hash).
-    pub fn new_system_key(&self, name: &str, version: i64) -> Result<(i64, Sealed), CryptoError> {
+    /// Generates and wraps a new system MAC key (blind index, token hash) for
+    /// `algorithm`.
+    pub fn new_system_key(
+        &self,
+        name: &str,
+        version: i64,
+        algorithm: super::MacAlgorithm,
+    ) -> Result<(i64, Sealed), CryptoError> {
         let (kek_version, kek) = self.current()?;
-        let key = Zeroizing::new(random_bytes::<32>());
+        let key = MacKey::generate_wrapped_form(algorithm);
         let aad = Aad::system_key(name, version, kek_version);
         Ok((kek_version, kek.wrap.seal(&aad, key.as_slice())))
     }
@@ -336,7 +342,7 @@ impl MasterKeyRing {
     ) -> Result<MacKey, CryptoError> {
         let aad = Aad::system_key(name, version, kek_version);
         let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
-        MacKey::from_bytes(&bytes)
+        MacKey::from_wrapped_form(&bytes)
     }
 }
 
@@ -352,7 +358,7 @@ mod tests {
         let dek = DataKey::generate();
         let (kv, wrapped) = ring.wrap_subject_key("sub_a", 1, &dek).unwrap();
         let back = ring.unwrap_subject_key("sub_a", 1, kv, &wrapped).unwrap();
-        assert_eq!(back.bytes(), dek.bytes());
+        assert_eq!(*back.to_wrapped_form(), *dek.to_wrapped_form());
         assert!(ring.unwrap_subject_key("sub_b", 1, kv, &wrapped).is_err());
         assert!(ring.unwrap_subject_key("sub_a", 2, kv, &wrapped).is_err());
     }
@@ -374,7 +380,7 @@ mod tests {
         let (kv2, rewrapped) = ring.rewrap_subject_key("sub_a", 1, kv, &wrapped).unwrap();
         assert_eq!(kv2, 2);
         let back = ring.unwrap_subject_key("sub_a", 1, 2, &rewrapped).unwrap();
-        assert_eq!(back.bytes(), dek.bytes());
+        assert_eq!(*back.to_wrapped_form(), *dek.to_wrapped_form());
         // Bound to its place: the version number is part of what was sealed.
         assert!(ring.unwrap_subject_key("sub_a", 1, 1, &rewrapped).is_err());
 

@@ -57,10 +57,15 @@ pub struct AuditKeyInfo {
     pub algorithm: &'static str,
 }
 
-fn algorithm(kind: &str) -> &'static str {
-    match kind {
-        "master" | "data" => "AES-256-GCM",
-        _ => "HMAC-SHA256",
+/// A key's algorithm: master keys wrap with AES-256-GCM; data and system keys carry
+/// theirs in their wrapped form, whose length tells it.
+fn algorithm(r: &KeyVersionRow) -> &'static str {
+    use crate::crypto::{DataCipher, MacAlgorithm};
+    let len = usize::try_from(r.wrapped_len).unwrap_or(0);
+    match r.kind.as_str() {
+        "master" => "AES-256-GCM",
+        "data" => DataCipher::of_wrapped_len(len).map_or("unknown", DataCipher::as_str),
+        _ => MacAlgorithm::of_wrapped_len(len).map_or("unknown", MacAlgorithm::as_str),
     }
 }
 
@@ -135,7 +140,7 @@ pub async fn inventory(
         .map(|r| KeyVersion {
             kind: r.kind.clone(),
             version: r.version,
-            algorithm: algorithm(&r.kind),
+            algorithm: algorithm(r),
             state: state(r),
             wrapped_by: r.wrapped_by,
             created_at: r.created_at,

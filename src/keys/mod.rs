@@ -27,9 +27,13 @@ use crate::crypto::{
 use crate::store::{MasterKeyRow, Store, StoreError, SystemKeyRow};
 
 /// Loads the master key from `source`, initialising an empty vault (check values,
-/// system keys) or checking that the key matches an existing one.
+/// system keys made for `suite`) or checking that the key matches an existing one.
 /// Returns the keys and whether this call initialised the vault.
-pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Keys, bool), KeyError> {
+pub async fn open(
+    store: &Store,
+    source: &MasterKeySource,
+    suite: crate::crypto::Suite,
+) -> Result<(Keys, bool), KeyError> {
     let initialised = store.get_meta("initialised_at").await?.is_some();
     let salt = match (source, store.get_meta("kdf_salt").await?) {
         (MasterKeySource::Passphrase(_), Some(hex_salt)) => Some(
@@ -55,7 +59,7 @@ pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Keys, bool
             .collect::<Result<Vec<_>, crate::crypto::CryptoError>>()?;
         let mut system = Vec::new();
         for name in [BLIND_INDEX_KEY, TOKEN_HASH_KEY] {
-            let (kek_version, wrapped) = ring.new_system_key(name, 1)?;
+            let (kek_version, wrapped) = ring.new_system_key(name, 1, suite.mac())?;
             system.push(SystemKeyRow {
                 name: name.into(),
                 version: 1,
@@ -77,7 +81,7 @@ pub async fn open(store: &Store, source: &MasterKeySource) -> Result<(Keys, bool
 
     let ring = reconcile(store, ring).await?;
     let system = load_system(store, &ring).await?;
-    Ok((Keys::new(ring, source_file(source), system), created))
+    Ok((Keys::new(ring, source_file(source), system, suite), created))
 }
 
 /// Unwraps every stored version of the system keys (newest first) with `ring`.

@@ -1,4 +1,5 @@
-//! Re-encryption (`piivault keys rotate --data`): every subject gets a new data key,
+//! Re-encryption (`piivault keys rotate --data`): every subject gets a new data key
+//! (for the suite configured now: a store moves between AES-256-GCM and SM4-GCM so),
 //! every field value and record is sealed again under it, and the old keys are
 //! deleted. A master-key rotation only wraps the same data keys again; this replaces
 //! them, so values stop depending on keys that existed before it started.
@@ -15,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::{Audit, Event};
-use crate::crypto::{Aad, DataKey, Keys, MasterKeyRing, SystemKeys};
+use crate::crypto::{Aad, DataCipher, DataKey, Keys, MasterKeyRing, SystemKeys};
 use crate::store::{
     IndexEntry, Resealed, SealedItem, SealedSubject, Store, SubjectKeyRow, WriteOp,
 };
@@ -49,6 +50,7 @@ pub struct ReencryptReport {
 /// Seals one subject again under a new data key: `None` (and the reason logged) if one
 /// of its keys or ciphertexts cannot be opened.
 fn reseal(
+    cipher: DataCipher,
     ring: &MasterKeyRing,
     system: &SystemKeys,
     searchable: &BTreeSet<String>,
@@ -69,7 +71,7 @@ fn reseal(
             }
         }
     }
-    let key = DataKey::generate();
+    let key = DataKey::generate_for(cipher);
     let (kek_version, wrapped) = match ring.wrap_subject_key(&s.id, s.new_version, &key) {
         Ok(w) => w,
         Err(e) => {
@@ -257,6 +259,7 @@ pub(super) async fn reencrypt_batch(
     event: &(dyn Fn(&str) -> Event + Sync),
 ) -> Result<(u64, u64, u64), RotateError> {
     let (ring, system) = (keys.master(), keys.system_keys());
+    let cipher = keys.suite().data_cipher();
     let searchable = searchable.clone();
     // Filled by the batch's transaction (which may run more than once: keyed by
     // subject, so a second run counts nothing twice).
@@ -267,7 +270,7 @@ pub(super) async fn reencrypt_batch(
     let change = store.reencrypt_subjects_op(
         ids,
         Arc::new(move |s: &SealedSubject| {
-            let out = reseal(&ring, &system, &searchable, s);
+            let out = reseal(cipher, &ring, &system, &searchable, s);
             if let (Ok(mut seen), Ok(mut broken)) = (seen.lock(), broken.lock()) {
                 match &out {
                     Some(_) => {

@@ -64,7 +64,7 @@ async fn add_version(
     let version = versions(store, name).await?.into_iter().max().unwrap_or(0) + 1;
     let (kek_version, wrapped) = keys
         .master()
-        .new_system_key(name, version)
+        .new_system_key(name, version, keys.suite().mac())
         .map_err(KeyError::from)?;
     let row = SystemKeyRow {
         name: name.into(),

@@ -438,6 +438,8 @@ pub struct KeyVersionRow {
     /// Data keys: made before the start of the newest re-encryption (finished or
     /// not), so retired by it, or about to be.
     pub retired: bool,
+    /// Data and system keys: the length of the wrapped key (which tells its algorithm).
+    pub wrapped_len: i64,
 }
 
 impl Store {
@@ -459,6 +461,7 @@ impl Store {
                 encryptions,
                 items: 0,
                 retired: false,
+                wrapped_len: 0,
             };
         let mut out = Vec::new();
         let masters: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
@@ -474,37 +477,45 @@ impl Store {
                 ..row("master".into(), v, None, at, items, 0)
             }
         }));
-        let system: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT name, version, kek_version, created_at FROM system_keys ORDER BY name, version",
+        let system: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT name, version, kek_version, created_at, CAST(length(wrapped) AS BIGINT) \
+             FROM system_keys ORDER BY name, version",
         )
         .fetch_all(&self.pool)
         .await?;
         out.extend(
             system
                 .into_iter()
-                .map(|(name, v, kek, at)| row(name, v, Some(kek), at, 1, 0)),
+                .map(|(name, v, kek, at, len)| KeyVersionRow {
+                    wrapped_len: len,
+                    ..row(name, v, Some(kek), at, 1, 0)
+                }),
         );
-        let data: Vec<(i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        type DataRow = (i64, i64, i64, i64, i64, i64, i64, i64);
+        let data: Vec<DataRow> = sqlx::query_as(
             "SELECT version, kek_version, retired, CAST(count(*) AS BIGINT), \
                     CAST(COALESCE(sum(encryptions), 0) AS BIGINT), CAST(min(created_at) AS BIGINT), \
-                    CAST(COALESCE(sum(items), 0) AS BIGINT) \
+                    CAST(COALESCE(sum(items), 0) AS BIGINT), wrapped_len \
              FROM (SELECT k.version, k.kek_version, k.encryptions, k.created_at, \
+                          CAST(length(k.wrapped) AS BIGINT) AS wrapped_len, \
                           CASE WHEN k.created_at < $1 THEN 1 ELSE 0 END AS retired, \
                           (SELECT count(*) FROM subject_fields f \
                             WHERE f.subject_id = k.subject_id AND f.dek_version = k.version) \
                           + (SELECT count(*) FROM records r \
                             WHERE r.subject_id = k.subject_id AND r.dek_version = k.version) AS items \
                    FROM subject_keys k) AS d \
-             GROUP BY version, kek_version, retired ORDER BY version, kek_version, retired",
+             GROUP BY version, kek_version, retired, wrapped_len \
+             ORDER BY version, kek_version, retired, wrapped_len",
         )
         .bind(retired_before)
         .fetch_all(&self.pool)
         .await?;
         out.extend(
             data.into_iter()
-                .map(|(v, kek, retired, n, enc, at, items)| KeyVersionRow {
+                .map(|(v, kek, retired, n, enc, at, items, len)| KeyVersionRow {
                     items,
                     retired: retired != 0,
+                    wrapped_len: len,
                     ..row("data".into(), v, Some(kek), at, n, enc)
                 }),
         );

@@ -292,7 +292,7 @@ impl Vault {
         records: &[(String, Value)],
     ) -> Result<(NewSubject, Vec<RecordRow>), VaultError> {
         let values = self.parse_fields(fields, false)?;
-        let key = DataKey::generate();
+        let key = self.keys.new_data_key();
         let (kek_version, wrapped) = self.keys.master().wrap_subject_key(id.as_str(), 1, &key)?;
         let (rows, index) = self.seal_fields(id.as_str(), &key, 1, &values)?;
         let mut sealed_records = Vec::with_capacity(records.len());
@@ -474,7 +474,7 @@ impl Vault {
             });
         }
         let version = current.version + 1;
-        let key = DataKey::generate();
+        let key = self.keys.new_data_key();
         let (kek_version, wrapped) =
             self.keys
                 .master()

@@ -131,6 +131,7 @@ pub fn settings(dir: &Path, database_url: String) -> Settings {
         log_format: LogFormat::Text,
         max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
         audit_key_file: dir.join("audit").join("signing.key"),
+        suite: Default::default(),
         file: Default::default(),
     }
 }

@@ -597,3 +597,143 @@ both_stores!(
         assert!(ok, "{said}");
     }
 );
+
+/// The algorithms `keys list` reports for data keys and for blind-index keys.
+async fn algorithms(t: &TestApp) -> (Vec<String>, Vec<String>) {
+    let inventory = inventory(t).await;
+    let of = |kind: &str| {
+        let mut names: Vec<String> = inventory["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kind"] == kind)
+            .map(|k| k["algorithm"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    (of("data"), of("blind_index"))
+}
+
+both_stores!(
+    a_store_moves_from_aes_to_sm4_and_sm3_and_back_reading_throughout,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let mut subjects = Vec::new();
+        for i in 0..12 {
+            let phone = format!("139{:08}", 80_000_000 + i);
+            let id = t
+                .create(&dsr, json!({"name": format!("商密{i}"), "phone": phone}))
+                .await;
+            let doc = json!({"amount": format!("{i}.00"), "currency": "CNY"});
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    &format!("/v1/subjects/{id}/records/payments"),
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&doc),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
+            subjects.push((id, phone, doc));
+        }
+        let check = |subjects: Vec<(String, String, Value)>| {
+            let (t, dsr) = (&t, dsr.clone());
+            async move {
+                for (id, phone, doc) in &subjects {
+                    assert_eq!(
+                        read_field(t, &dsr, "dsr", id, "phone").await.1,
+                        phone.as_str()
+                    );
+                    let (s, b) = t
+                        .call(
+                            Method::GET,
+                            &format!("/v1/subjects/{id}/records/payments"),
+                            Some(&dsr),
+                            Some("dsr"),
+                            None,
+                        )
+                        .await;
+                    assert_eq!(s, StatusCode::OK);
+                    assert_eq!(&b["records"][0]["document"], doc);
+                    let (s, b) = t
+                        .call(
+                            Method::POST,
+                            "/v1/subjects/lookup",
+                            Some(&dsr),
+                            Some("dsr"),
+                            Some(&json!({"field": "phone", "value": phone})),
+                        )
+                        .await;
+                    assert_eq!((s, &b["ids"]), (StatusCode::OK, &json!([id])));
+                }
+            }
+        };
+        assert_eq!(
+            algorithms(&t).await,
+            (
+                vec!["AES-256-GCM".to_owned()],
+                vec!["HMAC-SHA256".to_owned()]
+            )
+        );
+
+        // A setting that names no suite is refused.
+        let bad = t.dir.path().join("bad.toml");
+        std::fs::write(&bad, "crypto_suite = \"des\"\n").unwrap();
+        let (ok, said) = t.cli(&["keys", "list", "--config", bad.to_str().unwrap()]);
+        assert!(!ok && said.contains("crypto_suite must be"), "{said}");
+
+        // To China's commercial cryptography: data keys SM4-GCM, blind index HMAC-SM3.
+        let sm = t.dir.path().join("sm.toml");
+        std::fs::write(&sm, "crypto_suite = \"sm\"\n").unwrap();
+        let sm = sm.to_str().unwrap();
+        let (ok, said) = t.cli(&["keys", "rotate", "--data", "--config", sm]);
+        assert!(ok, "{said}");
+        assert_eq!(algorithms(&t).await.0, vec!["SM4-GCM".to_owned()]);
+        check(subjects.clone()).await;
+        let (ok, said) = t.cli(&["keys", "rotate", "--blind-index", "--config", sm]);
+        assert!(ok, "{said}");
+        let (ok, said) = t.cli(&["keys", "retire", "--blind-index", "1"]);
+        assert!(ok, "{said}");
+        assert_eq!(
+            algorithms(&t).await,
+            (vec!["SM4-GCM".to_owned()], vec!["HMAC-SM3".to_owned()])
+        );
+        assert!(
+            eventually(|| async { t.app.vault.keys().0.system_versions().0 == vec![2] }).await,
+            "the server never loaded the SM3 blind-index key alone"
+        );
+        check(subjects.clone()).await;
+
+        // This server still makes AES keys for what it creates: both read side by side.
+        let phone = "13980000099".to_owned();
+        let id = t.create(&dsr, json!({"phone": phone})).await;
+        let (s, _) = t
+            .call(
+                Method::POST,
+                &format!("/v1/subjects/{id}/records/payments"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"amount": "1.00"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+        subjects.push((id, phone, json!({"amount": "1.00"})));
+        assert_eq!(
+            algorithms(&t).await.0,
+            vec!["AES-256-GCM".to_owned(), "SM4-GCM".to_owned()]
+        );
+        check(subjects.clone()).await;
+
+        // And back to AES-256-GCM.
+        let (ok, said) = t.cli(&["keys", "rotate", "--data"]);
+        assert!(ok, "{said}");
+        assert_eq!(algorithms(&t).await.0, vec!["AES-256-GCM".to_owned()]);
+        check(subjects.clone()).await;
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

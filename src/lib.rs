@@ -352,12 +352,32 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout);
     };
+    // This node reports itself (and the master-key versions it holds) while it serves,
+    // so that a rotation can tell whether every node has a new version.
+    let vault = app.vault.clone();
+    let (heartbeat, node) =
+        keys::nodes::spawn_heartbeat(app.store.clone(), addr.to_string(), move || {
+            vault.keys().0.master().versions()
+        });
+    let store = app.store.clone();
+    let serving = move |serve: std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+    >| {
+        tokio::spawn(async move {
+            let result = serve.await;
+            heartbeat.abort();
+            let _ = store
+                .forget_nodes(&node, store::now_ms() - 86_400_000)
+                .await;
+            result
+        })
+    };
     let (scheme, task) = if opts.plain_http {
         let mut server = axum_server::from_tcp(listener)
             .acceptor(limited)
             .handle(handle.clone());
         http1(server.http_builder());
-        ("http", tokio::spawn(server.serve(service)))
+        ("http", serving(Box::pin(server.serve(service))))
     } else {
         let tls = http::tls::server_config(&settings.data_dir)?;
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(tls))
@@ -367,7 +387,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             .acceptor(acceptor)
             .handle(handle.clone());
         http1(server.http_builder());
-        ("https", tokio::spawn(server.serve(service)))
+        ("https", serving(Box::pin(server.serve(service))))
     };
     Ok(Server {
         addr,

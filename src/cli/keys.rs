@@ -63,6 +63,10 @@ pub enum KeysCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// --master: re-wrap even if a serving node has not loaded the new version (it
+        /// answers 503 key_unavailable for re-wrapped subjects until it has).
+        #[arg(long)]
+        force: bool,
     },
     /// Destroy an old key version once nothing depends on it. `--master V`: once nothing
     /// is wrapped under it, V is marked destroyed in the store (no node uses it again)
@@ -101,6 +105,7 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
             let pace = crate::keys::Pace {
                 batch: batch.unwrap_or(100) as usize,
                 max_per_second: max_rate,
+                force: false,
             };
             rotate_blind_index(settings, pace, json).await
         }
@@ -109,11 +114,13 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
             batch,
             max_rate,
             json,
+            force,
             ..
         } => {
             let pace = crate::keys::Pace {
                 batch: batch.unwrap_or(if data { 100 } else { 1000 }) as usize,
                 max_per_second: max_rate,
+                force,
             };
             if data {
                 reencrypt(settings, pace, json).await
@@ -410,6 +417,12 @@ async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "{:<12} {:>7} {:<13} {:<12} key id {}",
             "audit", "-", k.algorithm, "trusted", k.key_id
+        );
+    }
+    for n in &inventory.nodes {
+        println!(
+            "node {} on {} (pid {}, listening on {}): master versions {}",
+            n.id, n.host, n.pid, n.listen, n.master_versions
         );
     }
     println!(

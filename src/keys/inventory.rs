@@ -48,6 +48,8 @@ pub struct Inventory {
     /// The last subject id an unfinished re-encryption reached ("" before the first
     /// batch); absent when none is under way.
     pub reencryption_cursor: Option<String>,
+    /// The serving nodes seen lately, with the master-key versions each has loaded.
+    pub nodes: Vec<crate::store::NodeRow>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -173,5 +175,6 @@ pub async fn inventory(
         retired_data_keys,
         items_under_retired_keys,
         reencryption_cursor: store.get_meta(CURSOR).await?,
+        nodes: super::nodes::nodes_seen_lately(store).await?,
     })
 }

@@ -6,6 +6,7 @@
 
 mod audit_key;
 mod inventory;
+pub mod nodes;
 mod reencrypt;
 mod rotate;
 mod system;

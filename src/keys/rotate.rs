@@ -77,6 +77,10 @@ fn elsewhere(counts: &std::collections::BTreeMap<i64, WrappedCount>, target: i64
 pub struct Pace {
     pub batch: usize,
     pub max_per_second: Option<u32>,
+    /// Master-key rotation: wrap under the new version even if a serving node has not
+    /// loaded it (that node answers `key_unavailable` for re-wrapped subjects until it
+    /// has). Without it the rotation waits for every node, and stops if one lacks it.
+    pub force: bool,
 }
 
 /// Rotates the master key: see the module's documentation. `event` makes an audit
@@ -135,6 +139,23 @@ pub async fn rotate_master(
         }
     };
     report.version = target;
+    let missing = super::nodes::wait_for_nodes(store, target).await?;
+    if !missing.is_empty() && !pace.force {
+        let names: Vec<String> = missing
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} (host {}, pid {}, listening on {})",
+                    n.id, n.host, n.pid, n.listen
+                )
+            })
+            .collect();
+        return Err(RotateError::Refused(format!(
+            "{} serving node(s) have not loaded master key version {target}: {}. Give each the new key file line (it reads its key file again by itself) and run this again, or pass --force to re-wrap now (such a node answers 503 key_unavailable for re-wrapped subjects until it has the version)",
+            missing.len(),
+            names.join("; ")
+        )));
+    }
     if keys.master().current_version() != target {
         return Err(RotateError::Refused(format!(
             "master key version {target} is not the newest loaded version ({}); the rotation cannot move to it",

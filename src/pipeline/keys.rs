@@ -79,6 +79,7 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
     let pace = crate::keys::Pace {
         batch: batch as usize,
         max_per_second: body.max_rate,
+        force: false,
     };
     let (state, caller) = (state.clone(), who.clone());
     tokio::spawn(async move {

@@ -11,6 +11,7 @@ mod audit_index;
 pub(crate) mod changes;
 mod consent;
 mod keys;
+mod nodes;
 mod reencrypt;
 mod requests;
 mod retention;
@@ -22,6 +23,7 @@ pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam,
 pub use audit_index::{subject_seqs, IndexStep};
 pub use consent::ConsentRow;
 pub use keys::{KeyVersionRow, MasterKeyRow, Rewrapped, SystemKeyRow, WrappedCount, WrappedKey};
+pub use nodes::NodeRow;
 pub use reencrypt::{Reseal, Resealed, SealedItem, SealedSubject};
 pub use requests::RequestRow;
 pub use retention::ExpiredRow;

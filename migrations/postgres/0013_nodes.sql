@@ -1,0 +1,12 @@
+-- The serving nodes of this vault and the key versions each has loaded, written by each
+-- node every second. A master-key rotation waits until every node seen lately has loaded
+-- the new version before it wraps anything under it. Nothing secret is kept here.
+CREATE TABLE nodes (
+    id              TEXT PRIMARY KEY,
+    host            TEXT NOT NULL,
+    listen          TEXT NOT NULL,
+    pid             BIGINT NOT NULL,
+    started_at      BIGINT NOT NULL,
+    seen_at         BIGINT NOT NULL,
+    master_versions TEXT NOT NULL
+);

@@ -357,7 +357,8 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
     let vault = app.vault.clone();
     let (heartbeat, node) =
         keys::nodes::spawn_heartbeat(app.store.clone(), addr.to_string(), move || {
-            vault.keys().0.master().versions()
+            let keys = vault.keys().0;
+            (keys.master().versions(), keys.system_versions().0)
         });
     let store = app.store.clone();
     let serving = move |serve: std::pin::Pin<

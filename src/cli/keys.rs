@@ -63,8 +63,9 @@ pub enum KeysCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
-        /// --master: re-wrap even if a serving node has not loaded the new version (it
-        /// answers 503 key_unavailable for re-wrapped subjects until it has).
+        /// --master, --blind-index: go ahead even if a serving node has not loaded the
+        /// new version (it answers 503 key_unavailable for re-wrapped subjects, or does
+        /// not find subjects indexed again, until it has).
         #[arg(long)]
         force: bool,
     },
@@ -100,12 +101,13 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
             batch,
             max_rate,
             json,
+            force,
             ..
         } => {
             let pace = crate::keys::Pace {
                 batch: batch.unwrap_or(100) as usize,
                 max_per_second: max_rate,
-                force: false,
+                force,
             };
             rotate_blind_index(settings, pace, json).await
         }
@@ -421,8 +423,8 @@ async fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     }
     for n in &inventory.nodes {
         println!(
-            "node {} on {} (pid {}, listening on {}): master versions {}",
-            n.id, n.host, n.pid, n.listen, n.master_versions
+            "node {} on {} (pid {}, listening on {}): master versions {}, blind-index versions {}",
+            n.id, n.host, n.pid, n.listen, n.master_versions, n.blind_versions
         );
     }
     println!(

@@ -15,12 +15,28 @@ const ALIVE_WITHIN_MS: i64 = 5_000;
 /// source again within the change feed's bound of the version being recorded).
 const WAIT_FOR_NODES: Duration = Duration::from_secs(10);
 
+/// Which key a node's loaded versions are asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    Master,
+    BlindIndex,
+}
+
+fn list(versions: &[i64]) -> String {
+    versions
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Reports this node every [`HEARTBEAT_EVERY`] until aborted: `listen` is the address it
-/// serves on, `versions` what it has loaded. Returns the task and the node's id.
+/// serves on, `versions` the master-key and blind-index key versions it has loaded.
+/// Returns the task and the node's id.
 pub fn spawn_heartbeat(
     store: Store,
     listen: String,
-    versions: impl Fn() -> Vec<i64> + Send + 'static,
+    versions: impl Fn() -> (Vec<i64>, Vec<i64>) + Send + 'static,
 ) -> (tokio::task::AbortHandle, String) {
     let id = crate::crypto::random_id("node");
     let host = std::fs::read_to_string("/etc/hostname")
@@ -31,6 +47,7 @@ pub fn spawn_heartbeat(
     let task = tokio::spawn(async move {
         let mut failing = false;
         loop {
+            let (master, blind) = versions();
             let row = NodeRow {
                 id: me.clone(),
                 host: host.clone(),
@@ -38,11 +55,8 @@ pub fn spawn_heartbeat(
                 pid: i64::from(std::process::id()),
                 started_at,
                 seen_at: crate::store::now_ms(),
-                master_versions: versions()
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                master_versions: list(&master),
+                blind_versions: list(&blind),
             };
             match store.heartbeat(row).await {
                 Ok(()) => failing = false,
@@ -65,28 +79,67 @@ pub async fn nodes_seen_lately(store: &Store) -> Result<Vec<NodeRow>, StoreError
         .await
 }
 
-/// The nodes seen lately that have not loaded master-key `version`.
-pub async fn nodes_without(store: &Store, version: i64) -> Result<Vec<NodeRow>, StoreError> {
+/// The nodes seen lately that have not loaded `version` of key `key`.
+pub async fn nodes_without(
+    store: &Store,
+    key: Loaded,
+    version: i64,
+) -> Result<Vec<NodeRow>, StoreError> {
     Ok(nodes_seen_lately(store)
         .await?
         .into_iter()
         .filter(|n| {
-            !n.master_versions
+            let loaded = match key {
+                Loaded::Master => &n.master_versions,
+                Loaded::BlindIndex => &n.blind_versions,
+            };
+            !loaded
                 .split(',')
                 .any(|v| v.parse::<i64>().ok() == Some(version))
         })
         .collect())
 }
 
-/// Waits (up to ten seconds) until every node seen lately has loaded master-key
-/// `version`; returns those that still have not.
-pub async fn wait_for_nodes(store: &Store, version: i64) -> Result<Vec<NodeRow>, StoreError> {
+/// Waits (up to ten seconds) until every node seen lately has loaded `version` of key
+/// `key`; returns those that still have not.
+pub async fn wait_for_nodes(
+    store: &Store,
+    key: Loaded,
+    version: i64,
+) -> Result<Vec<NodeRow>, StoreError> {
     let deadline = tokio::time::Instant::now() + WAIT_FOR_NODES;
     loop {
-        let missing = nodes_without(store, version).await?;
+        let missing = nodes_without(store, key, version).await?;
         if missing.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(missing);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `Refused` naming the nodes in `missing` that lack `version` of `what`, unless there are
+/// none; `how` says what to do about it.
+pub(super) fn refuse_unless_all(
+    missing: &[NodeRow],
+    what: &str,
+    version: i64,
+    how: &str,
+) -> Result<(), super::RotateError> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = missing
+        .iter()
+        .map(|n| {
+            format!(
+                "{} (host {}, pid {}, listening on {})",
+                n.id, n.host, n.pid, n.listen
+            )
+        })
+        .collect();
+    Err(super::RotateError::Refused(format!(
+        "{} serving node(s) have not loaded {what} version {version}: {}. {how}",
+        missing.len(),
+        names.join("; ")
+    )))
 }

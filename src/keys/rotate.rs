@@ -139,22 +139,14 @@ pub async fn rotate_master(
         }
     };
     report.version = target;
-    let missing = super::nodes::wait_for_nodes(store, target).await?;
-    if !missing.is_empty() && !pace.force {
-        let names: Vec<String> = missing
-            .iter()
-            .map(|n| {
-                format!(
-                    "{} (host {}, pid {}, listening on {})",
-                    n.id, n.host, n.pid, n.listen
-                )
-            })
-            .collect();
-        return Err(RotateError::Refused(format!(
-            "{} serving node(s) have not loaded master key version {target}: {}. Give each the new key file line (it reads its key file again by itself) and run this again, or pass --force to re-wrap now (such a node answers 503 key_unavailable for re-wrapped subjects until it has the version)",
-            missing.len(),
-            names.join("; ")
-        )));
+    let missing = super::nodes::wait_for_nodes(store, super::nodes::Loaded::Master, target).await?;
+    if !pace.force {
+        super::nodes::refuse_unless_all(
+            &missing,
+            "master key",
+            target,
+            "Give each the new key file line (it reads its key file again by itself) and run this again, or pass --force to re-wrap now (such a node answers 503 key_unavailable for re-wrapped subjects until it has the version)",
+        )?;
     }
     if keys.master().current_version() != target {
         return Err(RotateError::Refused(format!(

@@ -164,6 +164,18 @@ pub async fn rotate_blind_index(
         }
     };
     report.version = target;
+    // A node that has not loaded the new version would not find subjects indexed under
+    // it: wait for every node before indexing anything again.
+    let missing =
+        super::nodes::wait_for_nodes(store, super::nodes::Loaded::BlindIndex, target).await?;
+    if !pace.force {
+        super::nodes::refuse_unless_all(
+            &missing,
+            "blind-index key",
+            target,
+            "Each node loads it by itself within a second of seeing it (through the change feed); find out why it has not (its log), then run this again, or pass --force (such a node does not find subjects indexed under the new version until it has it)",
+        )?;
+    }
     if keys.system_versions().0.first() != Some(&target) {
         return Err(RotateError::Refused(format!(
             "blind-index key version {target} is not the newest loaded here"

@@ -14,6 +14,8 @@ pub struct NodeRow {
     pub seen_at: i64,
     /// Comma-separated master-key versions loaded.
     pub master_versions: String,
+    /// Comma-separated blind-index key versions loaded.
+    pub blind_versions: String,
 }
 
 impl Store {
@@ -24,9 +26,10 @@ impl Store {
             let n = node.clone();
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO nodes (id, host, listen, pid, started_at, seen_at, master_versions) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
-                     seen_at = excluded.seen_at, master_versions = excluded.master_versions",
+                    "INSERT INTO nodes (id, host, listen, pid, started_at, seen_at, master_versions, blind_versions) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET \
+                     seen_at = excluded.seen_at, master_versions = excluded.master_versions, \
+                     blind_versions = excluded.blind_versions",
                 )
                 .bind(n.id)
                 .bind(n.host)
@@ -35,6 +38,7 @@ impl Store {
                 .bind(n.started_at)
                 .bind(n.seen_at)
                 .bind(n.master_versions)
+                .bind(n.blind_versions)
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -62,9 +66,10 @@ impl Store {
 
     /// Nodes seen at or after `since` (ms).
     pub async fn nodes_seen_since(&self, since: i64) -> Result<Vec<NodeRow>, StoreError> {
-        let rows: Vec<(String, String, String, i64, i64, i64, String)> = sqlx::query_as(
-            "SELECT id, host, listen, pid, started_at, seen_at, master_versions FROM nodes \
-             WHERE seen_at >= $1 ORDER BY id",
+        type Row = (String, String, String, i64, i64, i64, String, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, host, listen, pid, started_at, seen_at, master_versions, blind_versions \
+             FROM nodes WHERE seen_at >= $1 ORDER BY id",
         )
         .bind(since)
         .fetch_all(&self.pool)
@@ -72,14 +77,17 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(id, host, listen, pid, started_at, seen_at, master_versions)| NodeRow {
-                    id,
-                    host,
-                    listen,
-                    pid,
-                    started_at,
-                    seen_at,
-                    master_versions,
+                |(id, host, listen, pid, started_at, seen_at, master_versions, blind_versions)| {
+                    NodeRow {
+                        id,
+                        host,
+                        listen,
+                        pid,
+                        started_at,
+                        seen_at,
+                        master_versions,
+                        blind_versions,
+                    }
                 },
             )
             .collect())

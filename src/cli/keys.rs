@@ -144,31 +144,55 @@ pub async fn run(settings: &Settings, cmd: KeysCommand) -> anyhow::Result<ExitCo
     }
 }
 
+/// A rotation run from the command line: the opened vault and a progress bar, closed
+/// together once the rotation returns.
+struct Run {
+    app: crate::App,
+    bar: indicatif::ProgressBar,
+}
+
+impl Run {
+    async fn open(settings: &Settings, what: &str, unit: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            app: crate::open(settings).await?,
+            bar: super::progress_bar(0, what, unit),
+        })
+    }
+
+    /// What the rotation tells how far it is.
+    fn progress(&self) -> impl Fn(u64, u64) + Sync + '_ {
+        |done: u64, total: u64| {
+            self.bar.set_length(total);
+            self.bar.set_position(done);
+        }
+    }
+
+    /// Clears the bar and closes the store, then hands back the rotation's result.
+    async fn finish<T>(self, result: Result<T, crate::keys::RotateError>) -> anyhow::Result<T> {
+        self.bar.finish_and_clear();
+        self.app.store.close().await;
+        Ok(result?)
+    }
+}
+
 async fn rotate(
     settings: &Settings,
     pace: crate::keys::Pace,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let app = crate::open(settings).await?;
-    let (keys, watch) = app.vault.keys();
-    let bar = super::progress_bar(0, "re-wrapping", "keys");
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
+    let run = Run::open(settings, "re-wrapping", "keys").await?;
+    let (keys, watch) = run.app.vault.keys();
     let result = crate::keys::rotate_master(
-        &app.store,
-        &app.audit,
+        &run.app.store,
+        &run.app.audit,
         keys,
         watch,
         pace,
         &super::operator_events(),
-        &progress,
+        &run.progress(),
     )
     .await;
-    bar.finish_and_clear();
-    app.store.close().await;
-    let report = result?;
+    let report = run.finish(result).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -250,27 +274,20 @@ async fn rotate_blind_index(
     pace: crate::keys::Pace,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let app = crate::open(settings).await?;
-    let (keys, watch) = app.vault.keys();
-    let bar = super::progress_bar(0, "indexing again", "subjects");
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
+    let run = Run::open(settings, "indexing again", "subjects").await?;
+    let (keys, watch) = run.app.vault.keys();
     let result = crate::keys::rotate_blind_index(
-        &app.store,
-        &app.audit,
+        &run.app.store,
+        &run.app.audit,
         keys,
         watch,
-        &app.vault.catalogue().searchable_fields(),
+        &run.app.vault.catalogue().searchable_fields(),
         pace,
         &super::operator_events(),
-        &progress,
+        &run.progress(),
     )
     .await;
-    bar.finish_and_clear();
-    app.store.close().await;
-    let report = result?;
+    let report = run.finish(result).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -313,27 +330,20 @@ async fn reencrypt(
     pace: crate::keys::Pace,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let app = crate::open(settings).await?;
-    let (keys, watch) = app.vault.keys();
-    let bar = super::progress_bar(0, "re-encrypting", "subjects");
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
+    let run = Run::open(settings, "re-encrypting", "subjects").await?;
+    let (keys, watch) = run.app.vault.keys();
     let result = crate::keys::reencrypt_data(
-        &app.store,
-        &app.audit,
+        &run.app.store,
+        &run.app.audit,
         keys,
         watch,
-        &app.vault.catalogue().searchable_fields(),
+        &run.app.vault.catalogue().searchable_fields(),
         pace,
         &super::operator_events(),
-        &progress,
+        &run.progress(),
     )
     .await;
-    bar.finish_and_clear();
-    app.store.close().await;
-    let report = result?;
+    let report = run.finish(result).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

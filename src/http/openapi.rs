@@ -172,8 +172,9 @@ pub struct IssueBody {
 /// A rotation to start.
 #[derive(ToSchema)]
 pub struct RotateBody {
-    /// `data` (re-encrypt under new data keys) or `master` (wrap again under a new
-    /// master-key version).
+    /// `data` (re-encrypt under new data keys), `master` (wrap again under a new
+    /// master-key version) or `blind_index` (index every subject again under a new
+    /// blind-index key).
     pub kind: String,
     /// Subjects (`data`, default 100) or keys (`master`, default 1000) per transaction.
     pub batch: Option<u32>,

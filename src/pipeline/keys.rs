@@ -19,8 +19,9 @@ pub async fn list(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
-    /// `data` (re-encrypt every value under new data keys) or `master` (wrap every key
-    /// again under a new master-key version).
+    /// `data` (re-encrypt every value under new data keys), `master` (wrap every key
+    /// again under a new master-key version) or `blind_index` (a new blind-index key,
+    /// every subject indexed again under it).
     pub kind: String,
     /// Subjects (`data`) or keys (`master`) per transaction.
     pub batch: Option<u32>,
@@ -37,17 +38,20 @@ pub struct RotateInput {
 pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Result<Value, Error> {
     let event = who.event("key.rotate");
     who.require(state, "keys", "admin", event.clone()).await?;
-    let data = match body.kind.as_str() {
-        "data" => true,
-        "master" => false,
+    let target: &'static str = match body.kind.as_str() {
+        "data" => "data",
+        "master" => "master",
+        "blind_index" => "blind_index",
         _ => {
             return Err(Error::bad_request(
                 "unknown_rotation",
-                "kind must be \"data\" (re-encrypt) or \"master\" (wrap again)",
+                "kind must be \"data\" (re-encrypt), \"master\" (wrap again) or \"blind_index\" (index again under a new key)",
             ))
         }
     };
-    let batch = body.batch.unwrap_or(if data { 100 } else { 1000 });
+    let batch = body
+        .batch
+        .unwrap_or(if target == "master" { 1000 } else { 100 });
     if !(1..=50_000).contains(&batch) || body.max_rate == Some(0) {
         return Err(Error::bad_request(
             "invalid_rotation",
@@ -63,7 +67,6 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
                     .into(),
         });
     }
-    let target = if data { "data" } else { "master" };
     if let Err(e) = state
         .audit
         .record_one(
@@ -86,31 +89,36 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
         let event = |action: &str| caller.event(action);
         let (keys, watch) = state.vault.keys();
         let quiet = |_: u64, _: u64| {};
-        let outcome = if data {
-            crate::keys::reencrypt_data(
-                &state.store,
-                &state.audit,
+        let searchable = state.vault.catalogue().searchable_fields();
+        let (store, audit) = (&state.store, &state.audit);
+        let outcome = match target {
+            "data" => crate::keys::reencrypt_data(
+                store,
+                audit,
                 keys,
                 watch,
-                &state.vault.catalogue().searchable_fields(),
+                &searchable,
                 pace,
                 &event,
                 &quiet,
             )
             .await
-            .map(|r| serde_json::to_string(&r).unwrap_or_default())
-        } else {
-            crate::keys::rotate_master(
-                &state.store,
-                &state.audit,
+            .map(line),
+            "blind_index" => crate::keys::rotate_blind_index(
+                store,
+                audit,
                 keys,
                 watch,
+                &searchable,
                 pace,
                 &event,
                 &quiet,
             )
             .await
-            .map(|r| serde_json::to_string(&r).unwrap_or_default())
+            .map(line),
+            _ => crate::keys::rotate_master(store, audit, keys, watch, pace, &event, &quiet)
+                .await
+                .map(line),
         };
         match outcome {
             Ok(report) => tracing::info!(kind = target, %report, "rotation finished"),
@@ -121,4 +129,9 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
     Ok(
         serde_json::json!({ "kind": target, "batch": batch, "max_rate": body.max_rate, "started": true }),
     )
+}
+
+/// A rotation's report as one JSON line for the log.
+fn line<T: serde::Serialize>(report: T) -> String {
+    serde_json::to_string(&report).unwrap_or_default()
 }

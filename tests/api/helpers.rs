@@ -428,17 +428,32 @@ impl TestApp {
         (status, json, rid)
     }
 
-    /// Runs the piivault binary on this vault's data directory and store; returns
-    /// whether it succeeded and its standard output followed by standard error.
-    pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"))
+    /// The piivault binary with `args`, on this vault's data directory and store.
+    pub fn cli_command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_piivault"));
+        command
             .args(args)
             .arg("--data-dir")
             .arg(self.dir.path())
             .arg("--database-url")
-            .arg(&self.database_url)
-            .output()
-            .expect("piivault runs");
+            .arg(&self.database_url);
+        command
+    }
+
+    /// The piivault binary with `args` started in the background (its output
+    /// discarded), on this vault's data directory and store: a command to kill.
+    pub fn cli_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cli_command(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("piivault starts")
+    }
+
+    /// Runs the piivault binary on this vault's data directory and store; returns
+    /// whether it succeeded and its standard output followed by standard error.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = self.cli_command(args).output().expect("piivault runs");
         (out.status.success(), output_text(&out))
     }
 

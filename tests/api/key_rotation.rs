@@ -107,24 +107,15 @@ both_stores!(
         };
 
         // The first attempt, paced, is killed once part of the keys moved.
-        let mut first = Command::new(env!("CARGO_BIN_EXE_piivault"))
-            .args([
-                "keys",
-                "rotate",
-                "--master",
-                "--batch",
-                "4",
-                "--max-rate",
-                "100",
-            ])
-            .arg("--data-dir")
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut first = t.cli_spawn(&[
+            "keys",
+            "rotate",
+            "--master",
+            "--batch",
+            "4",
+            "--max-rate",
+            "100",
+        ]);
         // (Keys under version 2 alone would not tell: once the server has loaded it, the
         // subjects the load creates are wrapped under it too.)
         wait_for("a few batches re-wrapped", || async {
@@ -152,11 +143,8 @@ both_stores!(
         assert_eq!(key_file_versions(&t), ["v1", "v2"]);
 
         // Run again: it resumes toward version 2 (no third version) and finishes.
-        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
-            .args(["keys", "rotate", "--master", "--json", "--data-dir"])
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
+        let out = t
+            .cli_command(&["keys", "rotate", "--master", "--json"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", output_text(&out));
@@ -844,6 +832,31 @@ both_stores!(
                 phone.as_str()
             );
         }
+        // And a blind-index rotation: every subject indexed again under version 2.
+        let (s, b) = post(Some(&admin), Some("admin"), json!({"kind": "blind_index"})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        wait_for("the blind-index rotation to finish", || async {
+            t.events().await.iter().any(|e| {
+                e.action == "key.rotate"
+                    && e.target.as_deref() == Some("blind_index:v2")
+                    && e.reason == "finished"
+            }) && !t.app.rotation.load(Ordering::Acquire)
+        })
+        .await;
+        for (id, phone) in &subjects {
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    "/v1/subjects/lookup",
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&json!({"field": "phone", "value": phone})),
+                )
+                .await;
+            assert_eq!((s, &b["ids"]), (StatusCode::OK, &json!([id])));
+        }
+        let (ok, said) = t.cli(&["keys", "retire", "--blind-index", "1"]);
+        assert!(ok, "{said}");
         let (ok, said) = t.cli(&["audit", "verify"]);
         assert!(ok, "{said}");
     }

@@ -4,7 +4,7 @@
 //! key that existed before.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -181,24 +181,15 @@ both_stores!(
         };
 
         // The first attempt, paced, is killed once part of the subjects moved.
-        let mut first = Command::new(env!("CARGO_BIN_EXE_piivault"))
-            .args([
-                "keys",
-                "rotate",
-                "--data",
-                "--batch",
-                "4",
-                "--max-rate",
-                "40",
-            ])
-            .arg("--data-dir")
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut first = t.cli_spawn(&[
+            "keys",
+            "rotate",
+            "--data",
+            "--batch",
+            "4",
+            "--max-rate",
+            "40",
+        ]);
         let all = ids.len() as i64;
         assert!(
             eventually(|| async { still_under_first_key(&t, &ids).await <= all - 12 }).await,
@@ -216,11 +207,8 @@ both_stores!(
         );
 
         // Run again: it resumes after the last batch that landed and finishes.
-        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
-            .args(["keys", "rotate", "--data", "--json", "--data-dir"])
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
+        let out = t
+            .cli_command(&["keys", "rotate", "--data", "--json"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", output_text(&out));
@@ -480,24 +468,15 @@ both_stores!(
             })
         };
 
-        let mut first = Command::new(env!("CARGO_BIN_EXE_piivault"))
-            .args([
-                "keys",
-                "rotate",
-                "--blind-index",
-                "--batch",
-                "4",
-                "--max-rate",
-                "30",
-            ])
-            .arg("--data-dir")
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut first = t.cli_spawn(&[
+            "keys",
+            "rotate",
+            "--blind-index",
+            "--batch",
+            "4",
+            "--max-rate",
+            "30",
+        ]);
         // (Entries under version 2 alone would not tell: once the server has loaded it,
         // which the rotation waits for, the subjects the load creates are indexed under it.)
         assert!(
@@ -528,11 +507,8 @@ both_stores!(
         .unwrap();
         raw.close().await;
 
-        let out = Command::new(env!("CARGO_BIN_EXE_piivault"))
-            .args(["keys", "rotate", "--blind-index", "--json", "--data-dir"])
-            .arg(t.dir.path())
-            .arg("--database-url")
-            .arg(&t.database_url)
+        let out = t
+            .cli_command(&["keys", "rotate", "--blind-index", "--json"])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", output_text(&out));

@@ -108,8 +108,10 @@ impl AuditKey {
     /// it as `<stem>-<key id>.pub` (checkpoints it signed still verify; the private half
     /// is gone), and `<stem>.pub` gets the new one. Each file is written beside its
     /// place and renamed over it, so a crash leaves the old key or the new, never half.
-    /// Returns the old public key and the new key.
-    pub fn rotate_file(path: &Path) -> Result<(AuditPublicKey, Self), CryptoError> {
+    /// Returns the old public key, the file it is kept in, and the new key.
+    pub fn rotate_file(
+        path: &Path,
+    ) -> Result<(AuditPublicKey, std::path::PathBuf, Self), CryptoError> {
         let io = |e: std::io::Error| {
             CryptoError::MasterKey(format!("audit key {}: {e}", path.display()))
         };
@@ -135,7 +137,7 @@ impl AuditKey {
             &format!("{}\n", new.public.to_text()),
             false,
         )?;
-        Ok((old.public, new))
+        Ok((old.public, kept, new))
     }
 
     pub fn sign_checkpoint(&self, seq: i64, ts: i64, hash: &[u8]) -> Vec<u8> {
@@ -224,7 +226,7 @@ mod tests {
         let path = dir.path().join("audit.key");
         let old = AuditKey::load_or_create(&path).unwrap();
         let sig = old.sign_checkpoint(1, 2, &[3u8; 32]);
-        let (was, new) = AuditKey::rotate_file(&path).unwrap();
+        let (was, _, new) = AuditKey::rotate_file(&path).unwrap();
         assert_eq!(was.key_id(), old.public().key_id());
         assert_ne!(new.public().key_id(), old.public().key_id());
         let read = |name: String| {

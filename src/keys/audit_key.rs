@@ -36,20 +36,11 @@ pub async fn rotate_audit(
             "the audit chain could not be signed up to now ({e}); run `piivault audit verify`"
         ))
     })?;
-    let (old, new) = AuditKey::rotate_file(&path).map_err(|e| RotateError::Key(e.into()))?;
+    let (old, kept, new) = AuditKey::rotate_file(&path).map_err(|e| RotateError::Key(e.into()))?;
     let rotation = AuditRotation {
         old_key_id: old.key_id().to_owned(),
         new_key_id: new.public().key_id().to_owned(),
-        kept_public_key: path
-            .with_file_name(format!(
-                "{}-{}.pub",
-                path.file_stem()
-                    .map(|s| s.to_string_lossy())
-                    .unwrap_or_default(),
-                old.key_id()
-            ))
-            .display()
-            .to_string(),
+        kept_public_key: kept.display().to_string(),
     };
     audit.set_key(Arc::new(new));
     audit

@@ -211,11 +211,7 @@ pub async fn reencrypt_data(
         done += ids.len() as u64;
         progress.set(done, total.max(done));
         cursor = last;
-        if let Some(rate) = pace.max_per_second.filter(|r| *r > 0) {
-            let due = started
-                + std::time::Duration::from_secs_f64(report.subjects as f64 / f64::from(rate));
-            tokio::time::sleep_until(due).await;
-        }
+        pace.keep(started, report.subjects).await;
     }
     if report.failed == 0 {
         let since = store.get_meta(SINCE).await?;

@@ -83,6 +83,16 @@ pub struct Pace {
     pub force: bool,
 }
 
+impl Pace {
+    /// Waits until `done` items since `started` are within the rate (if one is set).
+    pub(super) async fn keep(&self, started: tokio::time::Instant, done: u64) {
+        if let Some(rate) = self.max_per_second.filter(|r| *r > 0) {
+            let due = started + std::time::Duration::from_secs_f64(done as f64 / f64::from(rate));
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
 /// Rotates the master key: see the module's documentation. `event` makes an audit
 /// event for an action (who does it, under which request id).
 pub async fn rotate_master(
@@ -177,13 +187,8 @@ pub async fn rotate_master(
             report.subject_keys += n;
             done += n;
             progress.set(done, total.max(done));
-            if let Some(rate) = pace.max_per_second.filter(|r| *r > 0) {
-                let due = started
-                    + std::time::Duration::from_secs_f64(
-                        (report.subject_keys + report.system_keys) as f64 / f64::from(rate),
-                    );
-                tokio::time::sleep_until(due).await;
-            }
+            pace.keep(started, report.subject_keys + report.system_keys)
+                .await;
         }
         report.remaining = elsewhere(&store.wrapped_counts().await?, target);
         if report.remaining <= report.failed as i64 {

@@ -529,19 +529,18 @@ async fn users_of(
     version: i64,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let sql = match name {
-        "token_hash" => {
+    let query = match name {
+        "token_hash" => sqlx::query_scalar(
             "SELECT CAST(count(*) AS BIGINT) FROM tokens \
-             WHERE hash_key_version = $1 AND revoked_at IS NULL AND expires_at > $2"
-        }
-        "blind_index" => {
-            "SELECT CAST(count(*) AS BIGINT) FROM blind_index WHERE key_version = $1 AND $2 = $2"
-        }
+             WHERE hash_key_version = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(version)
+        .bind(now),
+        "blind_index" => sqlx::query_scalar(
+            "SELECT CAST(count(*) AS BIGINT) FROM blind_index WHERE key_version = $1",
+        )
+        .bind(version),
         _ => return Ok(0),
     };
-    Ok(sqlx::query_scalar(sql)
-        .bind(version)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?)
+    Ok(query.fetch_one(&mut *conn).await?)
 }

@@ -148,22 +148,30 @@ async fn touch(conn: &mut Conn, subject: &str, now: i64) -> Result<(), StoreErro
     Ok(())
 }
 
-/// `Conflict` unless data-key `version` of the subject still exists. A write seals its
-/// values before its transaction starts; a re-encryption may have replaced that key
-/// since. Asked after `touch`, which holds the subject (PostgreSQL: its row lock; a
-/// re-encryption takes it too; SQLite: the write lock), so the answer stays true until
-/// the commit. The write is then made again with the subject's current key.
-async fn key_still_there(conn: &mut Conn, subject: &str, version: i64) -> Result<(), StoreError> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM subject_keys WHERE subject_id = $1 AND version = $2")
-            .bind(subject)
-            .bind(version)
-            .fetch_optional(&mut *conn)
-            .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(StoreError::Conflict),
+/// Counts `n` more encryptions under data-key `version` of the subject; `Conflict` if
+/// that key no longer exists. A write seals its values before its transaction starts;
+/// a re-encryption may have replaced that key since. Run after `touch`, which holds the
+/// subject (PostgreSQL: its row lock; a re-encryption takes it too; SQLite: the write
+/// lock), so the answer stays true until the commit. The write is then made again with
+/// the subject's current key.
+async fn count_encryptions(
+    conn: &mut Conn,
+    subject: &str,
+    version: i64,
+    n: i64,
+) -> Result<(), StoreError> {
+    let counted = sqlx::query(
+        "UPDATE subject_keys SET encryptions = encryptions + $3 WHERE subject_id = $1 AND version = $2",
+    )
+    .bind(subject)
+    .bind(version)
+    .bind(n)
+    .execute(&mut *conn)
+    .await?;
+    if counted.rows_affected() == 0 {
+        return Err(StoreError::Conflict);
     }
+    Ok(())
 }
 
 /// Numbered, typed parameters for one PostgreSQL statement.
@@ -696,24 +704,13 @@ impl Store {
                     return correct_in_one_statement(conn, w, now).await;
                 }
                 touch(conn, &w.subject_id, now).await?;
-                if w.new_key.is_none() && !w.set.is_empty() {
-                    key_still_there(conn, &w.subject_id, w.key_version).await?;
+                let n = w.set.len() as i64;
+                if w.new_key.is_none() && n > 0 {
+                    count_encryptions(conn, &w.subject_id, w.key_version, n).await?;
                 }
                 let mut script = Script::new(conn);
                 if let Some(key) = &w.new_key {
-                    add_key(&mut script, &w.subject_id, key, 0, now);
-                }
-                if !w.set.is_empty() {
-                    // The subject row was locked (touched) above in this transaction, so
-                    // its keys cannot be erased underneath this count.
-                    script
-                        .sql(
-                            "UPDATE subject_keys SET encryptions = encryptions + ? \
-                             WHERE subject_id = ? AND version = ?",
-                        )
-                        .bind(w.set.len() as i64)
-                        .bind(w.subject_id.clone())
-                        .bind(w.key_version);
+                    add_key(&mut script, &w.subject_id, key, n, now);
                 }
                 let changed: Vec<String> = w
                     .set
@@ -841,16 +838,7 @@ impl Store {
                 let mut script = Script::new(conn);
                 match &new_key {
                     Some(key) => add_key(&mut script, &subject, key, 1, now),
-                    None => {
-                        key_still_there(conn, &subject, record.dek_version).await?;
-                        script
-                            .sql(
-                                "UPDATE subject_keys SET encryptions = encryptions + 1 \
-                                 WHERE subject_id = ? AND version = ?",
-                            )
-                            .bind(subject.clone())
-                            .bind(record.dek_version);
-                    }
+                    None => count_encryptions(conn, &subject, record.dek_version, 1).await?,
                 }
                 script
                     .sql(

@@ -142,6 +142,104 @@ pub struct FileConfig {
     /// Seconds a connection may stay silent, reading or writing, before it is closed
     /// (default 60).
     pub idle_timeout_secs: Option<u64>,
+    /// The master key held by an external key source (a PKCS#11 module or a transit key
+    /// service) instead of a key file.
+    pub master_key: Option<MasterKeySection>,
+}
+
+/// `[master_key]`: where an external master key lives. Secrets (the PIN, the token)
+/// come from the environment or a file, never from this file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterKeySection {
+    /// `pkcs11` or `transit`.
+    pub source: String,
+    /// PKCS#11: the module (shared library).
+    pub module: Option<PathBuf>,
+    /// PKCS#11: the label of the token holding the keys.
+    pub token_label: Option<String>,
+    /// PKCS#11: key objects are labelled `<key_label>-v<N>` (default `piivault-master`).
+    pub key_label: Option<String>,
+    /// PKCS#11: a file holding the user PIN (else `PIIVAULT_PKCS11_PIN`).
+    pub pin_file: Option<PathBuf>,
+    /// Transit: `https://host:port` of the key service.
+    pub address: Option<String>,
+    /// Transit: the engine's mount path (default `transit`).
+    pub mount: Option<String>,
+    /// Transit: the key's name (default `piivault`).
+    pub key: Option<String>,
+    /// Transit: a file holding the token (else `PIIVAULT_TRANSIT_TOKEN`).
+    pub token_file: Option<PathBuf>,
+    /// Transit: a PEM file of CA certificates to trust (default: the public web roots).
+    pub ca_file: Option<PathBuf>,
+    /// Transit: seconds one call may take (default 5).
+    pub timeout_secs: Option<u64>,
+    /// Seconds the vault keeps serving without its key source confirming the master
+    /// keys (default 300). Past that it drops them from memory and answers 503
+    /// `key_unavailable` until the source answers again.
+    pub hold_secs: Option<u64>,
+}
+
+/// How long a vault serves without its external key source confirming its master keys.
+pub const DEFAULT_KEY_SOURCE_HOLD: Duration = Duration::from_secs(300);
+
+impl MasterKeySection {
+    /// The key source this section describes, with its secret read from the
+    /// environment or its file.
+    fn source(&self) -> Result<crate::crypto::ExternalKeyConfig, ConfigError> {
+        use crate::crypto::{ExternalKeyConfig, Pkcs11Config, TransitConfig};
+        let missing = |name: &str| {
+            ConfigError::Invalid(format!(
+                "[master_key] with source = {:?} needs {name}",
+                self.source
+            ))
+        };
+        let secret = |env: &str, file: &Option<PathBuf>, what: &str| match (env_secret(env), file) {
+            (Some(s), _) => Ok(s),
+            (None, Some(path)) => read_secret_file(path),
+            (None, None) => Err(ConfigError::Invalid(format!(
+                "[master_key] needs the {what}: set {env} or {}_file",
+                what.split(' ').next_back().unwrap_or(what)
+            ))),
+        };
+        match self.source.as_str() {
+            "pkcs11" => Ok(ExternalKeyConfig::Pkcs11(Pkcs11Config {
+                module: self.module.clone().ok_or_else(|| missing("module"))?,
+                token_label: self
+                    .token_label
+                    .clone()
+                    .ok_or_else(|| missing("token_label"))?,
+                key_label: self
+                    .key_label
+                    .clone()
+                    .unwrap_or_else(|| "piivault-master".into()),
+                pin: secret("PIIVAULT_PKCS11_PIN", &self.pin_file, "PKCS#11 user pin")?,
+            })),
+            "transit" => {
+                let address = self.address.as_deref().ok_or_else(|| missing("address"))?;
+                let address: url::Url = address.parse().map_err(|e| {
+                    ConfigError::Invalid(format!("[master_key] address {address:?}: {e}"))
+                })?;
+                if address.scheme() != "https" {
+                    return Err(ConfigError::Invalid(
+                        "[master_key] address must be https:// (the master key travels over it)"
+                            .into(),
+                    ));
+                }
+                Ok(ExternalKeyConfig::Transit(TransitConfig {
+                    address,
+                    mount: self.mount.clone().unwrap_or_else(|| "transit".into()),
+                    key: self.key.clone().unwrap_or_else(|| "piivault".into()),
+                    token: secret("PIIVAULT_TRANSIT_TOKEN", &self.token_file, "transit token")?,
+                    ca_file: self.ca_file.clone(),
+                    timeout: Duration::from_secs(self.timeout_secs.unwrap_or(5).max(1)),
+                }))
+            }
+            other => Err(ConfigError::Invalid(format!(
+                "[master_key] source must be \"pkcs11\" or \"transit\", not {other:?}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +297,9 @@ pub struct Settings {
     pub audit_key_file: PathBuf,
     /// The algorithms new keys are made for (`crypto_suite`).
     pub suite: crate::crypto::Suite,
+    /// How long the vault serves without its external key source confirming the
+    /// master keys (`[master_key] hold_secs`).
+    pub key_source_hold: Duration,
     /// The TOML file, for subcommand-specific settings.
     pub file: FileConfig,
 }
@@ -286,7 +387,30 @@ impl Settings {
             Some(dir) => Some(dir),
             None => Some(PathBuf::from(DEFAULT_REPORTS_DIR)).filter(|d| d.is_dir()),
         };
-        let master = if let Some(text) = env_secret("PIIVAULT_MASTER_KEY") {
+        let master = if let Some(section) = &file.master_key {
+            // An external source named in the config file is the only one used: with
+            // another source given too, refuse rather than pick.
+            for env in [
+                "PIIVAULT_MASTER_KEY",
+                "PIIVAULT_MASTER_PASSPHRASE",
+                "PIIVAULT_MASTER_PASSPHRASE_FILE",
+            ] {
+                if std::env::var_os(env).is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "the config file names a [master_key] source and {env} is set too; keep one"
+                    )));
+                }
+            }
+            if args.master_key_file.is_some()
+                || file.master_key_file.is_some()
+                || file.master_passphrase_file.is_some()
+            {
+                return Err(ConfigError::Invalid(
+                    "the config file names a [master_key] source and a master key file or passphrase file too; keep one".into(),
+                ));
+            }
+            MasterKeySource::External(section.source()?)
+        } else if let Some(text) = env_secret("PIIVAULT_MASTER_KEY") {
             MasterKeySource::Inline(text)
         } else if let Some(pass) = env_secret("PIIVAULT_MASTER_PASSPHRASE") {
             MasterKeySource::Passphrase(pass)
@@ -331,10 +455,16 @@ impl Settings {
                 ))
             })?,
         };
+        let key_source_hold = file
+            .master_key
+            .as_ref()
+            .and_then(|m| m.hold_secs)
+            .map_or(DEFAULT_KEY_SOURCE_HOLD, |s| Duration::from_secs(s.max(1)));
         Ok(Self {
             audit_key_file,
             max_token_ttl,
             suite,
+            key_source_hold,
             log_format: args
                 .log_format
                 .or(file.log_format)

@@ -360,6 +360,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             let keys = vault.keys().0;
             (keys.master().versions(), keys.system_versions().0)
         });
+    let key_source_watch = app.vault.spawn_key_source_watch(settings.key_source_hold);
     let store = app.store.clone();
     let serving = move |serve: std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
@@ -367,6 +368,9 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
         tokio::spawn(async move {
             let result = serve.await;
             heartbeat.abort();
+            if let Some(watch) = key_source_watch {
+                watch.abort();
+            }
             let _ = store
                 .forget_nodes(&node, store::now_ms() - 86_400_000)
                 .await;

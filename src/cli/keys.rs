@@ -202,6 +202,12 @@ async fn rotate(
                 report.version
             );
         }
+        if report.added_to_key_source {
+            eprintln!(
+                "made master key version {} in the key source; every node reads it from there",
+                report.version
+            );
+        }
         println!(
             "{} {} subject key(s) and {} system key(s) under master key version {}",
             if report.resumed {
@@ -381,13 +387,7 @@ async fn retire(settings: &Settings, version: i64) -> anyhow::Result<ExitCode> {
     )
     .await;
     app.store.close().await;
-    if result? {
-        println!("master key version {version} destroyed and removed from the key file");
-    } else {
-        println!(
-            "master key version {version} destroyed; remove its v{version}: entry from PIIVAULT_MASTER_KEY (or wherever else a copy is kept)"
-        );
-    }
+    println!("{}", result?);
     Ok(ExitCode::SUCCESS)
 }
 

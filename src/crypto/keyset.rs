@@ -54,6 +54,11 @@ pub struct Keys {
     system: RwLock<Arc<SystemKeys>>,
     /// The algorithms new keys are made for.
     suite: super::Suite,
+    /// The external key source the master keys are wrapped by, if any.
+    external: Option<Arc<super::ExternalKey>>,
+    /// Set while the external key source has not confirmed the master keys for longer
+    /// than the vault may hold them: nothing is served (`key_unavailable`).
+    sealed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Keys {
@@ -134,7 +139,40 @@ impl Keys {
             file,
             system: RwLock::new(Arc::new(system)),
             suite,
+            external: None,
+            sealed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same keys, their master versions wrapped by `external`.
+    pub fn with_external(mut self, external: Option<Arc<super::ExternalKey>>) -> Self {
+        self.external = external;
+        self
+    }
+
+    /// The external key source the master keys come from, if any.
+    pub fn external(&self) -> Option<&Arc<super::ExternalKey>> {
+        self.external.as_ref()
+    }
+
+    /// Whether the vault is sealed: its key source has not confirmed the master keys
+    /// for too long, and the master keys are dropped from memory.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Seals the vault: the master keyring is dropped (every version), and requests are
+    /// refused until [`Self::unseal`]. The caller drops cached data keys too.
+    pub fn seal(&self) {
+        self.sealed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.set_master(MasterKeyRing::empty());
+    }
+
+    /// Serves again (the master keyring was just read from the key source again).
+    pub fn unseal(&self) {
+        self.sealed
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The algorithms new keys are made for.
@@ -299,6 +337,11 @@ pub fn load_ring(
                 "this vault was not initialised with a passphrase (no kdf_salt)".into(),
             )),
         },
+        // Its versions are stored wrapped: `keys::open` unwraps them through the source.
+        MasterKeySource::External(c) => Err(KeyError::Setup(format!(
+            "{} is read through the store",
+            c.describe()
+        ))),
     }
 }
 

@@ -26,6 +26,9 @@ pub enum MasterKeySource {
     Inline(Zeroizing<String>),
     /// A passphrase stretched with argon2id and the database's salt.
     Passphrase(Zeroizing<String>),
+    /// Versions wrapped by an external key source (PKCS#11 module, transit service) and
+    /// stored wrapped in the database.
+    External(super::ExternalKeyConfig),
 }
 
 impl std::fmt::Debug for MasterKeySource {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for MasterKeySource {
                 .finish(),
             Self::Inline(_) => f.write_str("Inline(<redacted>)"),
             Self::Passphrase(_) => f.write_str("Passphrase(<redacted>)"),
+            Self::External(c) => write!(f, "External({})", c.describe()),
         }
     }
 }
@@ -80,7 +84,10 @@ fn new_version_line(version: i64) -> Zeroizing<String> {
 }
 
 impl MasterKeyRing {
-    fn from_raw(raw: BTreeMap<i64, Zeroizing<Vec<u8>>>) -> Result<Self, CryptoError> {
+    /// A keyring from each version's 32 bytes of key material.
+    pub(crate) fn from_versions(
+        raw: BTreeMap<i64, Zeroizing<Vec<u8>>>,
+    ) -> Result<Self, CryptoError> {
         if raw.is_empty() {
             return Err(CryptoError::MasterKey("no key found".into()));
         }
@@ -141,7 +148,7 @@ impl MasterKeyRing {
                 )));
             }
         }
-        Self::from_raw(raw)
+        Self::from_versions(raw)
     }
 
     /// Stretches a passphrase with argon2id (default parameters) and `salt` into version 1.
@@ -155,7 +162,7 @@ impl MasterKeyRing {
         argon2::Argon2::default()
             .hash_password_into(passphrase.as_bytes(), salt, out.as_mut_slice())
             .map_err(|e| CryptoError::MasterKey(format!("argon2id: {e}")))?;
-        Self::from_raw(BTreeMap::from([(1, out)]))
+        Self::from_versions(BTreeMap::from([(1, out)]))
     }
 
     /// Text of a new key file holding one fresh random version-1 key.
@@ -208,6 +215,13 @@ impl MasterKeyRing {
             return Err(CryptoError::UnknownKekVersion(version));
         }
         Ok(out)
+    }
+
+    /// A keyring with no version (a sealed vault's).
+    pub fn empty() -> Self {
+        Self {
+            versions: BTreeMap::new(),
+        }
     }
 
     pub fn contains(&self, version: i64) -> bool {

@@ -2,7 +2,8 @@
 //!
 //! Key hierarchy (see SECURITY.md):
 //! - the master key (KEK), one or more versions, held outside the database
-//!   (key file, environment, or an argon2id-stretched passphrase);
+//!   (key file, environment, an argon2id-stretched passphrase, or stored wrapped by a
+//!   PKCS#11 module or a transit key service);
 //! - system keys generated at initialisation and stored only wrapped by the KEK:
 //!   the blind-index key and the token-hash key;
 //! - one data key (DEK) per subject and DEK version, stored only wrapped by the KEK.
@@ -10,6 +11,7 @@
 mod aad;
 mod audit_key;
 mod cipher;
+mod external;
 mod keyset;
 mod master;
 mod random;
@@ -17,6 +19,7 @@ mod random;
 pub use aad::Aad;
 pub use audit_key::{AuditKey, AuditPublicKey};
 pub use cipher::{DataCipher, DataKey, Sealed};
+pub use external::{ExternalKey, ExternalKeyConfig, Pkcs11Config, TransitConfig};
 pub use keyset::{load_ring, source_file, KeyError, Keys, SystemKeys};
 // `Suite`, `MacAlgorithm` and `MacKey` are defined below.
 pub use master::{MasterKeyRing, MasterKeySource, KEY_FILE_HEADER};
@@ -41,6 +44,9 @@ pub enum CryptoError {
     WrongMasterKey(i64),
     #[error("master key: {0}")]
     MasterKey(String),
+    /// The external key source failed or refused (named, without its secrets).
+    #[error("the master key source is unavailable: {0}")]
+    KeySource(String),
 }
 
 /// Names of the system keys wrapped by the KEK and stored in the database.

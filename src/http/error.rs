@@ -74,6 +74,12 @@ impl IntoResponse for ApiError {
                     None,
                 )
             }
+            Self::Sealed => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_unavailable",
+                "the vault's master key source (HSM or key service) has not confirmed its keys lately, so it serves nothing; try again later".to_owned(),
+                None,
+            ),
             Self::AuditUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",

@@ -57,7 +57,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "`{status: ready}`", body = Object),
-        (status = 503, description = "`{status: unavailable, store, audit}`: the store cannot be reached or the trail cannot be written", body = Object),
+        (status = 503, description = "`{status: unavailable, store, audit, keys}`: the store cannot be reached, the trail cannot be written, or the master key source has not confirmed the keys for too long (sealed)", body = Object),
     ))]
 /// Ready when the store answers and the audit trail can be written (an empty batch
 /// goes through the audit writer). A vault that cannot audit serves nothing, so it is
@@ -71,7 +71,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         }
     };
     let audit = store && state.audit.probe().await;
-    if store && audit {
+    let keys = !state.vault.keys().0.is_sealed();
+    if store && audit && keys {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
         (
@@ -80,6 +81,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
                 "status": "unavailable",
                 "store": if store { "ok" } else { "unreachable" },
                 "audit": if audit { "ok" } else { "unwritable" },
+                "keys": if keys { "ok" } else { "sealed" },
             })),
         )
     }

@@ -18,12 +18,12 @@ pub use reencrypt::{reencrypt_data, ReencryptReport};
 pub use rotate::{retire_master, rotate_master, Pace, Progress, RotateError, RotateReport};
 pub use system::{retire_system_key, rotate_blind_index, rotate_token_hash, BlindIndexReport};
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::crypto::{
-    load_ring, source_file, KeyError, Keys, MasterKeyRing, MasterKeySource, SystemKeys,
-    BLIND_INDEX_KEY, TOKEN_HASH_KEY,
+    load_ring, source_file, ExternalKey, KeyError, Keys, MasterKeyRing, MasterKeySource,
+    SystemKeys, BLIND_INDEX_KEY, TOKEN_HASH_KEY,
 };
 use crate::store::{MasterKeyRow, Store, StoreError, SystemKeyRow};
 
@@ -36,14 +36,38 @@ pub async fn open(
     suite: crate::crypto::Suite,
 ) -> Result<(Keys, bool), KeyError> {
     let initialised = store.get_meta("initialised_at").await?.is_some();
-    let salt = match (source, store.get_meta("kdf_salt").await?) {
-        (MasterKeySource::Passphrase(_), Some(hex_salt)) => Some(
-            hex::decode(hex_salt)
-                .map_err(|_| KeyError::Setup("stored kdf_salt is not hex".into()))?,
-        ),
+    let external = match source {
+        MasterKeySource::External(config) => Some(Arc::new(ExternalKey::connect(config).await?)),
         _ => None,
     };
-    let (ring, new_salt) = load_ring(source, !initialised, salt)?;
+    let (ring, new_salt, wrapped) = match &external {
+        Some(ext) => {
+            let rows = store.master_keys().await?;
+            if initialised {
+                (read_external(ext, &rows).await?, None, None)
+            } else {
+                let (wrapped, _) = ext.new_version(1, true).await?;
+                let ring = ext.unwrap_ring(&[(1, wrapped.clone())]).await?;
+                (ring, None, Some(wrapped))
+            }
+        }
+        None => {
+            if initialised && held_externally(&store.master_keys().await?) {
+                return Err(KeyError::Setup(
+                    "this vault's master key is held by an external key source (PKCS#11 or transit); configure it in the [master_key] section of the config file".into(),
+                ));
+            }
+            let salt = match (source, store.get_meta("kdf_salt").await?) {
+                (MasterKeySource::Passphrase(_), Some(hex_salt)) => Some(
+                    hex::decode(hex_salt)
+                        .map_err(|_| KeyError::Setup("stored kdf_salt is not hex".into()))?,
+                ),
+                _ => None,
+            };
+            let (ring, new_salt) = load_ring(source, !initialised, salt)?;
+            (ring, new_salt, None)
+        }
+    };
 
     let mut created = false;
     if !initialised {
@@ -55,6 +79,7 @@ pub async fn open(
                     version,
                     check_value: ring.check_value(version)?,
                     destroyed_at: None,
+                    wrapped: wrapped.clone(),
                 })
             })
             .collect::<Result<Vec<_>, crate::crypto::CryptoError>>()?;
@@ -82,7 +107,50 @@ pub async fn open(
 
     let ring = reconcile(store, ring).await?;
     let system = load_system(store, &ring).await?;
-    Ok((Keys::new(ring, source_file(source), system, suite), created))
+    let keys = Keys::new(ring, source_file(source), system, suite).with_external(external);
+    Ok((keys, created))
+}
+
+/// Whether the store's live master-key versions are wrapped by an external source.
+fn held_externally(rows: &[MasterKeyRow]) -> bool {
+    rows.iter()
+        .any(|r| r.destroyed_at.is_none() && r.wrapped.is_some())
+}
+
+/// The live versions an external source wraps, as `(version, wrapped)`.
+fn live_wrapped(rows: &[MasterKeyRow]) -> Vec<(i64, Vec<u8>)> {
+    rows.iter()
+        .filter(|r| r.destroyed_at.is_none())
+        .filter_map(|r| r.wrapped.clone().map(|w| (r.version, w)))
+        .collect()
+}
+
+/// Unwraps every live stored version through the external source.
+async fn read_external(
+    ext: &ExternalKey,
+    rows: &[MasterKeyRow],
+) -> Result<MasterKeyRing, KeyError> {
+    let live = live_wrapped(rows);
+    if live.is_empty() {
+        return Err(KeyError::Setup(format!(
+            "this vault's master key is not held by {} (it comes from a key file, the environment or a passphrase); remove the [master_key] section",
+            ext.name()
+        )));
+    }
+    Ok(ext.unwrap_ring(&live).await?)
+}
+
+/// Reads the master keyring from its source again: the key file, the external source
+/// (through the store), or, for the environment or a passphrase (which cannot change
+/// while the process runs), the versions loaded now.
+async fn read_source(keys: &Keys, store: &Store) -> Result<MasterKeyRing, KeyError> {
+    if let Some(ext) = keys.external() {
+        return read_external(ext, &store.master_keys().await?).await;
+    }
+    Ok(match keys.read_file()? {
+        Some(ring) => ring,
+        None => (*keys.master()).clone(),
+    })
 }
 
 /// Unwraps every stored version of the system keys (newest first) with `ring`.
@@ -139,6 +207,7 @@ async fn reconcile(store: &Store, ring: MasterKeyRing) -> Result<MasterKeyRing, 
                         version,
                         check_value: ring.check_value(version)?,
                         destroyed_at: None,
+                        wrapped: None,
                     })
                     .await?;
                 tracing::info!(version, "new master key version recorded");
@@ -186,11 +255,7 @@ impl KeyWatch {
         if let Ok(mut last) = self.last.lock() {
             *last = Some(Instant::now());
         }
-        let ring = match keys.read_file()? {
-            Some(ring) => ring,
-            // The same versions as now, less any destroyed meanwhile.
-            None => (*keys.master()).clone(),
-        };
+        let ring = read_source(keys, store).await?;
         let ring = reconcile(store, ring).await?;
         let before = keys.master().versions();
         if ring.versions() != before {

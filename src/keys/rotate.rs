@@ -43,6 +43,9 @@ pub struct RotateReport {
     pub resumed: bool,
     /// Whether the version was added to the key file by this run.
     pub added_to_key_file: bool,
+    /// Whether the version was made in the external key source by this run (a new
+    /// key object in the PKCS#11 module, the transit key rotated).
+    pub added_to_key_source: bool,
     pub subject_keys: u64,
     pub system_keys: u64,
     /// Keys that could not be unwrapped (damaged, or under a version not loaded here).
@@ -121,16 +124,30 @@ pub async fn rotate_master(
             v
         }
         None => {
-            let (version, added) = choose_target(store, keys).await?;
+            let (version, added, wrapped) = choose_target(store, keys).await?;
             report.added_to_key_file = added;
-            let ring = match keys.read_file()? {
-                Some(ring) => ring,
-                None => (*keys.master()).clone(),
-            };
-            let row = MasterKeyRow {
-                version,
-                check_value: ring.check_value(version).map_err(KeyError::from)?,
-                destroyed_at: None,
+            let row = match wrapped {
+                Some((wrapped, check_value)) => {
+                    report.added_to_key_source = true;
+                    MasterKeyRow {
+                        version,
+                        check_value,
+                        destroyed_at: None,
+                        wrapped: Some(wrapped),
+                    }
+                }
+                None => {
+                    let ring = match keys.read_file()? {
+                        Some(ring) => ring,
+                        None => (*keys.master()).clone(),
+                    };
+                    MasterKeyRow {
+                        version,
+                        check_value: ring.check_value(version).map_err(KeyError::from)?,
+                        destroyed_at: None,
+                        wrapped: None,
+                    }
+                }
             };
             let change = crate::store::WriteOp::chain(vec![
                 store.add_master_key_op(row),
@@ -208,11 +225,35 @@ pub async fn rotate_master(
     Ok(report)
 }
 
-/// The version a new rotation moves to: a new one added to the key file, or, when the
-/// key does not come from a file, the newest loaded one if something is still wrapped
-/// under an older one. Returns it and whether it was added to the file.
-async fn choose_target(store: &Store, keys: &Keys) -> Result<(i64, bool), RotateError> {
+/// The version a new rotation moves to: a new one made in the external key source or
+/// added to the key file, or, when the key comes from the environment, the newest
+/// loaded one if something is still wrapped under an older one. Returns it, whether it
+/// was added to the file, and, from an external source, its wrapped form and check value.
+async fn choose_target(
+    store: &Store,
+    keys: &Keys,
+) -> Result<(i64, bool, Option<(Vec<u8>, Vec<u8>)>), RotateError> {
     let ring = keys.master();
+    if let Some(ext) = keys.external() {
+        let recorded = store
+            .master_keys()
+            .await?
+            .iter()
+            .map(|k| k.version)
+            .max()
+            .unwrap_or(0);
+        let version = recorded.max(ring.current_version()) + 1;
+        let made = ext
+            .new_version(version, false)
+            .await
+            .map_err(KeyError::from)?;
+        tracing::info!(
+            version,
+            source = ext.name(),
+            "new master key version made in the key source"
+        );
+        return Ok((version, false, Some(made)));
+    }
     if keys.file().is_some() {
         let recorded = store
             .master_keys()
@@ -225,12 +266,12 @@ async fn choose_target(store: &Store, keys: &Keys) -> Result<(i64, bool), Rotate
         // attempt cut short before it could record it: use that one.
         let in_file = keys.read_file()?.map_or(0, |r| r.current_version());
         if in_file > recorded {
-            return Ok((in_file, false));
+            return Ok((in_file, false, None));
         }
         let version = recorded.max(ring.current_version()) + 1;
         keys.add_file_version(version)?;
         tracing::info!(version, "new master key version added to the key file");
-        return Ok((version, true));
+        return Ok((version, true, None));
     }
     let current = ring.current_version();
     if elsewhere(&store.wrapped_counts().await?, current) == 0 {
@@ -238,7 +279,7 @@ async fn choose_target(store: &Store, keys: &Keys) -> Result<(i64, bool), Rotate
             "every key is already wrapped under master key version {current}, the newest loaded; the master key comes from an environment variable or a passphrase, which piivault cannot add a version to: add a new vN:BASE64 entry to PIIVAULT_MASTER_KEY on every node (or move to a key file), restart, and run this again"
         )));
     }
-    Ok((current, false))
+    Ok((current, false, None))
 }
 
 /// Wraps every system key under another version again; returns how many.
@@ -357,7 +398,7 @@ pub async fn retire_master(
     watch: &KeyWatch,
     version: i64,
     event: &(dyn Fn(&str) -> Event + Sync),
-) -> Result<bool, RotateError> {
+) -> Result<String, RotateError> {
     let masters = store.master_keys().await?;
     let row = masters
         .iter()
@@ -404,13 +445,24 @@ pub async fn retire_master(
             other => other?,
         }
     }
-    let in_file = match keys.read_file()? {
-        Some(ring) if ring.contains(version) => {
-            keys.remove_file_version(version)?;
-            true
+    let done = if let Some(ext) = keys.external() {
+        let live = super::live_wrapped(&store.master_keys().await?);
+        let done = ext
+            .destroy_version(version, &live)
+            .await
+            .map_err(KeyError::from)?;
+        format!("master key version {version} destroyed: {done}")
+    } else {
+        match keys.read_file()? {
+            Some(ring) if ring.contains(version) => {
+                keys.remove_file_version(version)?;
+                format!("master key version {version} destroyed and removed from the key file")
+            }
+            _ => format!(
+                "master key version {version} destroyed; remove its v{version}: entry from PIIVAULT_MASTER_KEY (or wherever else a copy is kept)"
+            ),
         }
-        _ => false,
     };
     watch.reload(keys, store).await?;
-    Ok(in_file)
+    Ok(done)
 }

@@ -40,6 +40,9 @@ pub enum Error {
     Unavailable,
     /// A master-key version the data needs is not loaded on this node.
     KeyUnavailable,
+    /// The vault is sealed: its external key source has not confirmed the master keys
+    /// for longer than it may hold them.
+    Sealed,
     /// The audit event could not be written: nothing is handed out or changed.
     AuditUnavailable,
     /// A stored ciphertext failed authentication: answered as an error, never as data.
@@ -201,6 +204,9 @@ impl std::fmt::Display for Error {
             Self::KeyUnavailable => {
                 f.write_str("key_unavailable: a master key version is not loaded on this node")
             }
+            Self::Sealed => f.write_str(
+                "key_unavailable: the master key source has not confirmed the keys lately (sealed)",
+            ),
             Self::AuditUnavailable => f.write_str(
                 "audit_unavailable: the audit trail cannot be written; nothing was changed",
             ),

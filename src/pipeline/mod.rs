@@ -84,6 +84,9 @@ impl Pipeline {
     /// Authentication: a bearer token that is known, unrevoked and unexpired. An address
     /// that keeps presenting bad tokens is delayed and refused.
     pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Caller, Error> {
+        if self.vault.keys().0.is_sealed() {
+            return Err(Error::Sealed);
+        }
         let checked = match creds.authorization {
             None => Err(TokenError::Missing),
             Some(value) => match value

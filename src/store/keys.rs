@@ -9,6 +9,10 @@ pub struct MasterKeyRow {
     /// When `piivault keys retire --master` destroyed it (nothing is wrapped under it
     /// any more); `None` while it is live.
     pub destroyed_at: Option<i64>,
+    /// The version's key, wrapped by an external key source (PKCS#11, transit); `None`
+    /// when the key is held outside the database (key file, environment, passphrase)
+    /// and once it is destroyed.
+    pub wrapped: Option<Vec<u8>>,
 }
 
 /// A wrapped key as stored: a subject's data key (`name` is the subject id,
@@ -55,18 +59,21 @@ pub struct SystemKeyRow {
 
 impl Store {
     pub async fn master_keys(&self) -> Result<Vec<MasterKeyRow>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>, Option<i64>)> = sqlx::query_as(
-            "SELECT version, check_value, destroyed_at FROM master_keys ORDER BY version",
+        let rows: Vec<(i64, Vec<u8>, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT version, check_value, destroyed_at, wrapped FROM master_keys ORDER BY version",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(version, check_value, destroyed_at)| MasterKeyRow {
-                version,
-                check_value,
-                destroyed_at,
-            })
+            .map(
+                |(version, check_value, destroyed_at, wrapped)| MasterKeyRow {
+                    version,
+                    check_value,
+                    destroyed_at,
+                    wrapped,
+                },
+            )
             .collect())
     }
 
@@ -118,11 +125,13 @@ impl Store {
         }
         for m in masters {
             sqlx::query(
-                "INSERT INTO master_keys (version, check_value, created_at) VALUES ($1, $2, $3)",
+                "INSERT INTO master_keys (version, check_value, created_at, wrapped) \
+                 VALUES ($1, $2, $3, $4)",
             )
             .bind(m.version)
             .bind(m.check_value.as_slice())
             .bind(now)
+            .bind(m.wrapped.as_deref())
             .execute(&mut *tx.conn())
             .await?;
         }
@@ -158,12 +167,13 @@ impl Store {
                 let mut script = Script::new(conn);
                 script
                     .sql(
-                        "INSERT INTO master_keys (version, check_value, created_at) VALUES (?, ?, ?) \
-                         ON CONFLICT (version) DO NOTHING",
+                        "INSERT INTO master_keys (version, check_value, created_at, wrapped) \
+                         VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
                     )
                     .bind(row.version)
                     .bind(row.check_value)
-                    .bind(now);
+                    .bind(now)
+                    .bind(row.wrapped);
                 note_in(&mut script, KEYS, "master", now);
                 script.run(conn).await
             })
@@ -270,7 +280,10 @@ impl Store {
                 let now = now_ms();
                 let mut script = Script::new(conn);
                 script
-                    .sql("UPDATE master_keys SET destroyed_at = ? WHERE version = ? AND destroyed_at IS NULL")
+                    .sql(
+                        "UPDATE master_keys SET destroyed_at = ?, wrapped = NULL \
+                         WHERE version = ? AND destroyed_at IS NULL",
+                    )
                     .bind(now)
                     .bind(version);
                 note_in(&mut script, KEYS, "master", now);

@@ -443,9 +443,58 @@ impl Vault {
     /// forgets every cached subject, whose keys may be wrapped differently now.
     pub async fn reload_keys(&self) -> Result<(), KeyError> {
         let result = self.key_watch.reload(&self.keys, &self.store).await;
+        self.drop_cached_subjects();
+        result
+    }
+
+    /// Confirms, every quarter of `hold`, that the external key source still unwraps
+    /// this vault's master keys. With no confirmation for longer than `hold` the vault
+    /// seals: the master keys and every cached data key are dropped from memory, and
+    /// requests are answered `503 key_unavailable`. The next confirmation unseals it.
+    /// Nothing is watched when the master key does not come from an external source.
+    pub fn spawn_key_source_watch(
+        &self,
+        hold: std::time::Duration,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let source = self.keys.external()?.name().to_owned();
+        let vault = self.clone();
+        let every = (hold / 4).max(std::time::Duration::from_millis(100));
+        Some(tokio::spawn(async move {
+            let mut confirmed = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let keys = &vault.keys;
+                match vault.key_watch.reload(keys, &vault.store).await {
+                    Ok(()) => {
+                        confirmed = tokio::time::Instant::now();
+                        if keys.is_sealed() {
+                            keys.unseal();
+                            vault.drop_cached_subjects();
+                            tracing::warn!(%source, "the master key source answers again: serving");
+                        }
+                    }
+                    Err(e) if !keys.is_sealed() && confirmed.elapsed() > hold => {
+                        keys.seal();
+                        vault.drop_cached_subjects();
+                        tracing::error!(
+                            %source,
+                            error = %e,
+                            hold_secs = hold.as_secs(),
+                            "the master key source has not confirmed the master keys for longer than the vault may hold them: sealed (every request is answered 503 key_unavailable until it answers)"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(%source, error = %e, "the master key source did not confirm the master keys");
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Forgets every cached subject (with its unwrapped data keys).
+    fn drop_cached_subjects(&self) {
         self.snapshots.set_enabled(false);
         self.snapshots.set_enabled(true);
-        result
     }
 
     /// The DEK for `n` new encryptions: the current one, or a new version once the

@@ -647,7 +647,10 @@ impl Transit {
         self.call(
             reqwest::Method::POST,
             &format!("{key}/config"),
-            Some(serde_json::json!({ "min_decryption_version": oldest })),
+            Some(serde_json::json!({
+                "min_decryption_version": oldest,
+                "min_encryption_version": oldest,
+            })),
         )
         .await?;
         self.call(

@@ -23,6 +23,7 @@ mod erasure;
 mod faults;
 mod import;
 mod key_rotation;
+mod key_source;
 mod lifecycle;
 mod memory;
 mod metrics;

@@ -46,6 +46,17 @@ pub fn start(dir: &Path, url: &Option<String>, run: usize) -> Running {
 
 /// `start`, with more arguments for `serve`.
 pub fn start_with(dir: &Path, url: &Option<String>, run: usize, extra: &[&str]) -> Running {
+    start_env(dir, url, run, extra, &[])
+}
+
+/// `start_with`, with environment variables for the server.
+pub fn start_env(
+    dir: &Path,
+    url: &Option<String>,
+    run: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
     let stdout = dir.join(format!("stdout-{run}.log"));
     let stderr = dir.join(format!("stderr-{run}.log"));
     let mut child = Command::new(bin())
@@ -56,6 +67,7 @@ pub fn start_with(dir: &Path, url: &Option<String>, run: usize, extra: &[&str]) 
         .env("RUST_LOG", "debug")
         .env_remove("PIIVAULT_MASTER_KEY")
         .env_remove("PIIVAULT_MASTER_PASSPHRASE")
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -122,6 +134,19 @@ pub fn issue_token(
     purpose: &str,
     description: &str,
 ) -> String {
+    issue_token_env(dir, url, role, purpose, description, &[], &[])
+}
+
+/// `issue_token`, with more arguments (`--config`) and environment variables.
+pub fn issue_token_env(
+    dir: &Path,
+    url: &Option<String>,
+    role: &str,
+    purpose: &str,
+    description: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> String {
     let out = Command::new(bin())
         .args([
             "token",
@@ -135,6 +160,8 @@ pub fn issue_token(
         ])
         .args(["--description", description])
         .args(base_args(dir, url))
+        .args(extra)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(

@@ -4,3 +4,7 @@
 -- variable or a passphrase (the key is outside the database), and once the version is
 -- destroyed.
 ALTER TABLE master_keys ADD COLUMN wrapped BYTEA;
+
+-- The cipher a master-key version wraps with: NULL or 'AES-256-GCM', or 'SM4-GCM' for a
+-- version made with crypto_suite = "sm".
+ALTER TABLE master_keys ADD COLUMN algorithm TEXT;

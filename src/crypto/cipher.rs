@@ -94,6 +94,11 @@ impl DataKey {
         Self::from_parts(DataCipher::Aes256Gcm, bytes)
     }
 
+    /// An SM4 key from its 16 bytes.
+    pub(crate) fn sm4_from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        Self::from_parts(DataCipher::Sm4Gcm, bytes)
+    }
+
     fn from_parts(cipher: DataCipher, bytes: &[u8]) -> Result<Self, CryptoError> {
         if bytes.len() != cipher.key_len() {
             return Err(CryptoError::Malformed);

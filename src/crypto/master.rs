@@ -11,7 +11,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::cipher::DataKey;
+use super::cipher::{DataCipher, DataKey};
 use super::{random_bytes, Aad, CryptoError, MacKey, Sealed};
 
 /// First line of a key file written by piivault.
@@ -46,16 +46,21 @@ impl std::fmt::Debug for MasterKeySource {
     }
 }
 
-/// The keys derived from one master key version.
+/// The keys derived from one master key version: a wrapping key for each cipher a
+/// version may wrap with, and the check-value key.
 struct KekVersion {
-    wrap: DataKey,
+    aes: DataKey,
+    sm4: DataKey,
     check: MacKey,
 }
 
-/// All loaded master key versions; the highest is current and wraps new keys.
+/// All loaded master key versions; the highest is current and wraps new keys. Each
+/// version wraps with AES-256-GCM, or SM4-GCM if it was made for the `sm` suite (as the
+/// store records).
 #[derive(Clone)]
 pub struct MasterKeyRing {
     versions: BTreeMap<i64, Arc<KekVersion>>,
+    sm4: std::collections::BTreeSet<i64>,
 }
 
 impl std::fmt::Debug for MasterKeyRing {
@@ -98,11 +103,15 @@ impl MasterKeyRing {
                     "version {version} is not 32 bytes of base64"
                 )));
             }
-            let wrap = DataKey::from_bytes(derive(&bytes, "wrap").as_slice())?;
+            let aes = DataKey::from_bytes(derive(&bytes, "wrap").as_slice())?;
+            let sm4 = DataKey::sm4_from_bytes(&derive(&bytes, "wrap-sm4")[..16])?;
             let check = MacKey::from_bytes(derive(&bytes, "check").as_slice())?;
-            versions.insert(version, Arc::new(KekVersion { wrap, check }));
+            versions.insert(version, Arc::new(KekVersion { aes, sm4, check }));
         }
-        Ok(Self { versions })
+        Ok(Self {
+            versions,
+            sm4: Default::default(),
+        })
     }
 
     /// Parses key text: lines (or comma-separated entries) `vN:BASE64`; a single bare
@@ -221,6 +230,28 @@ impl MasterKeyRing {
     pub fn empty() -> Self {
         Self {
             versions: BTreeMap::new(),
+            sm4: Default::default(),
+        }
+    }
+
+    /// The same keyring, each version wrapping with the cipher `cipher_of` names for
+    /// it (the store records it per version).
+    pub fn with_ciphers(mut self, cipher_of: impl Fn(i64) -> DataCipher) -> Self {
+        self.sm4 = self
+            .versions
+            .keys()
+            .copied()
+            .filter(|v| cipher_of(*v) == DataCipher::Sm4Gcm)
+            .collect();
+        self
+    }
+
+    /// The cipher version `v` wraps with.
+    pub fn cipher(&self, v: i64) -> DataCipher {
+        if self.sm4.contains(&v) {
+            DataCipher::Sm4Gcm
+        } else {
+            DataCipher::Aes256Gcm
         }
     }
 
@@ -237,6 +268,7 @@ impl MasterKeyRing {
                 .filter(|(v, _)| keep(**v))
                 .map(|(v, k)| (*v, k.clone()))
                 .collect(),
+            sm4: self.sm4.iter().copied().filter(|v| keep(*v)).collect(),
         }
     }
 
@@ -259,9 +291,18 @@ impl MasterKeyRing {
             .ok_or(CryptoError::UnknownKekVersion(v))
     }
 
-    fn current(&self) -> Result<(i64, &KekVersion), CryptoError> {
+    /// The key version `v` wraps with.
+    fn wrapper(&self, v: i64) -> Result<&DataKey, CryptoError> {
+        let k = self.version(v)?;
+        Ok(match self.cipher(v) {
+            DataCipher::Sm4Gcm => &k.sm4,
+            DataCipher::Aes256Gcm => &k.aes,
+        })
+    }
+
+    fn current(&self) -> Result<(i64, &DataKey), CryptoError> {
         let v = self.current_version();
-        Ok((v, self.version(v)?))
+        Ok((v, self.wrapper(v)?))
     }
 
     /// Key check value stored in the database, to detect a wrong master key at start.
@@ -290,7 +331,7 @@ impl MasterKeyRing {
     ) -> Result<(i64, Sealed), CryptoError> {
         let (kek_version, kek) = self.current()?;
         let aad = Aad::subject_key(subject, dek_version, kek_version);
-        Ok((kek_version, kek.wrap.seal(&aad, &dek.to_wrapped_form())))
+        Ok((kek_version, kek.seal(&aad, &dek.to_wrapped_form())))
     }
 
     pub fn unwrap_subject_key(
@@ -301,7 +342,7 @@ impl MasterKeyRing {
         wrapped: &[u8],
     ) -> Result<DataKey, CryptoError> {
         let aad = Aad::subject_key(subject, dek_version, kek_version);
-        let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
+        let bytes = self.wrapper(kek_version)?.open(&aad, wrapped)?;
         DataKey::from_wrapped_form(&bytes)
     }
 
@@ -327,10 +368,10 @@ impl MasterKeyRing {
         wrapped: &[u8],
     ) -> Result<(i64, Sealed), CryptoError> {
         let aad = Aad::system_key(name, version, kek_version);
-        let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
+        let bytes = self.wrapper(kek_version)?.open(&aad, wrapped)?;
         let (current, kek) = self.current()?;
         let aad = Aad::system_key(name, version, current);
-        Ok((current, kek.wrap.seal(&aad, &bytes)))
+        Ok((current, kek.seal(&aad, &bytes)))
     }
 
     /// Generates and wraps a new system MAC key (blind index, token hash) for
@@ -344,7 +385,7 @@ impl MasterKeyRing {
         let (kek_version, kek) = self.current()?;
         let key = MacKey::generate_wrapped_form(algorithm);
         let aad = Aad::system_key(name, version, kek_version);
-        Ok((kek_version, kek.wrap.seal(&aad, key.as_slice())))
+        Ok((kek_version, kek.seal(&aad, key.as_slice())))
     }
 
     pub fn unwrap_system_key(
@@ -355,7 +396,7 @@ impl MasterKeyRing {
         wrapped: &[u8],
     ) -> Result<MacKey, CryptoError> {
         let aad = Aad::system_key(name, version, kek_version);
-        let bytes = self.version(kek_version)?.wrap.open(&aad, wrapped)?;
+        let bytes = self.wrapper(kek_version)?.open(&aad, wrapped)?;
         MacKey::from_wrapped_form(&bytes)
     }
 }
@@ -414,6 +455,38 @@ mod tests {
         let k = B64.encode([7u8; 32]);
         assert!(MasterKeyRing::key_file_without_version(&k, 1).is_err());
         assert!(MasterKeyRing::key_file_without_version(&format!("v1:{k},v2:{k}"), 1).is_err());
+    }
+
+    #[test]
+    fn a_version_made_for_sm4_wraps_with_sm4_and_only_opens_so() {
+        let text = MasterKeyRing::generate_key_file_text();
+        let aes = MasterKeyRing::parse(&text).unwrap();
+        let sm4 = MasterKeyRing::parse(&text)
+            .unwrap()
+            .with_ciphers(|_| DataCipher::Sm4Gcm);
+        assert_eq!(aes.cipher(1), DataCipher::Aes256Gcm);
+        assert_eq!(sm4.cipher(1), DataCipher::Sm4Gcm);
+        let dek = DataKey::generate_for(DataCipher::Sm4Gcm);
+        let (_, wrapped) = sm4.wrap_subject_key("sub_a", 1, &dek).unwrap();
+        let back = sm4.unwrap_subject_key("sub_a", 1, 1, &wrapped).unwrap();
+        assert_eq!(*back.to_wrapped_form(), *dek.to_wrapped_form());
+        // The same version's material under the other cipher does not open it.
+        assert!(aes.unwrap_subject_key("sub_a", 1, 1, &wrapped).is_err());
+        let (_, wrapped) = aes.wrap_subject_key("sub_a", 1, &dek).unwrap();
+        assert!(sm4.unwrap_subject_key("sub_a", 1, 1, &wrapped).is_err());
+        // Re-wrapped from an AES version to an SM4 one, the key is the same.
+        let text2 = MasterKeyRing::key_file_with_version(&text, 2);
+        let mixed = MasterKeyRing::parse(&text2).unwrap().with_ciphers(|v| {
+            if v == 2 {
+                DataCipher::Sm4Gcm
+            } else {
+                DataCipher::Aes256Gcm
+            }
+        });
+        let (kv, rewrapped) = mixed.rewrap_subject_key("sub_a", 1, 1, &wrapped).unwrap();
+        assert_eq!(kv, 2);
+        let back = mixed.unwrap_subject_key("sub_a", 1, 2, &rewrapped).unwrap();
+        assert_eq!(*back.to_wrapped_form(), *dek.to_wrapped_form());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct KeyVersion {
     pub state: &'static str,
     /// The master-key version that wraps it (none for a master key).
     pub wrapped_by: Option<i64>,
+    /// Master keys: held by the external key source (PKCS#11, transit), stored wrapped
+    /// by it; false when the key is outside the database (file, environment, passphrase).
+    pub in_key_source: bool,
     /// Milliseconds since the epoch.
     pub created_at: i64,
     pub destroyed_at: Option<i64>,
@@ -59,12 +62,14 @@ pub struct AuditKeyInfo {
     pub algorithm: &'static str,
 }
 
-/// A key's algorithm: master keys wrap with AES-256-GCM; data and system keys carry
-/// theirs in their wrapped form, whose length tells it.
+/// A key's algorithm: master keys wrap with the cipher recorded for them (AES-256-GCM
+/// when none is); data and system keys carry theirs in their wrapped form, whose length
+/// tells it.
 fn algorithm(r: &KeyVersionRow) -> &'static str {
     use crate::crypto::{DataCipher, MacAlgorithm};
     let len = usize::try_from(r.wrapped_len).unwrap_or(0);
     match r.kind.as_str() {
+        "master" if r.cipher.as_deref() == Some(DataCipher::Sm4Gcm.as_str()) => "SM4-GCM",
         "master" => "AES-256-GCM",
         "data" => DataCipher::of_wrapped_len(len).map_or("unknown", DataCipher::as_str),
         _ => MacAlgorithm::of_wrapped_len(len).map_or("unknown", MacAlgorithm::as_str),
@@ -145,6 +150,7 @@ pub async fn inventory(
             algorithm: algorithm(r),
             state: state(r),
             wrapped_by: r.wrapped_by,
+            in_key_source: r.external,
             created_at: r.created_at,
             destroyed_at: r.destroyed_at,
             keys: r.keys,

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::crypto::{
-    load_ring, source_file, ExternalKey, KeyError, Keys, MasterKeyRing, MasterKeySource,
-    SystemKeys, BLIND_INDEX_KEY, TOKEN_HASH_KEY,
+    load_ring, source_file, DataCipher, ExternalKey, KeyError, Keys, MasterKeyRing,
+    MasterKeySource, SystemKeys, BLIND_INDEX_KEY, TOKEN_HASH_KEY,
 };
 use crate::store::{MasterKeyRow, Store, StoreError, SystemKeyRow};
 
@@ -71,6 +71,8 @@ pub async fn open(
 
     let mut created = false;
     if !initialised {
+        // A new vault's first version wraps with the suite's cipher.
+        let ring = ring.clone().with_ciphers(|_| suite.data_cipher());
         let masters = ring
             .versions()
             .into_iter()
@@ -80,6 +82,7 @@ pub async fn open(
                     check_value: ring.check_value(version)?,
                     destroyed_at: None,
                     wrapped: wrapped.clone(),
+                    algorithm: Some(suite.data_cipher().as_str().into()),
                 })
             })
             .collect::<Result<Vec<_>, crate::crypto::CryptoError>>()?;
@@ -105,7 +108,7 @@ pub async fn open(
         }
     }
 
-    let ring = reconcile(store, ring).await?;
+    let ring = reconcile(store, ring, suite).await?;
     let system = load_system(store, &ring).await?;
     let keys = Keys::new(ring, source_file(source), system, suite).with_external(external);
     Ok((keys, created))
@@ -187,14 +190,30 @@ async fn load_system(store: &Store, ring: &MasterKeyRing) -> Result<SystemKeys, 
 /// check value; versions it has not seen are recorded; destroyed versions are left out
 /// (with a warning: they should be gone from the key source). At least one live
 /// version must be one the store knows, so a key for another vault is refused.
-async fn reconcile(store: &Store, ring: MasterKeyRing) -> Result<MasterKeyRing, KeyError> {
+/// Each version wraps with the cipher the store records for it (a version recorded
+/// here, with `suite`'s).
+async fn reconcile(
+    store: &Store,
+    ring: MasterKeyRing,
+    suite: crate::crypto::Suite,
+) -> Result<MasterKeyRing, KeyError> {
     let known = store.master_keys().await?;
+    let mut ciphers = std::collections::BTreeMap::new();
     let mut matched = false;
     let mut destroyed = Vec::new();
     for version in ring.versions() {
         match known.iter().find(|k| k.version == version) {
             Some(row) => {
                 ring.verify_check_value(version, &row.check_value)?;
+                let sm4 = row.algorithm.as_deref() == Some(DataCipher::Sm4Gcm.as_str());
+                ciphers.insert(
+                    version,
+                    if sm4 {
+                        DataCipher::Sm4Gcm
+                    } else {
+                        DataCipher::Aes256Gcm
+                    },
+                );
                 if row.destroyed_at.is_some() {
                     destroyed.push(version);
                 } else {
@@ -208,8 +227,10 @@ async fn reconcile(store: &Store, ring: MasterKeyRing) -> Result<MasterKeyRing, 
                         check_value: ring.check_value(version)?,
                         destroyed_at: None,
                         wrapped: None,
+                        algorithm: Some(suite.data_cipher().as_str().into()),
                     })
                     .await?;
+                ciphers.insert(version, suite.data_cipher());
                 tracing::info!(version, "new master key version recorded");
             }
         }
@@ -225,7 +246,9 @@ async fn reconcile(store: &Store, ring: MasterKeyRing) -> Result<MasterKeyRing, 
             "master key version {version} was destroyed by `keys retire`; it is not used (remove it from the key source)"
         );
     }
-    Ok(ring.retain(|v| !destroyed.contains(&v)))
+    Ok(ring
+        .retain(|v| !destroyed.contains(&v))
+        .with_ciphers(|v| ciphers.get(&v).copied().unwrap_or_default()))
 }
 
 /// How often at most a node reads its key source again because it met a version it
@@ -256,7 +279,7 @@ impl KeyWatch {
             *last = Some(Instant::now());
         }
         let ring = read_source(keys, store).await?;
-        let ring = reconcile(store, ring).await?;
+        let ring = reconcile(store, ring, keys.suite()).await?;
         let before = keys.master().versions();
         if ring.versions() != before {
             tracing::info!(versions = ?ring.versions(), "master key versions reloaded");

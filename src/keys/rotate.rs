@@ -134,6 +134,7 @@ pub async fn rotate_master(
                         check_value,
                         destroyed_at: None,
                         wrapped: Some(wrapped),
+                        algorithm: Some(keys.suite().data_cipher().as_str().into()),
                     }
                 }
                 None => {
@@ -146,6 +147,7 @@ pub async fn rotate_master(
                         check_value: ring.check_value(version).map_err(KeyError::from)?,
                         destroyed_at: None,
                         wrapped: None,
+                        algorithm: Some(keys.suite().data_cipher().as_str().into()),
                     }
                 }
             };

@@ -13,6 +13,9 @@ pub struct MasterKeyRow {
     /// when the key is held outside the database (key file, environment, passphrase)
     /// and once it is destroyed.
     pub wrapped: Option<Vec<u8>>,
+    /// The cipher it wraps with: `AES-256-GCM` (also when none was recorded) or
+    /// `SM4-GCM`.
+    pub algorithm: Option<String>,
 }
 
 /// A wrapped key as stored: a subject's data key (`name` is the subject id,
@@ -59,19 +62,22 @@ pub struct SystemKeyRow {
 
 impl Store {
     pub async fn master_keys(&self) -> Result<Vec<MasterKeyRow>, StoreError> {
-        let rows: Vec<(i64, Vec<u8>, Option<i64>, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT version, check_value, destroyed_at, wrapped FROM master_keys ORDER BY version",
+        type Row = (i64, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT version, check_value, destroyed_at, wrapped, algorithm FROM master_keys \
+             ORDER BY version",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
             .map(
-                |(version, check_value, destroyed_at, wrapped)| MasterKeyRow {
+                |(version, check_value, destroyed_at, wrapped, algorithm)| MasterKeyRow {
                     version,
                     check_value,
                     destroyed_at,
                     wrapped,
+                    algorithm,
                 },
             )
             .collect())
@@ -125,13 +131,14 @@ impl Store {
         }
         for m in masters {
             sqlx::query(
-                "INSERT INTO master_keys (version, check_value, created_at, wrapped) \
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO master_keys (version, check_value, created_at, wrapped, algorithm) \
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(m.version)
             .bind(m.check_value.as_slice())
             .bind(now)
             .bind(m.wrapped.as_deref())
+            .bind(m.algorithm.as_deref())
             .execute(&mut *tx.conn())
             .await?;
         }
@@ -167,13 +174,14 @@ impl Store {
                 let mut script = Script::new(conn);
                 script
                     .sql(
-                        "INSERT INTO master_keys (version, check_value, created_at, wrapped) \
-                         VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
+                        "INSERT INTO master_keys (version, check_value, created_at, wrapped, algorithm) \
+                         VALUES (?, ?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
                     )
                     .bind(row.version)
                     .bind(row.check_value)
                     .bind(now)
-                    .bind(row.wrapped);
+                    .bind(row.wrapped)
+                    .bind(row.algorithm);
                 note_in(&mut script, KEYS, "master", now);
                 script.run(conn).await
             })
@@ -453,6 +461,10 @@ pub struct KeyVersionRow {
     pub retired: bool,
     /// Data and system keys: the length of the wrapped key (which tells its algorithm).
     pub wrapped_len: i64,
+    /// Master keys: the cipher it wraps with, if recorded (else AES-256-GCM).
+    pub cipher: Option<String>,
+    /// Master keys: held wrapped in the store by an external key source.
+    pub external: bool,
 }
 
 impl Store {
@@ -475,21 +487,31 @@ impl Store {
                 items: 0,
                 retired: false,
                 wrapped_len: 0,
+                cipher: None,
+                external: false,
             };
         let mut out = Vec::new();
-        let masters: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT version, created_at, destroyed_at FROM master_keys ORDER BY version",
+        let masters: Vec<(i64, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT version, created_at, destroyed_at, algorithm, \
+             CAST(CASE WHEN wrapped IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM master_keys ORDER BY version",
         )
         .fetch_all(&self.pool)
         .await?;
         let wrapped = self.wrapped_counts().await?;
-        out.extend(masters.into_iter().map(|(v, at, destroyed_at)| {
-            let items = wrapped.get(&v).map_or(0, WrappedCount::total);
-            KeyVersionRow {
-                destroyed_at,
-                ..row("master".into(), v, None, at, items, 0)
-            }
-        }));
+        out.extend(
+            masters
+                .into_iter()
+                .map(|(v, at, destroyed_at, cipher, external)| {
+                    let items = wrapped.get(&v).map_or(0, WrappedCount::total);
+                    KeyVersionRow {
+                        destroyed_at,
+                        cipher,
+                        external: external != 0,
+                        ..row("master".into(), v, None, at, items, 0)
+                    }
+                }),
+        );
         let system: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT name, version, kek_version, created_at, CAST(length(wrapped) AS BIGINT) \
              FROM system_keys ORDER BY name, version",

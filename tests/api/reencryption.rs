@@ -602,6 +602,22 @@ async fn algorithms(t: &TestApp) -> (Vec<String>, Vec<String>) {
     (of("data"), of("blind_index"))
 }
 
+/// Each live master-key version with the cipher it wraps with.
+async fn master_ciphers(t: &TestApp) -> Vec<(i64, String)> {
+    inventory(t).await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "master" && k["state"] != "destroyed")
+        .map(|k| {
+            (
+                k["version"].as_i64().unwrap(),
+                k["algorithm"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 both_stores!(
     a_store_moves_from_aes_to_sm4_and_sm3_and_back_reading_throughout,
     |db| async move {
@@ -694,6 +710,27 @@ both_stores!(
         );
         check(subjects.clone()).await;
 
+        // The master key wraps with SM4-GCM too once a version is made for the suite:
+        // every data and system key wrapped again under it, the AES version retired.
+        assert_eq!(
+            master_ciphers(&t).await,
+            vec![(1, "AES-256-GCM".to_owned())]
+        );
+        let (ok, said) = t.cli(&["keys", "rotate", "--master", "--config", sm]);
+        assert!(ok, "{said}");
+        let (ok, said) = t.cli(&["keys", "retire", "--master", "1"]);
+        assert!(ok, "{said}");
+        assert_eq!(master_ciphers(&t).await, vec![(2, "SM4-GCM".to_owned())]);
+        assert!(
+            eventually(|| async { t.app.vault.keys().0.master().versions() == vec![2] }).await,
+            "the server never dropped master key version 1"
+        );
+        assert_eq!(
+            t.app.vault.keys().0.master().cipher(2),
+            piivault::crypto::DataCipher::Sm4Gcm
+        );
+        check(subjects.clone()).await;
+
         // This server still makes AES keys for what it creates: both read side by side.
         let phone = "13980000099".to_owned();
         let id = t.create(&dsr, json!({"phone": phone})).await;
@@ -714,10 +751,17 @@ both_stores!(
         );
         check(subjects.clone()).await;
 
-        // And back to AES-256-GCM.
+        // And back to AES-256-GCM, the master key too.
         let (ok, said) = t.cli(&["keys", "rotate", "--data"]);
         assert!(ok, "{said}");
         assert_eq!(algorithms(&t).await.0, vec!["AES-256-GCM".to_owned()]);
+        let (ok, said) = t.cli(&["keys", "rotate", "--master"]);
+        assert!(ok, "{said}");
+        assert_eq!(
+            master_ciphers(&t).await,
+            vec![(2, "SM4-GCM".to_owned()), (3, "AES-256-GCM".to_owned())]
+        );
+        check(subjects.clone()).await;
         check(subjects.clone()).await;
         let (ok, said) = t.cli(&["audit", "verify"]);
         assert!(ok, "{said}");

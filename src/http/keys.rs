@@ -29,7 +29,9 @@ async fn list(State(state): State<AppState>, who: Authorized) -> Result<Json<Val
 
 /// Start a rotation inside the server: `data` re-encrypts every value and record under
 /// new data keys, `master` wraps every key again under a new master-key version,
-/// `blind_index` indexes every subject again under a new blind-index key. It
+/// `blind_index` indexes every subject again under a new blind-index key,
+/// `token_hash` adds a token-hash key (issued tokens stay valid and move to it as they
+/// are used; `piivault keys retire --token-hash` removes the old one later). It
 /// runs in the background in audited batches (under this request's token and id);
 /// `GET /v1/keys` shows its progress. Interrupted by a restart, it resumes when started
 /// again.

@@ -173,8 +173,8 @@ pub struct IssueBody {
 #[derive(ToSchema)]
 pub struct RotateBody {
     /// `data` (re-encrypt under new data keys), `master` (wrap again under a new
-    /// master-key version) or `blind_index` (index every subject again under a new
-    /// blind-index key).
+    /// master-key version), `blind_index` (index every subject again under a new
+    /// blind-index key) or `token_hash` (a new token-hash key).
     pub kind: String,
     /// Subjects (`data`, default 100) or keys (`master`, default 1000) per transaction.
     pub batch: Option<u32>,

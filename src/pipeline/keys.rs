@@ -20,8 +20,9 @@ pub async fn list(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
     /// `data` (re-encrypt every value under new data keys), `master` (wrap every key
-    /// again under a new master-key version) or `blind_index` (a new blind-index key,
-    /// every subject indexed again under it).
+    /// again under a new master-key version), `blind_index` (a new blind-index key,
+    /// every subject indexed again under it) or `token_hash` (a new token-hash key;
+    /// tokens move to it as they are used).
     pub kind: String,
     /// Subjects (`data`) or keys (`master`) per transaction.
     pub batch: Option<u32>,
@@ -42,10 +43,11 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
         "data" => "data",
         "master" => "master",
         "blind_index" => "blind_index",
+        "token_hash" => "token_hash",
         _ => {
             return Err(Error::bad_request(
                 "unknown_rotation",
-                "kind must be \"data\" (re-encrypt), \"master\" (wrap again) or \"blind_index\" (index again under a new key)",
+                "kind must be \"data\" (re-encrypt), \"master\" (wrap again), \"blind_index\" (index again under a new key) or \"token_hash\" (a new token-hash key)",
             ))
         }
     };
@@ -116,6 +118,9 @@ pub async fn rotate(state: &Pipeline, who: &Authorized, body: RotateInput) -> Re
             )
             .await
             .map(line),
+            "token_hash" => crate::keys::rotate_token_hash(store, audit, keys, watch, &event)
+                .await
+                .map(|version| line(serde_json::json!({ "version": version }))),
             _ => crate::keys::rotate_master(store, audit, keys, watch, pace, &event, &quiet)
                 .await
                 .map(line),

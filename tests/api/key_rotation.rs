@@ -857,6 +857,41 @@ both_stores!(
         }
         let (ok, said) = t.cli(&["keys", "retire", "--blind-index", "1"]);
         assert!(ok, "{said}");
+
+        // And a token-hash rotation: the tokens issued before it keep working and move
+        // to version 2 as they are used; then version 1 can be retired.
+        let (s, b) = post(Some(&admin), Some("admin"), json!({"kind": "token_hash"})).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        wait_for("the token-hash rotation to finish", || async {
+            !t.app.rotation.load(Ordering::Acquire)
+                && t.app.vault.keys().0.system_versions().1 == vec![2, 1]
+        })
+        .await;
+        assert!(t.events().await.iter().any(|e| e.action == "key.rotate"
+            && e.target.as_deref() == Some("token_hash:v2")
+            && e.reason == "started"));
+        for (id, phone) in &subjects {
+            assert_eq!(
+                read_field(&t, &dsr, "dsr", id, "phone").await.1,
+                phone.as_str()
+            );
+        }
+        // The two tokens used since (dsr, admin) are under version 2 now.
+        wait_for(
+            "the tokens used to move to token-hash version 2",
+            || async {
+                let (s, b) = t
+                    .call(Method::GET, "/v1/keys", Some(&admin), Some("admin"), None)
+                    .await;
+                s == StatusCode::OK
+                    && b["keys"].as_array().unwrap().iter().any(|k| {
+                        k["kind"] == "token_hash"
+                            && k["version"] == 2
+                            && k["items"].as_i64() >= Some(2)
+                    })
+            },
+        )
+        .await;
         let (ok, said) = t.cli(&["audit", "verify"]);
         assert!(ok, "{said}");
     }

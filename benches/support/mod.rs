@@ -25,6 +25,7 @@ pub fn settings(dir: &Path) -> Settings {
         max_token_ttl: piivault::authz::DEFAULT_MAX_TTL,
         audit_key_file: dir.join("audit/signing.key"),
         suite: Default::default(),
+        key_source_hold: piivault::config::DEFAULT_KEY_SOURCE_HOLD,
         file: Default::default(),
     }
 }

@@ -491,7 +491,8 @@ impl Store {
                 external: false,
             };
         let mut out = Vec::new();
-        let masters: Vec<(i64, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+        type MasterRow = (i64, i64, Option<i64>, Option<String>, i64);
+        let masters: Vec<MasterRow> = sqlx::query_as(
             "SELECT version, created_at, destroyed_at, algorithm, \
              CAST(CASE WHEN wrapped IS NULL THEN 0 ELSE 1 END AS BIGINT) \
              FROM master_keys ORDER BY version",

@@ -880,6 +880,11 @@ both_stores!(
         wait_for(
             "the tokens used to move to token-hash version 2",
             || async {
+                let (id, phone) = &subjects[0];
+                assert_eq!(
+                    read_field(&t, &dsr, "dsr", id, "phone").await.1,
+                    phone.as_str()
+                );
                 let (s, b) = t
                     .call(Method::GET, "/v1/keys", Some(&admin), Some("admin"), None)
                     .await;

@@ -236,14 +236,14 @@ async fn choose_target(
     keys: &Keys,
 ) -> Result<(i64, bool, Option<(Vec<u8>, Vec<u8>)>), RotateError> {
     let ring = keys.master();
+    let recorded = store
+        .master_keys()
+        .await?
+        .iter()
+        .map(|k| k.version)
+        .max()
+        .unwrap_or(0);
     if let Some(ext) = keys.external() {
-        let recorded = store
-            .master_keys()
-            .await?
-            .iter()
-            .map(|k| k.version)
-            .max()
-            .unwrap_or(0);
         let version = recorded.max(ring.current_version()) + 1;
         let made = ext
             .new_version(version, false)
@@ -257,13 +257,6 @@ async fn choose_target(
         return Ok((version, false, Some(made)));
     }
     if keys.file().is_some() {
-        let recorded = store
-            .master_keys()
-            .await?
-            .iter()
-            .map(|k| k.version)
-            .max()
-            .unwrap_or(0);
         // A version in the file that the store has not recorded was added by an
         // attempt cut short before it could record it: use that one.
         let in_file = keys.read_file()?.map_or(0, |r| r.current_version());

@@ -678,3 +678,38 @@ where
     }
     false
 }
+
+/// A copy of a PostgreSQL store as it is now (`pg_dump` into a new database): its URL.
+pub async fn pg_backup(live_url: &str) -> String {
+    let (url, _) = create_pg_database().await;
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--no-owner", live_url])
+        .output()
+        .expect("pg_dump runs");
+    assert!(dump.status.success());
+    let mut restore = std::process::Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", &url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql runs");
+    use std::io::Write;
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&dump.stdout)
+        .unwrap();
+    assert!(restore.wait().unwrap().success());
+    url
+}
+
+/// A copy of the SQLite store at `live_url` as it is now (`VACUUM INTO file`).
+pub async fn sqlite_backup(live_url: &str, file: &Path) {
+    let pool = sqlx::SqlitePool::connect(live_url).await.unwrap();
+    sqlx::query(&format!("VACUUM INTO '{}'", file.display()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}

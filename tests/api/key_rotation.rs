@@ -2,7 +2,6 @@
 //! killed in the middle and run again, then the old version destroyed; and what that
 //! destruction means for a backup taken before it.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -234,35 +233,10 @@ async fn backup(t: &TestApp, into: &std::path::Path) -> String {
     match t.db {
         Db::Sqlite => {
             let file = into.join("backup.db");
-            sqlx::query(&format!("VACUUM INTO '{}'", file.display()))
-                .execute(&t.raw().await)
-                .await
-                .unwrap();
+            sqlite_backup(&t.database_url, &file).await;
             format!("sqlite://{}", file.display())
         }
-        Db::Postgres => {
-            let (url, _) = create_pg_database().await;
-            let dump = Command::new("pg_dump")
-                .args(["--no-owner", &t.database_url])
-                .output()
-                .expect("pg_dump runs");
-            assert!(dump.status.success());
-            let mut restore = Command::new("psql")
-                .args(["-q", "-v", "ON_ERROR_STOP=1", &url])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("psql runs");
-            use std::io::Write;
-            restore
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(&dump.stdout)
-                .unwrap();
-            assert!(restore.wait().unwrap().success());
-            url
-        }
+        Db::Postgres => pg_backup(&t.database_url).await,
     }
 }
 

@@ -25,6 +25,18 @@ use crate::process::{base_args, bin, child_store, issue_token_env, start_env, st
 
 const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// A command that opens the vault's keys: issuing a token.
+const ISSUE: [&str; 8] = [
+    "token",
+    "issue",
+    "--role",
+    "admin",
+    "--purpose",
+    "admin",
+    "--ttl",
+    "1h",
+];
+
 /// Whether `tool` can be used; if not, the test is skipped (failed in CI).
 fn available(tool: &str, ok: bool) -> bool {
     if !ok {
@@ -401,40 +413,11 @@ impl Vault {
         match &self.url {
             None => {
                 let live = self.dir.path().join("data").join("piivault.db");
-                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", live.display()))
-                    .await
-                    .unwrap();
                 let file = into.join("data").join("piivault.db");
-                sqlx::query(&format!("VACUUM INTO '{}'", file.display()))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
+                sqlite_backup(&format!("sqlite://{}", live.display()), &file).await;
                 None
             }
-            Some(live) => {
-                let (url, _) = create_pg_database().await;
-                let dump = Command::new("pg_dump")
-                    .args(["--no-owner", live])
-                    .output()
-                    .expect("pg_dump runs");
-                assert!(dump.status.success());
-                let mut restore = Command::new("psql")
-                    .args(["-q", "-v", "ON_ERROR_STOP=1", &url])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("psql runs");
-                use std::io::Write;
-                restore
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(&dump.stdout)
-                    .unwrap();
-                assert!(restore.wait().unwrap().success());
-                Some(url)
-            }
+            Some(live) => Some(pg_backup(live).await),
         }
     }
 }
@@ -477,17 +460,7 @@ async fn rotate_and_retire(v: &Vault, id: &str, destroyed: &str) {
     assert_eq!(v.read_phone(&created_after).await.1, "13800000002");
 
     // The backup's keys are wrapped under version 1, which nothing can unwrap now.
-    let issue = [
-        "token",
-        "issue",
-        "--role",
-        "dsr_handler",
-        "--purpose",
-        "dsr",
-        "--ttl",
-        "1h",
-    ];
-    let (ok, out) = cli_on(backup.path(), &backup_url, v, &issue);
+    let (ok, out) = cli_on(backup.path(), &backup_url, v, &ISSUE);
     assert!(!ok, "a backup from before the retirement opened: {out}");
     assert!(out.contains("master key source is unavailable"), "{out}");
     if let Some(url) = backup_url {
@@ -519,6 +492,16 @@ async fn outage(v: &Vault, id: &str, go: impl FnOnce(), back: impl FnOnce()) {
     assert_eq!(v.ready().await.0, StatusCode::OK);
 }
 
+/// A command run with `env` is refused, saying each of `says`, and without `secret`.
+fn refused(v: &Vault, env: (&str, &str), says: &[&str], secret: &str) {
+    let (ok, out) = v.cli(&ISSUE, &[env]);
+    assert!(!ok, "{out}");
+    for s in says {
+        assert!(out.contains(s), "{out}");
+    }
+    assert!(!out.contains(secret), "{out}");
+}
+
 /// Every log line and answer so far holds no PIN, token or key.
 fn assert_no_secret(v: &Vault, secrets: &[&str]) {
     for entry in std::fs::read_dir(v.dir.path()).unwrap() {
@@ -546,37 +529,15 @@ both_stores!(master_key_in_a_pkcs11_module_softhsm2, |db| async move {
     assert_eq!(v.read_phone(&id).await.1, "13800000001");
 
     // A wrong PIN: refused by the module, and the PIN is in no message.
-    let (ok, out) = v.cli(
-        &[
-            "token",
-            "issue",
-            "--role",
-            "admin",
-            "--purpose",
-            "admin",
-            "--ttl",
-            "1h",
-        ],
-        &[("PIIVAULT_PKCS11_PIN", "9876-wrong")],
+    refused(
+        &v,
+        ("PIIVAULT_PKCS11_PIN", "9876-wrong"),
+        &["logging in", "PIN is incorrect"],
+        "9876-wrong",
     );
-    assert!(!ok, "{out}");
-    assert!(
-        out.contains("logging in") && out.contains("PIN is incorrect"),
-        "{out}"
-    );
-    assert!(!out.contains("9876-wrong"), "{out}");
     // No PIN at all: said plainly.
     let out = Command::new(bin())
-        .args([
-            "token",
-            "issue",
-            "--role",
-            "admin",
-            "--purpose",
-            "admin",
-            "--ttl",
-            "1h",
-        ])
+        .args(ISSUE)
         .args(base_args(v.dir.path(), &v.url))
         .args(["--config", &v.config])
         .env("SOFTHSM2_CONF", &hsm.conf)
@@ -615,25 +576,12 @@ both_stores!(master_key_in_an_openbao_transit_key, |db| async move {
     assert_eq!(key["data"]["latest_version"], 1);
 
     // A token the service refuses: said, without the token.
-    let (ok, out) = v.cli(
-        &[
-            "token",
-            "issue",
-            "--role",
-            "admin",
-            "--purpose",
-            "admin",
-            "--ttl",
-            "1h",
-        ],
-        &[("PIIVAULT_TRANSIT_TOKEN", "s.not-a-real-token")],
+    refused(
+        &v,
+        ("PIIVAULT_TRANSIT_TOKEN", "s.not-a-real-token"),
+        &["403", "permission denied"],
+        "s.not-a-real-token",
     );
-    assert!(!ok, "{out}");
-    assert!(
-        out.contains("403") && out.contains("permission denied"),
-        "{out}"
-    );
-    assert!(!out.contains("s.not-a-real-token"), "{out}");
 
     rotate_and_retire(
         &v,
@@ -651,19 +599,7 @@ both_stores!(master_key_in_an_openbao_transit_key, |db| async move {
         || bao.pause(),
         || {
             // While it hangs, a command cannot start: it says the service did not answer.
-            let (ok, out) = v.cli(
-                &[
-                    "token",
-                    "issue",
-                    "--role",
-                    "admin",
-                    "--purpose",
-                    "admin",
-                    "--ttl",
-                    "1h",
-                ],
-                &[],
-            );
+            let (ok, out) = v.cli(&ISSUE, &[]);
             assert!(!ok && out.contains("did not answer in time"), "{out}");
             bao.resume();
         },

@@ -62,9 +62,14 @@ pub const CONSENT_REFUSALS: &str = "piivault_consent_refusals_total";
 pub const CHANGE_FEED_SEEN: &str = "piivault_change_feed_seen";
 pub const CONNECTIONS_REFUSED: &str = "piivault_connections_refused_total";
 pub const POOL_CONNECTIONS: &str = "piivault_db_pool_connections";
+pub const SUBJECTS_ABROAD: &str = "piivault_subjects_transferred_abroad_this_year";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        SUBJECTS_ABROAD,
+        "Subjects whose personal information went to a recipient abroad this year, by kind (sensitive, non_sensitive), as last counted by GET /v1/transfers/abroad or a provision abroad"
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests by route template, method and status"

@@ -26,6 +26,7 @@ pub const ACTIONS: &[&str] = &[
     "export",
     "audit",
     "admin",
+    "provide",
 ];
 
 /// Objects that are not fields or collections.
@@ -38,6 +39,7 @@ pub const SPECIAL_OBJECTS: &[&str] = &[
     "audit_trail",
     "requests",
     "legal_hold",
+    "deletion_notices",
 ];
 
 const CATEGORIES: &[Category] = &[
@@ -51,8 +53,18 @@ const CATEGORIES: &[Category] = &[
 const BUILTIN_MODEL: &str = include_str!("../../policies/model.conf");
 const BUILTIN_POLICY: &str = include_str!("../../policies/policy.csv");
 const BUILTIN_PURPOSES: &str = include_str!("../../policies/purposes.toml");
+const BUILTIN_RECIPIENTS: &str = include_str!("../../policies/recipients.toml");
+const BUILTIN_PIPIA: &str = include_str!("../../policies/pipia.toml");
 
-const FILES: [&str; 3] = ["model.conf", "policy.csv", "purposes.toml"];
+/// The policy files; the last two (the recipient registry and the PIPIA records) may be
+/// missing from a policy directory, which then registers no recipient.
+const FILES: [&str; 5] = [
+    "model.conf",
+    "policy.csv",
+    "purposes.toml",
+    "recipients.toml",
+    "pipia.toml",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -64,6 +76,9 @@ pub enum PolicyError {
     Line { line: usize, message: String },
     #[error("purposes.toml: {0}")]
     Purposes(String),
+    /// recipients.toml or pipia.toml (the message names which).
+    #[error("{0}")]
+    Recipients(String),
     #[error("policy: {0}")]
     Casbin(String),
 }
@@ -144,6 +159,7 @@ pub struct PolicySet {
     purposes: BTreeMap<String, PurposeSpec>,
     objects: BTreeMap<String, Option<String>>,
     digest: String,
+    recipients: Arc<crate::pipl::Recipients>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -195,6 +211,8 @@ struct Texts {
     model: String,
     policy: String,
     purposes: String,
+    recipients: String,
+    pipia: String,
 }
 
 fn read_texts(dir: Option<&Path>) -> Result<Texts, PolicyError> {
@@ -203,6 +221,8 @@ fn read_texts(dir: Option<&Path>) -> Result<Texts, PolicyError> {
             model: BUILTIN_MODEL.into(),
             policy: BUILTIN_POLICY.into(),
             purposes: BUILTIN_PURPOSES.into(),
+            recipients: BUILTIN_RECIPIENTS.into(),
+            pipia: BUILTIN_PIPIA.into(),
         });
     };
     let read = |name: &str| {
@@ -212,10 +232,16 @@ fn read_texts(dir: Option<&Path>) -> Result<Texts, PolicyError> {
             message: e.to_string(),
         })
     };
+    let optional = |name: &str| match std::fs::read_to_string(dir.join(name)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        _ => read(name),
+    };
     Ok(Texts {
         model: read(FILES[0])?,
         policy: read(FILES[1])?,
         purposes: read(FILES[2])?,
+        recipients: optional(FILES[3])?,
+        pipia: optional(FILES[4])?,
     })
 }
 
@@ -223,7 +249,33 @@ impl PolicySet {
     /// Loads the policy from `dir` (or the built-in copy) against the classification.
     pub async fn load(dir: Option<&Path>, catalogue: &Catalogue) -> Result<Self, PolicyError> {
         let texts = read_texts(dir)?;
-        Self::from_texts(&texts.model, &texts.policy, &texts.purposes, catalogue).await
+        let set = Self::from_texts(&texts.model, &texts.policy, &texts.purposes, catalogue).await?;
+        set.with_registry(&texts.recipients, &texts.pipia, catalogue)
+    }
+
+    /// The same policy with the recipient registry and the PIPIA records from these
+    /// texts, checked against its purposes and the classification; the digest covers
+    /// them too.
+    pub(crate) fn with_registry(
+        mut self,
+        recipients_text: &str,
+        pipia_text: &str,
+        catalogue: &Catalogue,
+    ) -> Result<Self, PolicyError> {
+        let registry =
+            crate::pipl::Recipients::parse(recipients_text, pipia_text, &self.purposes, catalogue)
+                .map_err(PolicyError::Recipients)?;
+        if !recipients_text.is_empty() || !pipia_text.is_empty() {
+            let mut hash = Sha256::new();
+            hash.update(self.digest.as_bytes());
+            for t in [recipients_text, pipia_text] {
+                hash.update((t.len() as u64).to_be_bytes());
+                hash.update(t.as_bytes());
+            }
+            self.digest = hex::encode(&hash.finalize()[..8]);
+        }
+        self.recipients = Arc::new(registry);
+        Ok(self)
     }
 
     pub(crate) async fn from_texts(
@@ -401,6 +453,7 @@ impl PolicySet {
             purposes,
             objects,
             digest: hex::encode(&hash.finalize()[..8]),
+            recipients: Arc::default(),
         })
     }
 
@@ -449,6 +502,28 @@ impl PolicySet {
 
     pub fn purposes(&self) -> &BTreeMap<String, PurposeSpec> {
         &self.purposes
+    }
+
+    /// The registered recipients and PIPIA records.
+    pub fn recipients(&self) -> &crate::pipl::Recipients {
+        &self.recipients
+    }
+
+    /// What a consent to `purpose` is: a declared purpose, or `recipient:ID`, the
+    /// subject's separate consent to provision to a registered recipient that needs it
+    /// (independent, or abroad).
+    pub fn consent_spec(&self, purpose: &str) -> Option<PurposeSpec> {
+        if let Some(spec) = self.purposes.get(purpose) {
+            return Some(spec.clone());
+        }
+        let id = purpose.strip_prefix("recipient:")?;
+        let r = self.recipients.get(id).filter(|r| r.needs_separate_consent())?;
+        Some(PurposeSpec {
+            description: format!("Provision of personal information to {}", r.name),
+            legal_basis: LegalBasis::Consent,
+            version: 1,
+            separate_consent: SeparateConsent::Always,
+        })
     }
 
     /// A short hash of the three policy files, to tell versions apart in logs.

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod health;
 mod keys;
+mod provisions;
 pub mod openapi;
 mod subjects;
 pub mod tls;
@@ -111,6 +112,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(audit::router())
         .merge(consents::router())
         .merge(dsr::router())
+        .merge(provisions::router())
         .split_for_parts()
 }
 

@@ -27,6 +27,7 @@ use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
         (name = "requests", description = "Data-subject requests, export and legal holds (PIPL Art. 44-47)"),
         (name = "tokens", description = "Bearer tokens"),
         (name = "keys", description = "The key inventory (admin)"),
+        (name = "provisions", description = "Provision to registered recipients, deletion notices, transfers abroad (PIPL Art. 21-25, 38-39, 47)"),
         (name = "audit", description = "The audit trail: verification, public key, reports"),
         (name = "operations", description = "Probes, metrics and this document (no token)"),
     )
@@ -167,6 +168,17 @@ pub struct IssueBody {
     pub purposes: Vec<String>,
     pub ttl_seconds: u64,
     pub description: Option<String>,
+}
+
+/// A provision to a registered recipient.
+#[derive(ToSchema)]
+pub struct ProvideBody {
+    /// A recipient id from `policies/recipients.toml`.
+    pub recipient: String,
+    /// Fields to provide.
+    pub fields: Option<Vec<String>>,
+    /// Record collections to provide.
+    pub collections: Option<Vec<String>>,
 }
 
 /// A rotation to start.

@@ -45,11 +45,11 @@ fn code(e: &ConsentError) -> &'static str {
 
 fn parse(who: &Authorized, raw: &str, purpose: &str) -> Result<(SubjectId, PurposeSpec), Error> {
     let id = super::subject_id(raw)?;
-    let spec = who.policy.purposes().get(purpose).cloned().ok_or_else(|| {
+    let spec = who.policy.consent_spec(purpose).ok_or_else(|| {
         Error::Invalid(ValidationError::new(
             "purpose",
             "unknown_purpose",
-            "this purpose is not declared in purposes.toml",
+            "this purpose is not declared in purposes.toml, nor recipient:ID for a registered recipient that needs separate consent",
         ))
     })?;
     Ok((id, spec))
@@ -150,7 +150,10 @@ pub async fn list(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<Va
     let id = super::subject_id(raw_id)?;
     let event = who.event("consent.read").subject(id.as_str());
     who.require(state, "consent", "read", event.clone()).await?;
-    let (current, history) = state.consents.list(&id, who.policy.purposes()).await?;
+    let (current, history) = state
+        .consents
+        .list(&id, |p| who.policy.consent_spec(p))
+        .await?;
     state.audit.record_one(event).await?;
     Ok(json!({ "id": id.as_str(), "consents": current, "history": history }))
 }

@@ -147,8 +147,9 @@ pub async fn update(
 }
 
 /// The portable bundle: every value held about the subject in clear, every record,
-/// consents with history, and the subject's own access history from the audit trail
-/// (who by role, when, what, for what purpose; no token ids or request ids).
+/// consents with history, the subject's own access history from the audit trail
+/// (who by role, when, what, for what purpose; no token ids or request ids), and the
+/// provisions of its data to recipients (who, which fields, when, for what purpose).
 #[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
 pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<Value, Error> {
     let id = super::subject_id(raw_id)?;
@@ -174,7 +175,10 @@ pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<
     for c in catalogue.collections() {
         records.insert(c.name.clone(), state.vault.records(&id, &c.name).await?);
     }
-    let (consents, consent_history) = state.consents.list(&id, who.policy.purposes()).await?;
+    let (consents, consent_history) = state
+        .consents
+        .list(&id, |p| who.policy.consent_spec(p))
+        .await?;
     // Which internal token recorded a consent is not the subject's business.
     let consent_history: Vec<Value> = consent_history
         .into_iter()
@@ -203,6 +207,28 @@ pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<
             })
         })
         .collect();
+    // Art. 45: which recipients received what, and when.
+    let registry = who.policy.recipients();
+    let provisions: Vec<Value> = state
+        .store
+        .provisions_of(id.as_str())
+        .await
+        .map_err(Error::store)?
+        .into_iter()
+        .map(|p| {
+            let r = registry.get(&p.recipient);
+            json!({
+                "time": crate::store::rfc3339(p.at),
+                "recipient": p.recipient,
+                "recipient_name": r.map(|r| r.name.as_str()),
+                "recipient_kind": r.map(|r| r.kind),
+                "region": p.region,
+                "purpose": p.purpose,
+                "fields": p.fields,
+                "collections": p.collections,
+            })
+        })
+        .collect();
     // Durable before the bundle leaves.
     state.audit.record_one(event).await?;
     let values: BTreeMap<&String, &Value> = fields.iter().map(|(k, v)| (k, &v.value)).collect();
@@ -214,6 +240,7 @@ pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<
         "records": records,
         "consents": { "current": consents, "history": consent_history },
         "access_history": history,
+        "provisions": provisions,
     });
     Ok(bundle)
 }

@@ -125,6 +125,15 @@ impl From<crate::audit::AuditError> for Error {
     }
 }
 
+impl From<crate::audit::CommitError> for Error {
+    fn from(e: crate::audit::CommitError) -> Self {
+        match e {
+            crate::audit::CommitError::Audit(a) => a.into(),
+            crate::audit::CommitError::Change(s) => Self::store(s),
+        }
+    }
+}
+
 /// The stable reason code an audit event records for a failed operation.
 pub fn reason_code(e: &VaultError) -> &'static str {
     match e {

@@ -12,6 +12,7 @@ pub mod dsr;
 mod error;
 pub mod import;
 pub mod keys;
+pub mod provisions;
 pub mod subjects;
 pub mod tokens;
 

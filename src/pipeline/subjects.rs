@@ -64,7 +64,7 @@ async fn refuse_if_held(
 
 /// The subject's consent to the request's purpose, when that purpose rests on consent.
 /// `snapshot`: the subject as already read (`None`: not read yet).
-async fn consent_gate(
+pub(super) async fn consent_gate(
     state: &Pipeline,
     who: &Authorized,
     id: &SubjectId,
@@ -100,7 +100,7 @@ fn consent_refusal(code: &str) -> &'static str {
 
 /// Records that an allowed operation failed, and passes the failure on. A trail that
 /// cannot be written is passed on as it is.
-async fn failed(state: &Pipeline, event: Event, e: VaultError) -> Error {
+pub(super) async fn failed(state: &Pipeline, event: Event, e: VaultError) -> Error {
     if let VaultError::Audit(a) = e {
         return a.into();
     }

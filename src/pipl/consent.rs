@@ -308,10 +308,11 @@ impl Consents {
     }
 
     /// The current state per purpose and the whole history.
+    /// `spec_of` says what each consent purpose is (a declared purpose, or a recipient).
     pub async fn list(
         &self,
         subject: &SubjectId,
-        purposes: &std::collections::BTreeMap<String, PurposeSpec>,
+        spec_of: impl Fn(&str) -> Option<PurposeSpec>,
     ) -> Result<(Vec<ConsentState>, Vec<ConsentEvent>), ConsentError> {
         if !self.store.subject_active(subject.as_str()).await? {
             return Err(ConsentError::NotFound);
@@ -323,7 +324,7 @@ impl Consents {
         }
         let states = latest
             .values()
-            .filter_map(|row| purposes.get(&row.purpose).map(|spec| state(row, spec)))
+            .filter_map(|row| spec_of(&row.purpose).map(|spec| state(row, &spec)))
             .collect();
         let events = history
             .iter()

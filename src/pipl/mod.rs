@@ -1,7 +1,9 @@
-//! PIPL obligations: consent, data-subject requests and their deadlines and retention.
+//! PIPL obligations: consent, data-subject requests and their deadlines, retention, and
+//! the recipients personal information may be provided to.
 
 mod calendar;
 mod consent;
+mod recipients;
 mod requests;
 mod retention;
 
@@ -11,5 +13,8 @@ pub use consent::{
 };
 pub use requests::{
     Request, RequestError, Requests, DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
+};
+pub use recipients::{
+    consent_purpose, Pipia, Recipient, RecipientKind, Recipients, TransferMechanism, MAINLAND,
 };
 pub use retention::{Retention, RetentionError, SweepItem, SweepReport};

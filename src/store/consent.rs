@@ -72,6 +72,17 @@ impl Store {
                 .bind(c.at)
                 .execute(&mut *conn)
                 .await?;
+                if c.kind == "withdraw" {
+                    // The recipients that received data under this consent are told.
+                    super::provisions::owe_notices(
+                        conn,
+                        &c.subject_id,
+                        "consent_withdrawn",
+                        Some(&c.purpose),
+                        c.at,
+                    )
+                    .await?;
+                }
                 changes::note(conn, changes::SUBJECT, &c.subject_id, c.at).await
             })
         })

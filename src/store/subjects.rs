@@ -768,6 +768,8 @@ impl Store {
                 if found.rows_affected() == 0 {
                     return Err(StoreError::NotFound);
                 }
+                // Art. 47: every recipient that received the subject's data is told.
+                super::provisions::owe_notices(conn, &id, "erasure", None, now).await?;
                 for table in [
                     "subject_keys",
                     "blind_index",

@@ -517,7 +517,10 @@ impl PolicySet {
             return Some(spec.clone());
         }
         let id = purpose.strip_prefix("recipient:")?;
-        let r = self.recipients.get(id).filter(|r| r.needs_separate_consent())?;
+        let r = self
+            .recipients
+            .get(id)
+            .filter(|r| r.needs_separate_consent())?;
         Some(PurposeSpec {
             description: format!("Provision of personal information to {}", r.name),
             legal_basis: LegalBasis::Consent,

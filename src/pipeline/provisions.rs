@@ -82,10 +82,7 @@ pub async fn provide(
         }
     }
     let target = format!("recipient:{}", body.recipient);
-    let event = who
-        .event("provide")
-        .subject(id.as_str())
-        .target(&target);
+    let event = who.event("provide").subject(id.as_str()).target(&target);
     let Some(recipient) = who.policy.recipients().get(&body.recipient).cloned() else {
         return Err(refuse(
             state,
@@ -101,7 +98,8 @@ pub async fn provide(
             state,
             event,
             "recipient_purpose_not_registered",
-            "this recipient is not registered to receive personal information for this purpose".into(),
+            "this recipient is not registered to receive personal information for this purpose"
+                .into(),
             None,
         )
         .await);
@@ -126,13 +124,8 @@ pub async fn provide(
         .await);
     }
     for name in body.fields.iter().chain(&body.collections) {
-        who.require(
-            state,
-            name,
-            "provide",
-            event.clone().field(name),
-        )
-        .await?;
+        who.require(state, name, "provide", event.clone().field(name))
+            .await?;
     }
     let snapshot = state.vault.snapshot(&id).await?;
     let Some(snapshot) = snapshot else {
@@ -178,7 +171,9 @@ pub async fn provide(
         let spec = who.policy.consent_spec(&target).ok_or_else(|| {
             Error::internal("a recipient that needs separate consent has no consent purpose")
         })?;
-        let minor = state.vault.is_minor_in(&id, &snapshot, state.vault.today())?;
+        let minor = state
+            .vault
+            .is_minor_in(&id, &snapshot, state.vault.today())?;
         let gate = state.consents.gate(&id, &target, &spec, minor).await?;
         if gate.check(true).code().is_some() {
             metrics::counter!(crate::metrics::CONSENT_REFUSALS, "code" => "recipient_consent_missing")
@@ -269,7 +264,8 @@ fn describe(r: &Recipient) -> &'static str {
 pub async fn registry(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
     let event = who.event("recipients.read");
     if !who.may("audit_trail", "audit") {
-        who.require(state, "policies", "admin", event.clone()).await?;
+        who.require(state, "policies", "admin", event.clone())
+            .await?;
     }
     state.audit.record_one(event).await?;
     serde_json::to_value(who.policy.recipients()).map_err(Error::internal)
@@ -290,17 +286,16 @@ pub struct NoticesQuery {
 
 /// Deletion notices owed to recipients (`GET /v1/deletion-notices`, needs
 /// `deletion_notices` read).
-pub async fn notices(
-    state: &Pipeline,
-    who: &Authorized,
-    q: &NoticesQuery,
-) -> Result<Value, Error> {
+pub async fn notices(state: &Pipeline, who: &Authorized, q: &NoticesQuery) -> Result<Value, Error> {
     let event = who.event("notice.read");
     who.require(state, "deletion_notices", "read", event.clone())
         .await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(Error::bad_request("invalid_limit", "limit must be 1 to 1000"));
+        return Err(Error::bad_request(
+            "invalid_limit",
+            "limit must be 1 to 1000",
+        ));
     }
     let rows = state
         .store

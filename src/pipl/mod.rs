@@ -11,10 +11,10 @@ pub use calendar::{CalendarError, WorkCalendar};
 pub use consent::{
     ConsentCheck, ConsentError, ConsentEvent, ConsentGate, ConsentState, Consents, GrantRequest,
 };
-pub use requests::{
-    Request, RequestError, Requests, DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
-};
 pub use recipients::{
     consent_purpose, Pipia, Recipient, RecipientKind, Recipients, TransferMechanism, MAINLAND,
+};
+pub use requests::{
+    Request, RequestError, Requests, DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
 };
 pub use retention::{Retention, RetentionError, SweepItem, SweepReport};

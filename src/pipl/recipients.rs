@@ -245,7 +245,12 @@ mod tests {
     }
 
     fn parse(recipients: &str, pipia: &str) -> Result<Recipients, String> {
-        Recipients::parse(recipients, pipia, &purposes(), &Catalogue::builtin().unwrap())
+        Recipients::parse(
+            recipients,
+            pipia,
+            &purposes(),
+            &Catalogue::builtin().unwrap(),
+        )
     }
 
     const PIPIA: &str = "[pipia.pia_1]\ndate = \"2026-06-30\"\nconclusion = \"risks acceptable with the DPA's controls\"\nreviewer = \"DPO Wang\"\n";
@@ -267,16 +272,31 @@ mod tests {
         assert!(parse(ok, PIPIA).is_ok());
         let cases = [
             (ok.replace("pipia = \"pia_1\"\n", ""), "needs a PIPIA"),
-            (ok.replace("pia_1\"\n", "pia_9\"\n"), "not recorded in pipia.toml"),
+            (
+                ok.replace("pia_1\"\n", "pia_9\"\n"),
+                "not recorded in pipia.toml",
+            ),
             (ok.replace("\"service\"", "\"spying\""), "not declared"),
-            (ok.replace("\"phone\"", "\"shoe_size\""), "not in classification"),
-            (ok.replace("region = \"CN\"", "region = \"mainland\""), "ISO 3166"),
+            (
+                ok.replace("\"phone\"", "\"shoe_size\""),
+                "not in classification",
+            ),
+            (
+                ok.replace("region = \"CN\"", "region = \"mainland\""),
+                "ISO 3166",
+            ),
             (
                 ok.replace("region = \"CN\"", "region = \"SG\""),
                 "transfer_mechanism",
             ),
-            (ok.replace("kind = \"entrusted\"", "kind = \"friend\""), "kind"),
-            (ok.replace("[recipients.courier]", "[recipients.Courier]"), "lower_snake_case"),
+            (
+                ok.replace("kind = \"entrusted\"", "kind = \"friend\""),
+                "kind",
+            ),
+            (
+                ok.replace("[recipients.courier]", "[recipients.Courier]"),
+                "lower_snake_case",
+            ),
         ];
         for (text, says) in cases {
             let e = parse(&text, PIPIA).unwrap_err();

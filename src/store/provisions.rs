@@ -71,7 +71,9 @@ type NoticeTuple = (
     Option<String>,
 );
 
-fn notice((id, subject_id, recipient, reason, purpose, created_at, delivered_at, delivered_by): NoticeTuple) -> NoticeRow {
+fn notice(
+    (id, subject_id, recipient, reason, purpose, created_at, delivered_at, delivered_by): NoticeTuple,
+) -> NoticeRow {
     NoticeRow {
         id,
         subject_id,
@@ -162,7 +164,19 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(seq, subject_id, recipient, purpose, fields, collections, region, sensitive, token_id, request_id, at)| {
+                |(
+                    seq,
+                    subject_id,
+                    recipient,
+                    purpose,
+                    fields,
+                    collections,
+                    region,
+                    sensitive,
+                    token_id,
+                    request_id,
+                    at,
+                )| {
                     ProvisionRow {
                         seq,
                         subject_id,

@@ -31,6 +31,7 @@ mod nodes;
 mod openapi;
 mod policy_admin;
 mod policy_matrix;
+mod provisions;
 mod reencryption;
 mod retention;
 mod subjects;

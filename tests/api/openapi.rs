@@ -41,6 +41,11 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/audit/public-key"),
     ("get", "/v1/audit/reports"),
     ("get", "/v1/audit/reports/{name}"),
+    ("post", "/v1/subjects/{id}/provisions"),
+    ("get", "/v1/recipients"),
+    ("get", "/v1/deletion-notices"),
+    ("post", "/v1/deletion-notices/{id}/delivered"),
+    ("get", "/v1/transfers/abroad"),
 ];
 
 both_stores!(the_openapi_document_matches_the_router, |db| async move {

@@ -1,0 +1,608 @@
+//! Provision to recipients (PIPL Art. 21, 23, 25, 38–39, 45, 47), as a compliance
+//! officer would check it: a provision goes only to a recipient registered for the
+//! purpose and the fields, with the subject's separate consent where the law asks for
+//! it; each is audited and shows in the subject's export; an erasure or a withdrawal
+//! leaves a deletion notice for every recipient that received the data; transfers abroad
+//! are counted per year against the thresholds.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_stores;
+use crate::helpers::*;
+
+async fn provide(
+    t: &TestApp,
+    tok: &str,
+    purpose: &str,
+    id: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    t.call(
+        Method::POST,
+        &format!("/v1/subjects/{id}/provisions"),
+        Some(tok),
+        Some(purpose),
+        Some(&body),
+    )
+    .await
+}
+
+/// The code of a refusal, with its status.
+fn refusal(answer: &(StatusCode, Value)) -> (StatusCode, &str) {
+    (answer.0, answer.1["error"]["code"].as_str().unwrap_or(""))
+}
+
+async fn notices(t: &TestApp, tok: &str, query: &str) -> Vec<Value> {
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/v1/deletion-notices{query}"),
+            Some(tok),
+            Some("service"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["notices"].as_array().unwrap().clone()
+}
+
+both_stores!(
+    a_provision_goes_only_to_a_registered_recipient_with_the_consents_it_needs,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let integration = t
+            .token("integration", &["service", "billing", "marketing"])
+            .await;
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": "李四", "phone": "13912345678", "address": "上海市浦东新区1号", "bank_card": "6222021234567890128"}),
+            )
+            .await;
+        let (s, b) = t
+            .call(
+                Method::POST,
+                &format!("/v1/subjects/{id}/records/payments"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"amount": "88.00", "currency": "CNY"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+
+        // An entrusted courier on the mainland, for the service: the values come back,
+        // one audit event per field names the recipient.
+        let answer = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name", "phone", "address"]}),
+        )
+        .await;
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+        assert_eq!(answer.1["fields"]["phone"]["value"], "13912345678");
+        assert_eq!(answer.1["recipient"], "sf_express");
+        let provided: Vec<_> = t
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.action == "provide" && e.decision == "allow")
+            .collect();
+        assert_eq!(provided.len(), 3);
+        assert!(provided
+            .iter()
+            .all(|e| e.target.as_deref() == Some("recipient:sf_express")
+                && e.subject.as_deref() == Some(id.as_str())));
+
+        // Refusals, each with its code, each audited.
+        let unknown = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "nobody", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(
+            refusal(&unknown),
+            (StatusCode::FORBIDDEN, "recipient_not_registered")
+        );
+        let purpose = provide(
+            &t,
+            &integration,
+            "billing",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(
+            refusal(&purpose),
+            (StatusCode::FORBIDDEN, "recipient_purpose_not_registered")
+        );
+        let field = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name", "bank_card"]}),
+        )
+        .await;
+        assert_eq!(
+            refusal(&field),
+            (StatusCode::FORBIDDEN, "recipient_field_not_registered")
+        );
+        assert_eq!(field.1["error"]["field"], "bank_card");
+        let cs = t.token("customer_service", &["service"]).await;
+        let policy = provide(
+            &t,
+            &cs,
+            "service",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(refusal(&policy), (StatusCode::FORBIDDEN, "policy_denied"));
+        let nothing = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "sf_express"}),
+        )
+        .await;
+        assert_eq!(
+            refusal(&nothing),
+            (StatusCode::BAD_REQUEST, "nothing_to_provide")
+        );
+        let missing = provide(
+            &t,
+            &integration,
+            "service",
+            "sub_00000000000000000000000000000000",
+            json!({"recipient": "sf_express", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(
+            refusal(&missing),
+            (StatusCode::NOT_FOUND, "subject_not_found")
+        );
+        let denied: Vec<String> = t
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.action == "provide" && e.decision == "deny")
+            .map(|e| e.reason)
+            .collect();
+        for code in [
+            "recipient_not_registered",
+            "recipient_purpose_not_registered",
+            "recipient_field_not_registered",
+            "policy_denied",
+        ] {
+            assert!(
+                denied.iter().any(|r| r == code),
+                "{code} not audited: {denied:?}"
+            );
+        }
+
+        // An independent recipient, for marketing (a consent purpose): the purpose's
+        // consent first, then the subject's separate consent to that recipient.
+        let bank = json!({"recipient": "partner_bank", "fields": ["name", "phone"]});
+        let no_consent = provide(&t, &integration, "marketing", &id, bank.clone()).await;
+        assert_eq!(
+            refusal(&no_consent),
+            (StatusCode::FORBIDDEN, "consent_missing")
+        );
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "2026-01"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let no_recipient_consent = provide(&t, &integration, "marketing", &id, bank.clone()).await;
+        assert_eq!(
+            refusal(&no_recipient_consent),
+            (StatusCode::FORBIDDEN, "recipient_consent_missing")
+        );
+        // Consent that is not separate does not count.
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "recipient:partner_bank",
+            json!({"notice_version": "2026-01"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let not_separate = provide(&t, &integration, "marketing", &id, bank.clone()).await;
+        assert_eq!(
+            refusal(&not_separate),
+            (StatusCode::FORBIDDEN, "recipient_consent_missing")
+        );
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "recipient:partner_bank",
+            json!({"notice_version": "2026-01", "separate": true}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let ok = provide(&t, &integration, "marketing", &id, bank.clone()).await;
+        assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
+        // A recipient that needs no separate consent has no consent purpose of its own.
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "recipient:sf_express",
+            json!({"notice_version": "2026-01"}),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_purpose")),
+            "{b}"
+        );
+
+        // A processor abroad (Hong Kong), for billing: sensitive data, separate consent.
+        let card = json!({"recipient": "hk_card_processor", "fields": ["name", "bank_card"], "collections": ["payments"]});
+        let abroad = provide(&t, &integration, "billing", &id, card.clone()).await;
+        assert_eq!(
+            refusal(&abroad),
+            (StatusCode::FORBIDDEN, "recipient_consent_missing")
+        );
+        assert!(abroad.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("abroad"));
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "recipient:hk_card_processor",
+            json!({"notice_version": "2026-01", "separate": true}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let abroad = provide(&t, &integration, "billing", &id, card).await;
+        assert_eq!(abroad.0, StatusCode::OK, "{}", abroad.1);
+        assert_eq!(
+            abroad.1["fields"]["bank_card"]["value"],
+            "6222021234567890128"
+        );
+        assert_eq!(
+            abroad.1["records"]["payments"][0]["document"]["amount"],
+            "88.00"
+        );
+
+        // The yearly count of subjects abroad, for the auditor.
+        let auditor = t.token("auditor", &["audit"]).await;
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/transfers/abroad",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(
+            (
+                b["subjects_sensitive"].as_i64(),
+                b["subjects_non_sensitive"].as_i64()
+            ),
+            (Some(1), Some(0)),
+            "{b}"
+        );
+        assert_eq!(b["thresholds"]["sensitive_security_assessment"], 10_000);
+        assert_eq!(b["warnings"], json!([]));
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/transfers/abroad?year=2020",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!((s, b["subjects"].as_i64()), (StatusCode::OK, Some(0)));
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/transfers/abroad",
+                Some(&integration),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // The registry, for auditors and admins only.
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/recipients",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(
+            b["recipients"]["hk_card_processor"]["transfer_mechanism"],
+            "standard_contract"
+        );
+        assert_eq!(
+            b["pipia"]["pia_2026_005"]["reviewer"],
+            "Data protection officer"
+        );
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/recipients",
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // Art. 45: the subject's export says who received what, when.
+        let (s, export) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/export"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let got: Vec<(String, String)> = export["provisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["recipient"].as_str().unwrap().to_owned(),
+                    p["purpose"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("sf_express", "service"),
+                ("partner_bank", "marketing"),
+                ("hk_card_processor", "billing")
+            ]
+            .map(|(r, p)| (r.to_owned(), p.to_owned()))
+        );
+        assert_eq!(export["provisions"][2]["region"], "HK");
+        assert_eq!(export["provisions"][2]["collections"], json!(["payments"]));
+
+        // A legal hold: storage only, no provision.
+        let (s, b) = t
+            .call(
+                Method::PUT,
+                &format!("/v1/subjects/{id}/hold"),
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"case": "CASE-1"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let held = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(refusal(&held), (StatusCode::FORBIDDEN, "legal_hold"));
+
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);
+
+both_stores!(
+    an_erasure_or_a_withdrawal_leaves_a_deletion_notice_for_each_recipient,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let integration = t.token("integration", &["service", "marketing"]).await;
+        let make = |name: &'static str, phone: &'static str| {
+            let (t, dsr) = (&t, dsr.clone());
+            async move {
+                t.create(
+                    &dsr,
+                    json!({"name": name, "phone": phone, "address": "北京市1号"}),
+                )
+                .await
+            }
+        };
+        let kept = make("留下", "13900000001").await;
+        let gone = make("删除", "13900000002").await;
+        for id in [&kept, &gone] {
+            let a = provide(
+                &t,
+                &integration,
+                "service",
+                id,
+                json!({"recipient": "sf_express", "fields": ["name", "address"]}),
+            )
+            .await;
+            assert_eq!(a.0, StatusCode::OK, "{}", a.1);
+            for purpose in ["marketing", "recipient:partner_bank"] {
+                let (s, b) = grant_consent(
+                    &t,
+                    &dsr,
+                    "dsr",
+                    id,
+                    purpose,
+                    json!({"notice_version": "1", "separate": true}),
+                )
+                .await;
+                assert_eq!(s, StatusCode::OK, "{b}");
+            }
+            let a = provide(
+                &t,
+                &integration,
+                "marketing",
+                id,
+                json!({"recipient": "partner_bank", "fields": ["phone"]}),
+            )
+            .await;
+            assert_eq!(a.0, StatusCode::OK, "{}", a.1);
+        }
+        assert!(notices(&t, &integration, "").await.is_empty());
+
+        // Withdrawing the consent to one recipient: that recipient is told, no one else.
+        let (s, b) = withdraw_consent(&t, &dsr, "dsr", &kept, "recipient:partner_bank").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let owed = notices(&t, &integration, "").await;
+        assert_eq!(owed.len(), 1, "{owed:?}");
+        assert_eq!(
+            (
+                owed[0]["subject_id"].as_str(),
+                owed[0]["recipient"].as_str(),
+                owed[0]["reason"].as_str(),
+                owed[0]["purpose"].as_str()
+            ),
+            (
+                Some(kept.as_str()),
+                Some("partner_bank"),
+                Some("consent_withdrawn"),
+                Some("recipient:partner_bank")
+            )
+        );
+
+        // An erasure: every recipient that received the subject's data.
+        let (s, b) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{gone}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let owed = notices(&t, &integration, "").await;
+        let mut erased: Vec<&str> = owed
+            .iter()
+            .filter(|n| n["subject_id"] == gone.as_str())
+            .map(|n| {
+                assert_eq!(n["reason"], "erasure");
+                n["recipient"].as_str().unwrap()
+            })
+            .collect();
+        erased.sort();
+        assert_eq!(erased, ["partner_bank", "sf_express"]);
+        // Nothing more can go to it.
+        let after = provide(
+            &t,
+            &integration,
+            "service",
+            &gone,
+            json!({"recipient": "sf_express", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(
+            refusal(&after),
+            (StatusCode::NOT_FOUND, "subject_not_found")
+        );
+
+        // The integration tells each recipient, then marks the notice delivered.
+        let first = owed[0]["id"].as_i64().unwrap();
+        let path = format!("/v1/deletion-notices/{first}/delivered");
+        let (s, b) = t
+            .call(
+                Method::POST,
+                &path,
+                Some(&integration),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = t
+            .call(
+                Method::POST,
+                &path,
+                Some(&integration),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("notice_delivered"))
+        );
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/deletion-notices/999999/delivered",
+                Some(&integration),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("notice_not_found"))
+        );
+        assert_eq!(notices(&t, &integration, "").await.len(), owed.len() - 1);
+        let all = notices(&t, &integration, "?pending=false").await;
+        assert_eq!(all.len(), owed.len());
+        let delivered = all.iter().find(|n| n["id"] == first).unwrap();
+        assert!(delivered["delivered_at"].as_i64().is_some());
+        let sf = notices(&t, &integration, "?recipient=sf_express&pending=false").await;
+        assert!(sf.iter().all(|n| n["recipient"] == "sf_express") && !sf.is_empty());
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/deletion-notices?limit=0",
+                Some(&integration),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // Who may not: the policy says so.
+        let cs = t.token("customer_service", &["service"]).await;
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/deletion-notices",
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(t
+            .events()
+            .await
+            .iter()
+            .any(|e| e.action == "notice.delivered"
+                && e.target.as_deref() == Some(format!("notice:{first}").as_str())));
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

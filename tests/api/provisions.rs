@@ -606,3 +606,56 @@ both_stores!(
         assert!(ok, "{said}");
     }
 );
+
+both_stores!(
+    a_recipient_without_its_impact_assessment_is_refused_at_policy_load,
+    |db| async move {
+        let (t, pol) = spawn_app_with_policy(db, "").await;
+        let dsr = t.dsr().await;
+        let integration = t.token("integration", &["service"]).await;
+        let id = t
+            .create(&dsr, json!({"name": "王五", "address": "广州市1号"}))
+            .await;
+        let body = json!({"recipient": "courier", "fields": ["name", "address"]});
+        // No registry in this policy directory: no recipient at all.
+        let none = provide(&t, &integration, "service", &id, body.clone()).await;
+        assert_eq!(
+            refusal(&none),
+            (StatusCode::FORBIDDEN, "recipient_not_registered")
+        );
+
+        // An entrusted processor without a PIPIA (Art. 55): the whole policy is refused,
+        // with the reason, and the last good one stays in force.
+        let entry = "[recipients.courier]\nname = \"Courier Ltd\"\nkind = \"entrusted\"\nregion = \"CN\"\npurposes = [\"service\"]\nfields = [\"name\", \"address\"]\ncontract = \"DPA-9\"\n";
+        std::fs::write(pol.path().join("recipients.toml"), entry).unwrap();
+        let reload = t.app.policy.reload().await;
+        let piivault::authz::Reload::Refused(e) = reload else {
+            panic!("a processor without a PIPIA was accepted: {reload:?}");
+        };
+        assert!(e.to_string().contains("needs a PIPIA"), "{e}");
+        let still = provide(&t, &integration, "service", &id, body.clone()).await;
+        assert_eq!(
+            refusal(&still),
+            (StatusCode::FORBIDDEN, "recipient_not_registered")
+        );
+
+        // With its assessment recorded, it loads and the provision goes through.
+        std::fs::write(
+            pol.path().join("pipia.toml"),
+            "[pipia.pia_9]\ndate = \"2026-11-02\"\nconclusion = \"delivery only\"\nreviewer = \"DPO\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            pol.path().join("recipients.toml"),
+            format!("{entry}pipia = \"pia_9\"\n"),
+        )
+        .unwrap();
+        let reload = t.app.policy.reload().await;
+        assert!(
+            matches!(reload, piivault::authz::Reload::Applied { .. }),
+            "{reload:?}"
+        );
+        let ok = provide(&t, &integration, "service", &id, body).await;
+        assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
+    }
+);

@@ -109,6 +109,10 @@ pub struct FileConfig {
     pub audit_retention_days: Option<u32>,
     /// Working days a data-subject request is due in (default 15).
     pub dsr_due_working_days: Option<u32>,
+    /// In a year `policies/holidays.toml` does not list, count weekends only (default
+    /// false: a request whose due date falls there is refused with 503
+    /// `calendar_missing` until the year is added).
+    pub dsr_calendar_fallback: Option<bool>,
     /// Sign an audit checkpoint after this many events (default 1000)…
     pub audit_checkpoint_events: Option<i64>,
     /// …or after this many seconds with new events (default 10).

@@ -222,7 +222,8 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
                 .file
                 .dsr_due_working_days
                 .unwrap_or(pipl::DEFAULT_DUE_WORKING_DAYS),
-        ),
+        )
+        .with_calendar_fallback(settings.file.dsr_calendar_fallback.unwrap_or(false)),
         reports,
         checkpoint_file,
         store,

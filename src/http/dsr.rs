@@ -31,6 +31,7 @@ type Answer = Result<Json<Value>, ApiError>;
         (status = 201, description = "The request with its id and due date", body = Object),
         (status = 400, description = "Code: `invalid_request_kind`", body = super::openapi::ErrorBody),
         (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        (status = 503, description = "Code: `calendar_missing`: the due date falls in a year policies/holidays.toml has no calendar for (add it, or set dsr_calendar_fallback)", body = super::openapi::ErrorBody),
         Refusals,
     ))]
 async fn create(

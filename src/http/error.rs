@@ -74,6 +74,9 @@ impl IntoResponse for ApiError {
                     None,
                 )
             }
+            Self::NotConfigured { code, message } => {
+                (StatusCode::SERVICE_UNAVAILABLE, code, message, None)
+            }
             Self::Sealed => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "key_unavailable",

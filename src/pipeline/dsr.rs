@@ -27,6 +27,10 @@ impl From<RequestError> for Error {
                 Error::bad_request("bad_transition", e.to_string())
             }
             RequestError::Store(s) => Error::store(s),
+            RequestError::NoCalendar(_) => Error::NotConfigured {
+                code: "calendar_missing",
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -59,9 +63,13 @@ pub async fn create(
             serde_json::to_value(r).map_err(Error::internal)
         }
         Err(e) => {
+            let code = match e {
+                RequestError::NoCalendar(_) => "calendar_missing",
+                _ => "invalid",
+            };
             state
                 .audit
-                .record_one(event.outcome(Decision::Error, "invalid"))
+                .record_one(event.outcome(Decision::Error, code))
                 .await?;
             Err(e.into())
         }

@@ -38,6 +38,12 @@ pub enum Error {
     /// The client did not send its whole request body in time.
     RequestTimeout,
     Unavailable,
+    /// The vault's configuration does not let it do this yet (503): the message says
+    /// what an operator must add.
+    NotConfigured {
+        code: &'static str,
+        message: String,
+    },
     /// A master-key version the data needs is not loaded on this node.
     KeyUnavailable,
     /// The vault is sealed: its external key source has not confirmed the master keys
@@ -210,6 +216,7 @@ impl std::fmt::Display for Error {
             Self::PayloadTooLarge => f.write_str("payload_too_large"),
             Self::RequestTimeout => f.write_str("request_timeout"),
             Self::Unavailable => f.write_str("unavailable: the store cannot be reached"),
+            Self::NotConfigured { code, message } => write!(f, "{code}: {message}"),
             Self::KeyUnavailable => {
                 f.write_str("key_unavailable: a master key version is not loaded on this node")
             }

@@ -330,7 +330,7 @@ pub async fn delivered(state: &Pipeline, who: &Authorized, id: i64) -> Result<Va
         Ok(()) => Ok(json!({ "id": id, "delivered": true })),
         Err(crate::audit::CommitError::Change(StoreError::NotFound)) => Err(Error::NotFound {
             code: "notice_not_found",
-            message: "no such deletion notice".into(),
+            message: "no such deletion notice",
         }),
         Err(crate::audit::CommitError::Change(StoreError::Conflict)) => Err(Error::Conflict {
             code: "notice_delivered",

@@ -38,6 +38,9 @@ pub enum RequestError {
     Invalid(String),
     #[error("a request that is {from} cannot become {to}")]
     BadTransition { from: String, to: String },
+    /// The due date falls in a year `holidays.toml` has no calendar for.
+    #[error("policies/holidays.toml has no calendar for {0}: add the year from the State Council's notice, or set dsr_calendar_fallback = true to count weekends only")]
+    NoCalendar(i32),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -63,6 +66,8 @@ pub struct Requests {
     store: Store,
     calendar: WorkCalendar,
     due_working_days: u32,
+    /// Count weekends only in a year the calendar does not list (else refuse).
+    fallback: bool,
 }
 
 fn today() -> String {
@@ -84,31 +89,63 @@ fn to_request(r: RequestRow) -> Request {
     }
 }
 
+/// `days` working days after `received` on `calendar`; `NoCalendar` for a year on the
+/// way that the calendar does not list, unless `fallback` (then weekends only, with a
+/// warning).
+pub fn due_on(
+    calendar: &WorkCalendar,
+    received: time::Date,
+    days: u32,
+    fallback: bool,
+) -> Result<time::Date, RequestError> {
+    let due = calendar.add_working_days(received, days);
+    for year in received.year()..=due.year() {
+        if calendar.covers(year) {
+            continue;
+        }
+        if !fallback {
+            return Err(RequestError::NoCalendar(year));
+        }
+        tracing::warn!(
+            year,
+            "holidays.toml lists no holidays for this year; the due date counts weekends only (dsr_calendar_fallback)"
+        );
+    }
+    Ok(due)
+}
+
 impl Requests {
     pub fn new(store: Store, calendar: WorkCalendar, due_working_days: u32) -> Self {
         Self {
             store,
             calendar,
             due_working_days,
+            fallback: false,
         }
     }
 
-    /// The due date for a request received at `received_ms`.
-    pub fn due_date(&self, received_ms: i64) -> String {
+    /// In a year `holidays.toml` does not list, count weekends only (`fallback`) instead
+    /// of refusing to compute a due date.
+    pub fn with_calendar_fallback(mut self, fallback: bool) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// The due date for a request received at `received_ms`. `NoCalendar` when it falls
+    /// in a year the calendar does not list (or passes through one), unless the
+    /// fallback is on.
+    pub fn due_date(&self, received_ms: i64) -> Result<String, RequestError> {
         let received =
             OffsetDateTime::from_unix_timestamp_nanos(i128::from(received_ms) * 1_000_000)
                 .map(|t| t.date())
                 .unwrap_or_else(|_| OffsetDateTime::now_utc().date());
-        let due = self
-            .calendar
-            .add_working_days(received, self.due_working_days);
-        if !self.calendar.covers(due.year()) {
-            tracing::warn!(
-                year = due.year(),
-                "holidays.toml lists no holidays for this year; the due date counts weekends only"
-            );
-        }
-        due.to_string()
+        due_on(
+            &self.calendar,
+            received,
+            self.due_working_days,
+            self.fallback,
+        )
+        .map(|d| d.to_string())
     }
 
     pub async fn create(
@@ -132,7 +169,7 @@ impl Requests {
             subject_id: subject.as_str().to_owned(),
             kind: kind.to_owned(),
             received_at: now,
-            due_date: self.due_date(now),
+            due_date: self.due_date(now)?,
             status: "open".into(),
             reason: None,
             created_by: actor.to_owned(),
@@ -205,5 +242,40 @@ impl Requests {
             });
         }
         self.get(id).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn a_due_date_in_a_year_without_a_calendar_is_refused_unless_told_to_fall_back() {
+        let calendar = WorkCalendar::parse(include_str!("../../policies/holidays.toml")).unwrap();
+        // Within 2026: the published holidays count (the National Day week off, the
+        // Saturday 10 October worked).
+        assert_eq!(
+            due_on(&calendar, date!(2026 - 09 - 30), 15, false).unwrap(),
+            date!(2026 - 10 - 27)
+        );
+        // A due date in 2027, which the calendar does not list: refused, naming the year.
+        let refused = due_on(&calendar, date!(2026 - 12 - 20), 15, false).unwrap_err();
+        assert!(
+            matches!(refused, RequestError::NoCalendar(2027)),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("dsr_calendar_fallback"));
+        // Told to fall back: weekends only.
+        assert_eq!(
+            due_on(&calendar, date!(2026 - 12 - 20), 15, true).unwrap(),
+            date!(2027 - 01 - 08)
+        );
+        // Received in an unlisted year, due in it too.
+        assert!(matches!(
+            due_on(&calendar, date!(2031 - 03 - 02), 15, false),
+            Err(RequestError::NoCalendar(2031))
+        ));
     }
 }

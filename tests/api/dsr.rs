@@ -367,3 +367,52 @@ both_stores!(
         assert!(t.app.verify_audit().await.unwrap().ok);
     }
 );
+
+both_stores!(
+    a_request_due_in_a_year_without_a_holiday_calendar_is_refused,
+    |db| async move {
+        // A holidays.toml that lists no year: whatever today is, the due date falls in a
+        // year without a calendar.
+        let pol = policies_with("");
+        std::fs::write(pol.path().join("holidays.toml"), "years = []\n").unwrap();
+        let t = spawn_app_with(
+            db,
+            Options {
+                policy_dir: Some(pol.path().to_path_buf()),
+                settings: Some(|s| s.file.dsr_calendar_fallback = None),
+                ..Default::default()
+            },
+        )
+        .await;
+        let dsr = t.dsr().await;
+        let id = t.create(&dsr, json!({"name": "年历"})).await;
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"subject": id, "kind": "export"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+        assert_eq!(b["error"]["code"], "calendar_missing");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("holidays.toml") && message.contains("dsr_calendar_fallback"),
+            "{message}"
+        );
+        let (s, b) = t
+            .call(Method::GET, "/v1/requests", Some(&dsr), Some("dsr"), None)
+            .await;
+        assert_eq!(
+            (s, b["requests"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(0))
+        );
+        assert!(t
+            .events()
+            .await
+            .iter()
+            .any(|e| e.action == "request.create" && e.reason == "calendar_missing"));
+    }
+);

@@ -133,7 +133,12 @@ pub fn settings(dir: &Path, database_url: String) -> Settings {
         audit_key_file: dir.join("audit").join("signing.key"),
         suite: Default::default(),
         key_source_hold: piivault::config::DEFAULT_KEY_SOURCE_HOLD,
-        file: Default::default(),
+        // Due dates must not depend on the day the tests run: a request made in late
+        // December would fall in a year holidays.toml does not list yet.
+        file: piivault::config::FileConfig {
+            dsr_calendar_fallback: Some(true),
+            ..Default::default()
+        },
     }
 }
 
@@ -244,6 +249,8 @@ pub struct Options {
     /// The clock tokens are issued and checked by, and the vault's today (a manual one
     /// moves only when told).
     pub clock: Option<piivault::clock::Clock>,
+    /// Adjusts the settings the vault opens with.
+    pub settings: Option<fn(&mut Settings)>,
 }
 
 impl Default for Options {
@@ -255,6 +262,7 @@ impl Default for Options {
             bad_token_limit: None,
             serve: None,
             clock: None,
+            settings: None,
         }
     }
 }
@@ -319,6 +327,9 @@ pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
     let mut settings = settings(dir.path(), database_url.clone());
     if let Some(p) = opts.policy_dir {
         settings.policy_dir = Some(p);
+    }
+    if let Some(adjust) = opts.settings {
+        adjust(&mut settings);
     }
     let mut app = piivault::open(&settings).await.expect("vault opens");
     if let Some(limit) = opts.key_usage_limit {

@@ -28,6 +28,13 @@ async fn provide(
     .await
 }
 
+/// Grants consent to `purpose` as the DSR handler, separate or not; it must succeed.
+async fn consent(t: &TestApp, dsr: &str, id: &str, purpose: &str, separate: bool) {
+    let body = json!({"notice_version": "2026-01", "separate": separate});
+    let (s, b) = grant_consent(t, dsr, "dsr", id, purpose, body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
 /// The code of a refusal, with its status.
 fn refusal(answer: &(StatusCode, Value)) -> (StatusCode, &str) {
     (answer.0, answer.1["error"]["code"].as_str().unwrap_or(""))
@@ -98,77 +105,65 @@ both_stores!(
                 && e.subject.as_deref() == Some(id.as_str())));
 
         // Refusals, each with its code, each audited.
-        let unknown = provide(
-            &t,
-            &integration,
-            "service",
-            &id,
-            json!({"recipient": "nobody", "fields": ["name"]}),
-        )
-        .await;
-        assert_eq!(
-            refusal(&unknown),
-            (StatusCode::FORBIDDEN, "recipient_not_registered")
-        );
-        let purpose = provide(
-            &t,
-            &integration,
-            "billing",
-            &id,
-            json!({"recipient": "sf_express", "fields": ["name"]}),
-        )
-        .await;
-        assert_eq!(
-            refusal(&purpose),
-            (StatusCode::FORBIDDEN, "recipient_purpose_not_registered")
-        );
-        let field = provide(
-            &t,
-            &integration,
-            "service",
-            &id,
-            json!({"recipient": "sf_express", "fields": ["name", "bank_card"]}),
-        )
-        .await;
-        assert_eq!(
-            refusal(&field),
-            (StatusCode::FORBIDDEN, "recipient_field_not_registered")
-        );
-        assert_eq!(field.1["error"]["field"], "bank_card");
         let cs = t.token("customer_service", &["service"]).await;
-        let policy = provide(
-            &t,
-            &cs,
-            "service",
-            &id,
-            json!({"recipient": "sf_express", "fields": ["name"]}),
-        )
-        .await;
-        assert_eq!(refusal(&policy), (StatusCode::FORBIDDEN, "policy_denied"));
-        let nothing = provide(
-            &t,
-            &integration,
-            "service",
-            &id,
-            json!({"recipient": "sf_express"}),
-        )
-        .await;
-        assert_eq!(
-            refusal(&nothing),
-            (StatusCode::BAD_REQUEST, "nothing_to_provide")
-        );
-        let missing = provide(
-            &t,
-            &integration,
-            "service",
-            "sub_00000000000000000000000000000000",
-            json!({"recipient": "sf_express", "fields": ["name"]}),
-        )
-        .await;
-        assert_eq!(
-            refusal(&missing),
-            (StatusCode::NOT_FOUND, "subject_not_found")
-        );
+        let nobody = "sub_00000000000000000000000000000000";
+        let cases = [
+            (
+                &integration,
+                "service",
+                id.as_str(),
+                json!({"recipient": "nobody", "fields": ["name"]}),
+                StatusCode::FORBIDDEN,
+                "recipient_not_registered",
+            ),
+            (
+                &integration,
+                "billing",
+                &id,
+                json!({"recipient": "sf_express", "fields": ["name"]}),
+                StatusCode::FORBIDDEN,
+                "recipient_purpose_not_registered",
+            ),
+            (
+                &integration,
+                "service",
+                &id,
+                json!({"recipient": "sf_express", "fields": ["name", "bank_card"]}),
+                StatusCode::FORBIDDEN,
+                "recipient_field_not_registered",
+            ),
+            (
+                &cs,
+                "service",
+                &id,
+                json!({"recipient": "sf_express", "fields": ["name"]}),
+                StatusCode::FORBIDDEN,
+                "policy_denied",
+            ),
+            (
+                &integration,
+                "service",
+                &id,
+                json!({"recipient": "sf_express"}),
+                StatusCode::BAD_REQUEST,
+                "nothing_to_provide",
+            ),
+            (
+                &integration,
+                "service",
+                nobody,
+                json!({"recipient": "sf_express", "fields": ["name"]}),
+                StatusCode::NOT_FOUND,
+                "subject_not_found",
+            ),
+        ];
+        for (tok, purpose, subject, body, status, code) in cases {
+            let answer = provide(&t, tok, purpose, subject, body).await;
+            assert_eq!(refusal(&answer), (status, code), "{}", answer.1);
+            if code == "recipient_field_not_registered" {
+                assert_eq!(answer.1["error"]["field"], "bank_card");
+            }
+        }
         let denied: Vec<String> = t
             .events()
             .await
@@ -196,47 +191,20 @@ both_stores!(
             refusal(&no_consent),
             (StatusCode::FORBIDDEN, "consent_missing")
         );
-        let (s, b) = grant_consent(
-            &t,
-            &dsr,
-            "dsr",
-            &id,
-            "marketing",
-            json!({"notice_version": "2026-01"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
+        consent(&t, &dsr, &id, "marketing", false).await;
         let no_recipient_consent = provide(&t, &integration, "marketing", &id, bank.clone()).await;
         assert_eq!(
             refusal(&no_recipient_consent),
             (StatusCode::FORBIDDEN, "recipient_consent_missing")
         );
         // Consent that is not separate does not count.
-        let (s, b) = grant_consent(
-            &t,
-            &dsr,
-            "dsr",
-            &id,
-            "recipient:partner_bank",
-            json!({"notice_version": "2026-01"}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
+        consent(&t, &dsr, &id, "recipient:partner_bank", false).await;
         let not_separate = provide(&t, &integration, "marketing", &id, bank.clone()).await;
         assert_eq!(
             refusal(&not_separate),
             (StatusCode::FORBIDDEN, "recipient_consent_missing")
         );
-        let (s, b) = grant_consent(
-            &t,
-            &dsr,
-            "dsr",
-            &id,
-            "recipient:partner_bank",
-            json!({"notice_version": "2026-01", "separate": true}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
+        consent(&t, &dsr, &id, "recipient:partner_bank", true).await;
         let ok = provide(&t, &integration, "marketing", &id, bank.clone()).await;
         assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
         // A recipient that needs no separate consent has no consent purpose of its own.
@@ -266,16 +234,7 @@ both_stores!(
             .as_str()
             .unwrap()
             .contains("abroad"));
-        let (s, b) = grant_consent(
-            &t,
-            &dsr,
-            "dsr",
-            &id,
-            "recipient:hk_card_processor",
-            json!({"notice_version": "2026-01", "separate": true}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
+        consent(&t, &dsr, &id, "recipient:hk_card_processor", true).await;
         let abroad = provide(&t, &integration, "billing", &id, card).await;
         assert_eq!(abroad.0, StatusCode::OK, "{}", abroad.1);
         assert_eq!(
@@ -449,16 +408,7 @@ both_stores!(
             .await;
             assert_eq!(a.0, StatusCode::OK, "{}", a.1);
             for purpose in ["marketing", "recipient:partner_bank"] {
-                let (s, b) = grant_consent(
-                    &t,
-                    &dsr,
-                    "dsr",
-                    id,
-                    purpose,
-                    json!({"notice_version": "1", "separate": true}),
-                )
-                .await;
-                assert_eq!(s, StatusCode::OK, "{b}");
+                consent(&t, &dsr, id, purpose, true).await;
             }
             let a = provide(
                 &t,

@@ -269,6 +269,21 @@ impl Keys {
         self.system().blind_index(field, normalised)
     }
 
+    /// The keyed digest of a field's value as stored, for the audit trail of a
+    /// correction (PIPL Art. 46): `bi<version>:<32 hex digits>` under the newest
+    /// blind-index key. Equal values give equal digests under one key version; the value
+    /// cannot be learnt from it without the key.
+    pub fn correction_digest(&self, field: &str, canonical: &str) -> String {
+        let system = self.system();
+        match system.blind.first() {
+            Some((v, key)) => format!(
+                "bi{v}:{}",
+                hex::encode(super::correction_digest(key, field, canonical))
+            ),
+            None => "-".into(),
+        }
+    }
+
     /// The blind-index digest under every live key, newest first (what a lookup
     /// searches for while the key is rotated).
     pub fn blind_indexes(&self, field: &str, normalised: &str) -> Vec<Vec<u8>> {

@@ -207,6 +207,19 @@ fn blind_index(key: &MacKey, field: &str, normalised: &str) -> Vec<u8> {
     .to_vec()
 }
 
+/// Correction digest: keyed HMAC of a field's value as stored, in a domain of its own
+/// (it never equals a blind-index entry), truncated to 128 bits.
+fn correction_digest(key: &MacKey, field: &str, canonical: &str) -> [u8; 16] {
+    let mac = key.mac(&[
+        b"piivault/correction/v1",
+        field.as_bytes(),
+        canonical.as_bytes(),
+    ]);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&mac[..16]);
+    out
+}
+
 /// Token hash: keyed HMAC-SHA256 of a bearer secret. Keyed, so that someone who can
 /// write to the database cannot mint a token without the master key.
 fn token_hash(key: &MacKey, secret: &str) -> Vec<u8> {

@@ -378,6 +378,23 @@ impl Vault {
         self.ids.next()
     }
 
+    /// Decrypts one stored field with the subject's data keys.
+    fn open_field(
+        id: &SubjectId,
+        keys: &BTreeMap<i64, DataKey>,
+        row: &crate::store::FieldRow,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, VaultError> {
+        keys.get(&row.dek_version)
+        .ok_or(CryptoError::Decrypt)
+        .and_then(|k| k.open(&Aad::field(id.as_str(), &row.field, row.dek_version), &row.sealed))
+        .map_err(|e| {
+            tracing::error!(subject = %id, field = %row.field, error = %e, "field failed to decrypt");
+            VaultError::Integrity {
+                what: format!("field {}", row.field),
+            }
+        })
+    }
+
     /// What a read needs of a subject (hold state, keys, ciphertexts), in one round
     /// trip or from the cache; `None` if it does not exist or was erased.
     pub async fn snapshot(&self, id: &SubjectId) -> Result<Option<Arc<Subject>>, VaultError> {
@@ -563,36 +580,14 @@ impl Vault {
         snapshot: &Subject,
         wanted: &[(String, View)],
     ) -> Result<BTreeMap<String, FieldOut>, VaultError> {
-        let keys = match snapshot.data_keys.get() {
-            Some(keys) => keys,
-            None => {
-                let keys = self.unwrap_keys(id, &snapshot.keys)?;
-                // Another reader may have set them first: the same keys either way.
-                let _ = snapshot.data_keys.set(keys);
-                snapshot
-                    .data_keys
-                    .get()
-                    .ok_or_else(|| VaultError::Integrity {
-                        what: "subject key".into(),
-                    })?
-            }
-        };
+        let keys = self.data_keys(id, snapshot)?;
         let mut out = BTreeMap::new();
         for (name, view) in wanted {
             let Some(row) = snapshot.fields.iter().find(|r| &r.field == name) else {
                 continue;
             };
             let spec = self.catalogue.field(name)?;
-            let plain = keys
-                .get(&row.dek_version)
-                .ok_or(CryptoError::Decrypt)
-                .and_then(|k| k.open(&Aad::field(id.as_str(), name, row.dek_version), &row.sealed))
-                .map_err(|e| {
-                    tracing::error!(subject = %id, field = %name, error = %e, "field failed to decrypt");
-                    VaultError::Integrity {
-                        what: format!("field {name}"),
-                    }
-                })?;
+            let plain = Self::open_field(id, keys, row)?;
             let canonical = std::str::from_utf8(&plain).map_err(|_| VaultError::Integrity {
                 what: format!("field {name}"),
             })?;
@@ -608,6 +603,53 @@ impl Vault {
                 },
             };
             out.insert(name.clone(), field);
+        }
+        Ok(out)
+    }
+
+    /// The subject's data keys, unwrapped once per snapshot.
+    fn data_keys<'s>(
+        &self,
+        id: &SubjectId,
+        snapshot: &'s Subject,
+    ) -> Result<&'s BTreeMap<i64, DataKey>, VaultError> {
+        if let Some(keys) = snapshot.data_keys.get() {
+            return Ok(keys);
+        }
+        let keys = self.unwrap_keys(id, &snapshot.keys)?;
+        // Another reader may have set them first: the same keys either way.
+        let _ = snapshot.data_keys.set(keys);
+        snapshot
+            .data_keys
+            .get()
+            .ok_or_else(|| VaultError::Integrity {
+                what: "subject key".into(),
+            })
+    }
+
+    /// The correction digest ([`Keys::correction_digest`]) of each of `names` as stored
+    /// now (`-` for a field the subject does not have).
+    async fn stored_digests<'n>(
+        &self,
+        id: &SubjectId,
+        names: impl Iterator<Item = &'n String>,
+    ) -> Result<BTreeMap<String, String>, VaultError> {
+        let snapshot = self.snapshot(id).await?.ok_or(VaultError::NotFound)?;
+        let keys = self.data_keys(id, &snapshot)?;
+        let mut out = BTreeMap::new();
+        for name in names {
+            let digest = match snapshot.fields.iter().find(|r| &r.field == name) {
+                Some(row) => {
+                    let plain = Self::open_field(id, keys, row)?;
+                    let canonical =
+                        std::str::from_utf8(&plain).map_err(|_| VaultError::Integrity {
+                            what: format!("field {name}"),
+                        })?;
+                    self.keys.correction_digest(name, canonical)
+                }
+                None => "-".into(),
+            };
+            out.insert(name.clone(), digest);
         }
         Ok(out)
     }
@@ -663,6 +705,29 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let values = self.parse_fields(fields, true)?;
         let n = values.iter().filter(|(_, v)| v.is_some()).count();
+        // Art. 46: each field's event carries keyed digests of its value before and
+        // after (never the values), so a correction can be shown without them.
+        let old = self
+            .stored_digests(id, values.iter().map(|(n, _)| n))
+            .await?;
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|e| {
+                let Some(name) = e.field.clone() else {
+                    return e;
+                };
+                let new = values
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .and_then(|(_, v)| v.as_ref())
+                    .map_or_else(
+                        || "-".into(),
+                        |v| self.keys.correction_digest(&name, v.canonical()),
+                    );
+                let before = old.get(&name).map_or("-", String::as_str);
+                e.target(&format!("old={before},new={new}"))
+            })
+            .collect();
         for attempt in 1..=WRITE_ATTEMPTS {
             let wk = self.write_key(id, n).await?;
             let (set, index) = self.seal_fields(id.as_str(), &wk.key, wk.version, &values)?;

@@ -479,3 +479,69 @@ both_stores!(
         assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     }
 );
+
+both_stores!(
+    a_correction_is_audited_with_keyed_digests_of_the_old_and_new_values,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t
+            .create(&dsr, json!({"name": "更正", "phone": "13911112222"}))
+            .await;
+        let correct = |fields: serde_json::Value| {
+            let (t, dsr, id) = (&t, dsr.clone(), id.clone());
+            async move {
+                let (s, b) = t
+                    .call(
+                        Method::PATCH,
+                        &format!("/v1/subjects/{id}"),
+                        Some(&dsr),
+                        Some("dsr"),
+                        Some(&json!({ "fields": fields })),
+                    )
+                    .await;
+                assert_eq!(s, StatusCode::OK, "{b}");
+                // The newest correct event per field: (old, new) digests.
+                let events = t.events().await;
+                let digests = |field: &str| {
+                    let e = events
+                        .iter()
+                        .rev()
+                        .find(|e| e.action == "correct" && e.field.as_deref() == Some(field))?;
+                    let target = e.target.clone().unwrap();
+                    let (old, new) = target.split_once(',').unwrap();
+                    Some((
+                        old.strip_prefix("old=").unwrap().to_owned(),
+                        new.strip_prefix("new=").unwrap().to_owned(),
+                    ))
+                };
+                (digests("phone"), digests("email"))
+            }
+        };
+        let (a, b) = correct(json!({"phone": "13933334444"})).await.0.unwrap();
+        let (phone, email) =
+            correct(json!({"phone": "13911112222", "email": "x@example.com"})).await;
+        let ((b2, a2), (no_email, email)) = (phone.unwrap(), email.unwrap());
+        // Each digest names its key version and is 128 bits; the old value's digest of one
+        // correction is the new value's of the one before; equal values, equal digests.
+        for d in [&a, &b, &email] {
+            assert!(d.starts_with("bi1:") && d.len() == 4 + 32, "{d}");
+        }
+        assert_ne!(a, b);
+        assert_eq!(b, b2);
+        assert_eq!(a, a2);
+        assert_eq!(no_email, "-", "a field the subject did not have");
+        // Removing a field: its new digest is "-".
+        let (email_before, removed) = correct(json!({"email": null})).await.1.unwrap();
+        assert_eq!((email_before, removed.as_str()), (email, "-"));
+        // The digests are not the values, nor their blind-index entries.
+        for e in t.events().await {
+            let target = e.target.unwrap_or_default();
+            for value in ["13911112222", "13933334444", "x@example.com"] {
+                assert!(!target.contains(value), "{target}");
+            }
+        }
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

@@ -97,6 +97,12 @@ pub struct PurposeSpec {
     /// information (Art. 29, the default) or always (e.g. transfer abroad, Art. 39).
     #[serde(default)]
     pub separate_consent: SeparateConsent,
+    /// The subject may refuse processing for this purpose outright (Art. 24 ¶2:
+    /// personalised marketing), whatever its legal basis: recorded as the consent purpose
+    /// `opt_out:NAME`, it blocks every read, lookup and provision for the purpose at once,
+    /// until lifted.
+    #[serde(default)]
+    pub refusable: bool,
 }
 
 fn first_version() -> i64 {
@@ -509,12 +515,22 @@ impl PolicySet {
         &self.recipients
     }
 
-    /// What a consent to `purpose` is: a declared purpose, or `recipient:ID`, the
-    /// subject's separate consent to provision to a registered recipient that needs it
-    /// (independent, or abroad).
+    /// What a consent to `purpose` is: a declared purpose; `opt_out:NAME`, the subject's
+    /// refusal of a refusable purpose; or `recipient:ID`, the subject's separate consent
+    /// to provision to a registered recipient that needs it (independent, or abroad).
     pub fn consent_spec(&self, purpose: &str) -> Option<PurposeSpec> {
         if let Some(spec) = self.purposes.get(purpose) {
             return Some(spec.clone());
+        }
+        if let Some(name) = purpose.strip_prefix("opt_out:") {
+            let refused = self.purposes.get(name).filter(|p| p.refusable)?;
+            return Some(PurposeSpec {
+                description: format!("The subject refuses: {}", refused.description),
+                legal_basis: LegalBasis::Consent,
+                version: 1,
+                separate_consent: SeparateConsent::Sensitive,
+                refusable: false,
+            });
         }
         let id = purpose.strip_prefix("recipient:")?;
         let r = self
@@ -526,6 +542,7 @@ impl PolicySet {
             legal_basis: LegalBasis::Consent,
             version: 1,
             separate_consent: SeparateConsent::Always,
+            refusable: false,
         })
     }
 

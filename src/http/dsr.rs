@@ -20,6 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(show, update))
         .routes(routes!(export))
+        .routes(routes!(processing))
         .routes(routes!(place_hold, lift_hold))
 }
 
@@ -145,4 +146,22 @@ async fn lift_hold(
     ApiPath(id): ApiPath<String>,
 ) -> Answer {
     Ok(Json(dsr::lift_hold(&state, &who, &id).await?))
+}
+
+/// The processing rules that apply to a subject (PIPL Art. 48): purposes and their legal
+/// basis (applying or not), consents in force, retention of its fields and collections,
+/// legal hold, recipients its data was provided to. No value.
+#[utoipa::path(get, path = "/v1/subjects/{id}/processing", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), Purpose),
+    responses(
+        (status = 200, description = "`{id, legal_hold, purposes: [{purpose, description, legal_basis, version, applies, consent}], consents, fields: [{field, category, sensitive, retention_days}], collections, provided_to: [{recipient, name, kind, region, purposes, fields, collections, last_provided}]}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn processing(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+) -> Answer {
+    Ok(Json(dsr::processing(&state, &who, &id).await?))
 }

@@ -326,3 +326,111 @@ async fn set_hold(
     }
     Ok(json!({ "id": id.as_str(), "legal_hold": case }))
 }
+
+/// The processing rules that apply to one subject (PIPL Art. 48), for a DSR handler:
+/// every declared purpose with its legal basis and whether it applies to this subject
+/// now (a consent-based one only with consent in force for its current version), the
+/// consents in force, how long each of its fields and collections is kept, whether it is
+/// under a legal hold, and to which recipients its data was provided. No value.
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+pub async fn processing(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    let event = who.event("processing.read").subject(id.as_str());
+    who.require(state, "subject", "export", event.clone())
+        .await?;
+    let Some(snapshot) = state.vault.snapshot(&id).await? else {
+        return Err(Error::subject_not_found());
+    };
+    let policy = &who.policy;
+    let (consents, _) = state.consents.list(&id, |p| policy.consent_spec(p)).await?;
+    let in_force = |purpose: &str| {
+        consents.iter().find(|c| {
+            c.purpose == purpose && c.active && c.purpose_version == c.current_purpose_version
+        })
+    };
+    let purposes: Vec<Value> = policy
+        .purposes()
+        .iter()
+        .map(|(name, spec)| {
+            let consent = in_force(name);
+            json!({
+                "purpose": name,
+                "description": spec.description,
+                "legal_basis": spec.legal_basis,
+                "version": spec.version,
+                "applies": !spec.requires_consent() || consent.is_some(),
+                "consent": consent,
+            })
+        })
+        .collect();
+    let catalogue = state.vault.catalogue();
+    let fields: Vec<Value> = snapshot
+        .fields
+        .iter()
+        .filter_map(|row| catalogue.field(&row.field).ok())
+        .map(|f| {
+            json!({
+                "field": f.name,
+                "category": f.category.as_str(),
+                "sensitive": f.sensitive,
+                "retention_days": f.retention.days,
+            })
+        })
+        .collect();
+    let collections: Vec<Value> = catalogue
+        .collections()
+        .map(|c| {
+            json!({
+                "collection": c.name,
+                "category": c.category.as_str(),
+                "sensitive": c.sensitive,
+                "retention_days": c.retention.days,
+            })
+        })
+        .collect();
+    let registry = policy.recipients();
+    let mut provided: BTreeMap<String, Value> = BTreeMap::new();
+    for p in state
+        .store
+        .provisions_of(id.as_str())
+        .await
+        .map_err(Error::store)?
+    {
+        let r = registry.get(&p.recipient);
+        let entry = provided.entry(p.recipient.clone()).or_insert_with(|| {
+            json!({
+                "recipient": p.recipient,
+                "name": r.map(|r| r.name.as_str()),
+                "kind": r.map(|r| r.kind),
+                "region": p.region,
+                "purposes": [],
+                "fields": [],
+                "collections": [],
+            })
+        });
+        for (key, items) in [
+            ("purposes", std::slice::from_ref(&p.purpose)),
+            ("fields", p.fields.as_slice()),
+            ("collections", p.collections.as_slice()),
+        ] {
+            if let Some(list) = entry[key].as_array_mut() {
+                for item in items {
+                    if !list.iter().any(|v| v == item) {
+                        list.push(json!(item));
+                    }
+                }
+            }
+        }
+        entry["last_provided"] = json!(crate::store::rfc3339(p.at));
+    }
+    state.audit.record_one(event).await?;
+    Ok(json!({
+        "id": id.as_str(),
+        "legal_hold": snapshot.legal_hold.is_some(),
+        "purposes": purposes,
+        "consents": consents,
+        "fields": fields,
+        "collections": collections,
+        "provided_to": provided.into_values().collect::<Vec<_>>(),
+    }))
+}

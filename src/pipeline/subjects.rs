@@ -71,7 +71,7 @@ pub(super) async fn consent_gate(
     snapshot: Option<Option<&crate::vault::Subject>>,
 ) -> Result<Option<ConsentGate>, Error> {
     match who.policy.purposes().get(&who.purpose) {
-        Some(spec) if spec.requires_consent() => {
+        Some(spec) if spec.requires_consent() || spec.refusable => {
             let today = state.vault.today();
             let minor = match snapshot {
                 Some(Some(s)) => state.vault.is_minor_in(id, s, today)?,
@@ -94,6 +94,7 @@ fn consent_refusal(code: &str) -> &'static str {
         "guardian_consent_missing" => {
             "the subject is a minor: this read needs a parent's or guardian's consent"
         }
+        "opted_out" => "the subject refused processing for this purpose (PIPL Art. 24)",
         _ => "this purpose needs the subject's consent, and there is none in force",
     }
 }
@@ -432,12 +433,13 @@ pub async fn lookup(
         .filter(|(_, held)| see_held || !held)
         .map(|(sid, _)| sid)
         .collect();
-    // For a consent-based purpose, only subjects whose consent covers the field are found.
+    // For a consent-based purpose, only subjects whose consent covers the field are found;
+    // for a refusable one, none who refused it.
     if who
         .policy
         .purposes()
         .get(&who.purpose)
-        .is_some_and(|p| p.requires_consent())
+        .is_some_and(|p| p.requires_consent() || p.refusable)
     {
         let sensitive = state
             .vault

@@ -82,6 +82,8 @@ pub enum ConsentCheck {
     SeparateMissing,
     /// A minor's data without a parent's or guardian's consent (Art. 31).
     GuardianMissing,
+    /// The subject refused processing for this purpose (Art. 24 ¶2).
+    OptedOut,
 }
 
 impl ConsentCheck {
@@ -93,6 +95,7 @@ impl ConsentCheck {
             Self::Outdated => Some("consent_outdated"),
             Self::SeparateMissing => Some("separate_consent_missing"),
             Self::GuardianMissing => Some("guardian_consent_missing"),
+            Self::OptedOut => Some("opted_out"),
         }
     }
 }
@@ -287,7 +290,8 @@ impl Consents {
         self.append(row, event).await
     }
 
-    /// The consent in force for one subject and purpose, to check reads against.
+    /// The consent in force for one subject and purpose, and whether the subject
+    /// refused the purpose (a refusable one), to check reads against.
     pub async fn gate(
         &self,
         subject: &SubjectId,
@@ -300,10 +304,16 @@ impl Consents {
         } else {
             None
         };
+        let opted_out = spec.refusable
+            && self
+                .current(subject.as_str(), &format!("opt_out:{purpose}"))
+                .await?
+                .is_some_and(|c| c.kind == "grant");
         Ok(ConsentGate {
             spec: spec.clone(),
             current,
             minor,
+            opted_out,
         })
     }
 
@@ -350,11 +360,16 @@ pub struct ConsentGate {
     spec: PurposeSpec,
     current: Option<ConsentRow>,
     minor: bool,
+    /// The subject refused the purpose outright (`opt_out:NAME` in force).
+    opted_out: bool,
 }
 
 impl ConsentGate {
     /// Whether reading a field (sensitive or not) is covered.
     pub fn check(&self, sensitive: bool) -> ConsentCheck {
+        if self.opted_out {
+            return ConsentCheck::OptedOut;
+        }
         if !self.spec.requires_consent() {
             return ConsentCheck::Covered;
         }

@@ -596,3 +596,134 @@ both_stores!(
         assert_eq!(b["records"].as_array().map(Vec::len), Some(1));
     }
 );
+
+both_stores!(
+    a_subject_who_refuses_personalised_marketing_is_out_of_it_at_once,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let mkt = t.token("marketing", &["marketing"]).await;
+        let integration = t.token("integration", &["marketing"]).await;
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": "拒绝", "phone": "13977778888", "tier": "gold"}),
+            )
+            .await;
+        for purpose in ["marketing", "recipient:partner_bank"] {
+            let body = json!({"notice_version": "2026-01", "separate": true});
+            let (s, b) = grant_consent(&t, &dsr, "dsr", &id, purpose, body).await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
+        let read = || async {
+            t.call(
+                Method::GET,
+                &format!("/v1/subjects/{id}?fields=tier"),
+                Some(&mkt),
+                Some("marketing"),
+                None,
+            )
+            .await
+        };
+        let lookup = || async {
+            let body = json!({"field": "phone", "value": "13977778888"});
+            let (s, b) = t
+                .call(
+                    Method::POST,
+                    "/v1/subjects/lookup",
+                    Some(&mkt),
+                    Some("marketing"),
+                    Some(&body),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            b["ids"].clone()
+        };
+        let provide = || async {
+            let body = json!({"recipient": "partner_bank", "fields": ["phone"]});
+            t.call(
+                Method::POST,
+                &format!("/v1/subjects/{id}/provisions"),
+                Some(&integration),
+                Some("marketing"),
+                Some(&body),
+            )
+            .await
+        };
+        assert_eq!(read().await.0, StatusCode::OK);
+        assert_eq!(lookup().await, json!([id]));
+        assert_eq!(provide().await.0, StatusCode::OK);
+
+        // The subject refuses personalised marketing: every read, lookup and provision for
+        // it stops at once, with its own code.
+        let opt_out = json!({"notice_version": "2026-01", "channel": "app"});
+        let (s, b) = grant_consent(&t, &dsr, "dsr", &id, "opt_out:marketing", opt_out).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = read().await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("opted_out")),
+            "{b}"
+        );
+        assert_eq!(lookup().await, json!([]));
+        let (s, b) = provide().await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("opted_out")),
+            "{b}"
+        );
+
+        // Distinct from a withdrawal: the marketing consent is still in force, and both are
+        // in the history.
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/consents"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let active = |purpose: &str| {
+            b["consents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["purpose"] == purpose && c["active"] == true)
+        };
+        assert!(active("marketing") && active("opt_out:marketing"), "{b}");
+        assert!(b["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["purpose"] == "opt_out:marketing" && h["kind"] == "grant"));
+
+        // Lifted: marketing reads go through again.
+        let (s, b) = withdraw_consent(&t, &dsr, "dsr", &id, "opt_out:marketing").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(read().await.0, StatusCode::OK);
+        assert_eq!(lookup().await, json!([id]));
+
+        // Only a purpose declared refusable can be refused this way.
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "opt_out:service",
+            json!({"notice_version": "1"}),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_purpose")),
+            "{b}"
+        );
+        assert!(t
+            .events()
+            .await
+            .iter()
+            .any(|e| e.action == "read" && e.reason == "opted_out"));
+    }
+);

@@ -46,6 +46,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/deletion-notices"),
     ("post", "/v1/deletion-notices/{id}/delivered"),
     ("get", "/v1/transfers/abroad"),
+    ("get", "/v1/subjects/{id}/processing"),
 ];
 
 both_stores!(the_openapi_document_matches_the_router, |db| async move {

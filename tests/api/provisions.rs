@@ -609,3 +609,121 @@ both_stores!(
         assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
     }
 );
+
+both_stores!(
+    a_dsr_handler_sees_the_processing_rules_that_apply_to_a_subject,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let integration = t.token("integration", &["service"]).await;
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": "规则", "phone": "13955556666", "address": "杭州市1号"}),
+            )
+            .await;
+        consent(&t, &dsr, &id, "marketing", false).await;
+        let a = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name"]}),
+        )
+        .await;
+        assert_eq!(a.0, StatusCode::OK, "{}", a.1);
+        let a = provide(
+            &t,
+            &integration,
+            "service",
+            &id,
+            json!({"recipient": "sf_express", "fields": ["name", "address"]}),
+        )
+        .await;
+        assert_eq!(a.0, StatusCode::OK, "{}", a.1);
+
+        let path = format!("/v1/subjects/{id}/processing");
+        let (s, b) = t
+            .call(Method::GET, &path, Some(&dsr), Some("dsr"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let purpose = |name: &str| {
+            b["purposes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["purpose"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(
+            (
+                purpose("service")["legal_basis"].as_str(),
+                purpose("service")["applies"].as_bool()
+            ),
+            (Some("contract"), Some(true))
+        );
+        assert_eq!(
+            (
+                purpose("marketing")["applies"].as_bool(),
+                purpose("marketing")["consent"]["notice_version"].as_str()
+            ),
+            (Some(true), Some("2026-01"))
+        );
+        assert_eq!(
+            (
+                purpose("analytics")["applies"].as_bool(),
+                &purpose("analytics")["consent"]
+            ),
+            (Some(false), &Value::Null)
+        );
+        let fields: Vec<&str> = b["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields.len(), 3, "{fields:?}");
+        assert!(b["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["retention_days"].as_u64() > Some(0)));
+        assert_eq!(b["provided_to"].as_array().unwrap().len(), 1);
+        let sf = &b["provided_to"][0];
+        assert_eq!(
+            (
+                sf["recipient"].as_str(),
+                sf["kind"].as_str(),
+                sf["region"].as_str()
+            ),
+            (Some("sf_express"), Some("entrusted"), Some("CN"))
+        );
+        assert_eq!(sf["fields"], json!(["name", "address"]));
+        assert_eq!(sf["purposes"], json!(["service"]));
+        assert_eq!(b["legal_hold"], false);
+        // No value in it.
+        assert!(!b.to_string().contains("13955556666") && !b.to_string().contains("杭州"));
+        // For the DSR handler, not for a role without export.
+        let cs = t.token("customer_service", &["service"]).await;
+        let (s, _) = t
+            .call(Method::GET, &path, Some(&cs), Some("service"), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/subjects/sub_00000000000000000000000000000000/processing",
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert!(t
+            .events()
+            .await
+            .iter()
+            .any(|e| e.action == "processing.read" && e.subject.as_deref() == Some(id.as_str())));
+    }
+);

@@ -51,10 +51,14 @@ pub fn classification(data: &[u8]) {
     let _ = Catalogue::parse(&text(data));
 }
 
-/// Policy files: model, policy and purposes, separated by 0xFF bytes.
+/// Policy files: model, policy, purposes, recipients and PIPIA records, separated by
+/// 0xFF bytes. The recipient registry is checked against the shipped policy when the
+/// fuzzed one does not load.
 pub fn policy(data: &[u8]) {
-    let mut parts = data.splitn(3, |b| *b == 0xFF).map(text);
-    let (model, policy, purposes) = (
+    let mut parts = data.splitn(5, |b| *b == 0xFF).map(text);
+    let (model, policy, purposes, recipients, pipia) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
@@ -65,12 +69,19 @@ pub fn policy(data: &[u8]) {
             .build()
             .expect("runtime")
     });
-    let _ = rt.block_on(crate::authz::PolicySet::from_texts(
+    let set = match rt.block_on(crate::authz::PolicySet::from_texts(
         &model,
         &policy,
         &purposes,
         catalogue(),
-    ));
+    )) {
+        Ok(set) => set,
+        Err(_) => match rt.block_on(crate::authz::PolicySet::load(None, catalogue())) {
+            Ok(set) => set,
+            Err(_) => return,
+        },
+    };
+    let _ = set.with_registry(&recipients, &pipia, catalogue());
 }
 
 /// Master-key text (a key file or `PIIVAULT_MASTER_KEY`).

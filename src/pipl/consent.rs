@@ -424,6 +424,7 @@ mod tests {
             legal_basis: LegalBasis::Consent,
             version,
             separate_consent: separate,
+            refusable: false,
         }
     }
 
@@ -480,12 +481,21 @@ mod tests {
             spec: contract,
             current: None,
             minor: true,
+            opted_out: false,
         };
         assert_eq!(gate.check(true), ConsentCheck::Covered);
+        // A refusal outranks any legal basis and any consent.
+        let refused = ConsentGate {
+            opted_out: true,
+            ..gate.clone()
+        };
+        assert_eq!(refused.check(false), ConsentCheck::OptedOut);
+        assert_eq!(ConsentCheck::OptedOut.code(), Some("opted_out"));
         let minor = ConsentGate {
             spec: spec(2, SeparateConsent::Sensitive),
             current: Some(row("grant", 2, true)),
             minor: true,
+            opted_out: false,
         };
         assert_eq!(minor.check(false), ConsentCheck::GuardianMissing);
         let mut with_guardian = minor.clone();

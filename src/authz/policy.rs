@@ -103,6 +103,10 @@ pub struct PurposeSpec {
     /// until lifted.
     #[serde(default)]
     pub refusable: bool,
+    /// Decisions for this purpose are made by automated evaluation of the subject (Art.
+    /// 24: segmentation, scoring): the subject may ask for an explanation.
+    #[serde(default)]
+    pub automated_decision: bool,
 }
 
 fn first_version() -> i64 {
@@ -475,6 +479,22 @@ impl PolicySet {
             .is_some_and(|bits| bits & (1 << bit) != 0)
     }
 
+    /// The fields and collections any role may use for `purpose` (read, read masked or
+    /// provide), by name.
+    pub fn objects_used_for(&self, purpose: &str) -> BTreeSet<String> {
+        let mask = ["read", "read_masked", "provide"]
+            .iter()
+            .filter_map(|a| ACTIONS.iter().position(|x| x == a))
+            .fold(0u8, |m, bit| m | (1 << bit));
+        self.allowed
+            .values()
+            .filter_map(|p| p.get(purpose))
+            .flat_map(|objects| objects.iter())
+            .filter(|(_, bits)| **bits & mask != 0)
+            .map(|(object, _)| object.clone())
+            .collect()
+    }
+
     /// Asks casbin directly, bypassing the decision table (for benchmarks and checks).
     pub fn enforce(&self, role: &str, object: &str, action: &str, purpose: &str) -> bool {
         self.enforcer
@@ -530,6 +550,7 @@ impl PolicySet {
                 version: 1,
                 separate_consent: SeparateConsent::Sensitive,
                 refusable: false,
+                automated_decision: false,
             });
         }
         let id = purpose.strip_prefix("recipient:")?;
@@ -543,6 +564,7 @@ impl PolicySet {
             version: 1,
             separate_consent: SeparateConsent::Always,
             refusable: false,
+            automated_decision: false,
         })
     }
 

@@ -94,6 +94,8 @@ struct RawField {
     #[serde(default)]
     sensitive: bool,
     #[serde(default)]
+    derived: bool,
+    #[serde(default)]
     searchable: bool,
     mask: Mask,
     retention: String,
@@ -123,6 +125,9 @@ pub struct FieldSpec {
     pub sensitive: bool,
     /// Has a blind index, so `lookup` can find subjects by it.
     pub searchable: bool,
+    /// Made by automated evaluation of the subject (a tier, a churn-risk tag), not given
+    /// by them (PIPL Art. 24): the export and explanations say so.
+    pub derived: bool,
     pub mask: Mask,
     pub retention: Retention,
     pub description: String,
@@ -199,6 +204,7 @@ impl Catalogue {
                 category: f.category,
                 sensitive: f.sensitive,
                 searchable: f.searchable,
+                derived: f.derived,
                 mask: f.mask,
                 description: f.description,
             };

@@ -13,7 +13,9 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Authorized};
 use super::openapi::{HoldBody, Purpose, Refusals, RequestBody, UpdateBody};
 use super::AppState;
-use crate::pipeline::dsr::{self, CreateRequest, HoldRequest, ListQuery, UpdateRequest};
+use crate::pipeline::dsr::{
+    self, CreateRequest, ExplainQuery, HoldRequest, ListQuery, UpdateRequest,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -21,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update))
         .routes(routes!(export))
         .routes(routes!(processing))
+        .routes(routes!(explanation))
         .routes(routes!(place_hold, lift_hold))
 }
 
@@ -164,4 +167,29 @@ async fn processing(
     ApiPath(id): ApiPath<String>,
 ) -> Answer {
     Ok(Json(dsr::processing(&state, &who, &id).await?))
+}
+
+/// An explanation for the subject (PIPL Art. 24): what a purpose is for, its legal basis,
+/// whether it decides by automated evaluation, whether it applies to the subject now,
+/// and which of the subject's fields (marked derived or given) and which collections it
+/// uses. No value.
+#[utoipa::path(get, path = "/v1/subjects/{id}/explanation", tag = "requests",
+    params(
+        ("id" = String, Path, description = "Subject id"),
+        ("purpose" = String, Query, description = "A declared purpose"),
+        Purpose,
+    ),
+    responses(
+        (status = 200, description = "`{id, purpose, description, legal_basis, automated_decision, applies, why_not, fields_used: [{field, description, category, sensitive, derived}], collections_used}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        (status = 422, description = "Code: `unknown_purpose`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn explanation(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ExplainQuery>,
+) -> Answer {
+    Ok(Json(dsr::explanation(&state, &who, &id, &q).await?))
 }

@@ -249,6 +249,11 @@ pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<
         "consents": { "current": consents, "history": consent_history },
         "access_history": history,
         "provisions": provisions,
+        // Art. 24: which of these values were made by automated evaluation, not given.
+        "derived_fields": values
+            .keys()
+            .filter(|name| catalogue.field(name).is_ok_and(|f| f.derived))
+            .collect::<Vec<_>>(),
     });
     Ok(bundle)
 }
@@ -432,5 +437,80 @@ pub async fn processing(state: &Pipeline, who: &Authorized, raw_id: &str) -> Res
         "fields": fields,
         "collections": collections,
         "provided_to": provided.into_values().collect::<Vec<_>>(),
+    }))
+}
+
+/// Which purpose an explanation is asked for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    pub purpose: String,
+}
+
+/// An explanation for the subject (PIPL Art. 24, 48), answered from the declared purpose
+/// and the fields the policy lets it use: its description and legal basis, whether it
+/// decides by automated evaluation, whether it applies to the subject now (consent,
+/// refusal), and which of the subject's fields and which collections it uses, each
+/// marked derived or given. No value.
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+pub async fn explanation(
+    state: &Pipeline,
+    who: &Authorized,
+    raw_id: &str,
+    q: &ExplainQuery,
+) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    let event = who
+        .event("explanation.read")
+        .subject(id.as_str())
+        .target(&q.purpose);
+    who.require(state, "subject", "export", event.clone())
+        .await?;
+    let policy = &who.policy;
+    let spec = policy.purposes().get(&q.purpose).cloned().ok_or_else(|| {
+        Error::Invalid(ValidationError::new(
+            "purpose",
+            "unknown_purpose",
+            "this purpose is not declared in purposes.toml",
+        ))
+    })?;
+    let Some(snapshot) = state.vault.snapshot(&id).await? else {
+        return Err(Error::subject_not_found());
+    };
+    let gate = state.consents.gate(&id, &q.purpose, &spec, false).await?;
+    let check = gate.check(false);
+    let used = policy.objects_used_for(&q.purpose);
+    let catalogue = state.vault.catalogue();
+    let fields: Vec<Value> = snapshot
+        .fields
+        .iter()
+        .filter(|row| used.contains(&row.field))
+        .filter_map(|row| catalogue.field(&row.field).ok())
+        .map(|f| {
+            json!({
+                "field": f.name,
+                "description": f.description,
+                "category": f.category.as_str(),
+                "sensitive": f.sensitive,
+                "derived": f.derived,
+            })
+        })
+        .collect();
+    let collections: Vec<&str> = catalogue
+        .collections()
+        .filter(|c| used.contains(&c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    state.audit.record_one(event).await?;
+    Ok(json!({
+        "id": id.as_str(),
+        "purpose": q.purpose,
+        "description": spec.description,
+        "legal_basis": spec.legal_basis,
+        "automated_decision": spec.automated_decision,
+        "applies": check.code().is_none(),
+        "why_not": check.code(),
+        "fields_used": fields,
+        "collections_used": collections,
     }))
 }

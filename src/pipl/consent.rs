@@ -425,6 +425,7 @@ mod tests {
             version,
             separate_consent: separate,
             refusable: false,
+            automated_decision: false,
         }
     }
 

@@ -416,3 +416,94 @@ both_stores!(
             .any(|e| e.action == "request.create" && e.reason == "calendar_missing"));
     }
 );
+
+both_stores!(
+    a_subject_gets_an_explanation_of_an_automated_purpose_and_its_export_marks_derived_fields,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": "解释", "phone": "13966667777", "address": "成都市1号", "tier": "gold", "tags": ["churn_risk"]}),
+            )
+            .await;
+        let explain = |purpose: &'static str| {
+            let (t, dsr, id) = (&t, dsr.clone(), id.clone());
+            async move {
+                let path = format!("/v1/subjects/{id}/explanation?purpose={purpose}");
+                t.call(Method::GET, &path, Some(&dsr), Some("dsr"), None)
+                    .await
+            }
+        };
+        let (s, b) = explain("marketing").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["automated_decision"], true);
+        assert_eq!(b["legal_basis"], "consent");
+        assert_eq!(
+            (b["applies"].as_bool(), b["why_not"].as_str()),
+            (Some(false), Some("consent_missing"))
+        );
+        let used: Vec<(String, bool)> = b["fields_used"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["field"].as_str().unwrap().to_owned(),
+                    f["derived"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        // What marketing may use of this subject (the address is not among it); the tier
+        // and the tags were derived, the name and phone given.
+        let want = [
+            ("name", false),
+            ("phone", false),
+            ("tags", true),
+            ("tier", true),
+        ]
+        .map(|(f, d)| (f.to_owned(), d));
+        assert_eq!(used, want);
+        assert!(!b.to_string().contains("13966667777") && !b.to_string().contains("gold"));
+        let (s, b) = grant_consent(
+            &t,
+            &dsr,
+            "dsr",
+            &id,
+            "marketing",
+            json!({"notice_version": "1"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(explain("marketing").await.1["applies"], true);
+        let (s, b) = explain("service").await;
+        assert_eq!(
+            (s, b["automated_decision"].as_bool(), b["applies"].as_bool()),
+            (StatusCode::OK, Some(false), Some(true))
+        );
+        let (s, b) = explain("astrology").await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_purpose"))
+        );
+
+        // The export marks the values made by automated evaluation.
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}/export"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b["derived_fields"], json!(["tags", "tier"]));
+        assert!(t
+            .events()
+            .await
+            .iter()
+            .any(|e| e.action == "explanation.read" && e.target.as_deref() == Some("marketing")));
+    }
+);

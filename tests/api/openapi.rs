@@ -47,6 +47,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/v1/deletion-notices/{id}/delivered"),
     ("get", "/v1/transfers/abroad"),
     ("get", "/v1/subjects/{id}/processing"),
+    ("get", "/v1/subjects/{id}/explanation"),
 ];
 
 both_stores!(the_openapi_document_matches_the_router, |db| async move {

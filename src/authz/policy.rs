@@ -107,6 +107,10 @@ pub struct PurposeSpec {
     /// 24: segmentation, scoring): the subject may ask for an explanation.
     #[serde(default)]
     pub automated_decision: bool,
+    /// The impact assessment (in `pipia.toml`) behind this purpose: required when it
+    /// decides by automated evaluation or uses sensitive personal information (Art. 55).
+    #[serde(default)]
+    pub pipia: Option<String>,
 }
 
 fn first_version() -> i64 {
@@ -275,6 +279,32 @@ impl PolicySet {
         let registry =
             crate::pipl::Recipients::parse(recipients_text, pipia_text, &self.purposes, catalogue)
                 .map_err(PolicyError::Recipients)?;
+        // Art. 55: a purpose that uses sensitive personal information or decides by
+        // automated evaluation needs an impact assessment first.
+        for (name, spec) in &self.purposes {
+            let sensitive = self.objects_used_for(name).iter().any(|o| {
+                catalogue.field(o).is_ok_and(|f| f.sensitive)
+                    || catalogue.collection(o).is_some_and(|c| c.sensitive)
+            });
+            match &spec.pipia {
+                Some(p) if !registry.pipia.contains_key(p) => {
+                    return Err(PolicyError::Purposes(format!(
+                        "purpose {name:?} names PIPIA {p:?}, which is not recorded in pipia.toml"
+                    )))
+                }
+                None if sensitive || spec.automated_decision => {
+                    let why = if spec.automated_decision {
+                        "decides by automated evaluation"
+                    } else {
+                        "is granted sensitive personal information in policy.csv"
+                    };
+                    return Err(PolicyError::Purposes(format!(
+                        "purpose {name:?} {why}, so it needs a PIPIA (PIPL Art. 55): record one in pipia.toml and name it with pipia = \"...\""
+                    )));
+                }
+                _ => {}
+            }
+        }
         if !recipients_text.is_empty() || !pipia_text.is_empty() {
             let mut hash = Sha256::new();
             hash.update(self.digest.as_bytes());
@@ -551,6 +581,7 @@ impl PolicySet {
                 separate_consent: SeparateConsent::Sensitive,
                 refusable: false,
                 automated_decision: false,
+                pipia: None,
             });
         }
         let id = purpose.strip_prefix("recipient:")?;
@@ -565,6 +596,7 @@ impl PolicySet {
             separate_consent: SeparateConsent::Always,
             refusable: false,
             automated_decision: false,
+            pipia: None,
         })
     }
 

@@ -426,6 +426,7 @@ mod tests {
             separate_consent: separate,
             refusable: false,
             automated_decision: false,
+            pipia: None,
         }
     }
 

@@ -101,17 +101,25 @@ pub fn policy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
-/// A copy of the shipped policy directory with `extra` lines added to policy.csv.
-pub fn policies_with(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+/// Copies the shipped policy files into `to`.
+pub fn copy_policies(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
     for f in [
         "classification.toml",
         "model.conf",
         "policy.csv",
         "purposes.toml",
+        "recipients.toml",
+        "pipia.toml",
     ] {
-        std::fs::copy(policy_dir().join(f), dir.path().join(f)).unwrap();
+        std::fs::copy(policy_dir().join(f), to.join(f)).unwrap();
     }
+}
+
+/// A copy of the shipped policy directory with `extra` lines added to policy.csv.
+pub fn policies_with(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_policies(dir.path());
     let csv = dir.path().join("policy.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     std::fs::write(&csv, format!("{text}\n{extra}\n")).unwrap();

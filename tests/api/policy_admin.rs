@@ -138,18 +138,6 @@ both_stores!(
     }
 );
 
-fn copy_policies(to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in [
-        "classification.toml",
-        "model.conf",
-        "policy.csv",
-        "purposes.toml",
-    ] {
-        std::fs::copy(policy_dir().join(f), to.join(f)).unwrap();
-    }
-}
-
 /// A vault reading its policy from a copy the test may edit: the copy, the vault, a
 /// billing token, the path of a subject's phone (which billing may not read as shipped)
 /// and the subject's id.

@@ -567,13 +567,32 @@ both_stores!(
             .create(&dsr, json!({"name": "王五", "address": "广州市1号"}))
             .await;
         let body = json!({"recipient": "courier", "fields": ["name", "address"]});
-        // No registry in this policy directory: no recipient at all.
+        // The courier is not registered.
         let none = provide(&t, &integration, "service", &id, body.clone()).await;
         assert_eq!(
             refusal(&none),
             (StatusCode::FORBIDDEN, "recipient_not_registered")
         );
 
+        // A purpose granted sensitive personal information without a PIPIA (Art. 55):
+        // the whole policy is refused, with the reason.
+        let purposes = pol.path().join("purposes.toml");
+        let declared = std::fs::read_to_string(&purposes).unwrap();
+        std::fs::write(
+            &purposes,
+            declared.replace("pipia = \"pia_2026_002\"\n", ""),
+        )
+        .unwrap();
+        let reload = t.app.policy.reload().await;
+        let piivault::authz::Reload::Refused(e) = reload else {
+            panic!("billing reads bank cards without a PIPIA: {reload:?}");
+        };
+        assert!(
+            e.to_string()
+                .contains("\"billing\" is granted sensitive personal information"),
+            "{e}"
+        );
+        std::fs::write(&purposes, declared).unwrap();
         // An entrusted processor without a PIPIA (Art. 55): the whole policy is refused,
         // with the reason, and the last good one stays in force.
         let entry = "[recipients.courier]\nname = \"Courier Ltd\"\nkind = \"entrusted\"\nregion = \"CN\"\npurposes = [\"service\"]\nfields = [\"name\", \"address\"]\ncontract = \"DPA-9\"\n";
@@ -583,6 +602,7 @@ both_stores!(
             panic!("a processor without a PIPIA was accepted: {reload:?}");
         };
         assert!(e.to_string().contains("needs a PIPIA"), "{e}");
+
         let still = provide(&t, &integration, "service", &id, body.clone()).await;
         assert_eq!(
             refusal(&still),
@@ -590,9 +610,11 @@ both_stores!(
         );
 
         // With its assessment recorded, it loads and the provision goes through.
+        let pipia = pol.path().join("pipia.toml");
+        let shipped = std::fs::read_to_string(&pipia).unwrap();
         std::fs::write(
-            pol.path().join("pipia.toml"),
-            "[pipia.pia_9]\ndate = \"2026-11-02\"\nconclusion = \"delivery only\"\nreviewer = \"DPO\"\n",
+            &pipia,
+            format!("{shipped}\n[pipia.pia_9]\ndate = \"2026-11-02\"\nconclusion = \"delivery only\"\nreviewer = \"DPO\"\n"),
         )
         .unwrap();
         std::fs::write(

@@ -52,13 +52,17 @@ pub enum Command {
     /// Inspect the access policy.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The record of processing activities (PIPL Art. 54-56), from the policy files: each
+    /// purpose with its legal basis, the categories and fields it uses and how long they
+    /// are kept, the recipients they may go to (and whether abroad), and its PIPIA.
+    Inventory(policy::InventoryArgs),
 }
 
 /// Runs a parsed command line; the exit code says whether it worked.
 pub async fn run(cli: Cli) -> ExitCode {
     let opening = match cli.command {
         Command::Serve(_) => Opening::MayInitialise,
-        Command::Policy(_) => Opening::NoStore,
+        Command::Policy(_) | Command::Inventory(_) => Opening::NoStore,
         _ => Opening::Existing,
     };
     let settings = match Settings::resolve(&cli.global, opening) {
@@ -78,6 +82,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Retention(cmd) => retention::run(&settings, cmd).await,
         Command::Import(args) => import::run(&settings, args).await,
         Command::Keys(cmd) => keys::run(&settings, cmd).await,
+        Command::Inventory(args) => policy::inventory(&settings, args).await,
     };
     match result {
         Ok(code) => code,

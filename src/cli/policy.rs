@@ -12,10 +12,11 @@ pub enum PolicyCommand {
         /// The token role.
         #[arg(long)]
         role: String,
-        /// A field or collection, or one of: subject, consent, tokens, keys, policies, audit_trail.
+        /// A field or collection, or one of: subject, consent, requests, legal_hold, tokens,
+        /// keys, policies, audit_trail, deletion_notices.
         #[arg(long)]
         field: String,
-        /// read, read_masked, write, delete, export, audit or admin.
+        /// read, read_masked, write, delete, export, audit, admin or provide.
         #[arg(long)]
         action: String,
         /// The purpose named in X-Purpose.
@@ -66,4 +67,25 @@ pub async fn run(settings: &Settings, cmd: PolicyCommand) -> anyhow::Result<Exit
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InventoryArgs {
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `piivault inventory`: the record of processing activities from the policy files (no
+/// store, no master key).
+pub async fn inventory(settings: &Settings, args: InventoryArgs) -> anyhow::Result<ExitCode> {
+    let catalogue = Arc::new(crate::load_catalogue(settings)?);
+    let policy = Policy::load(settings.policy_dir.clone(), catalogue.clone()).await?;
+    let record = crate::pipl::processing_record(&policy.current(), &catalogue);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print!("{}", record.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }

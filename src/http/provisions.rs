@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(notices))
         .routes(routes!(delivered))
         .routes(routes!(abroad))
+        .routes(routes!(inventory))
 }
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -115,6 +116,16 @@ async fn abroad(
     ApiQuery(q): ApiQuery<YearQuery>,
 ) -> Answer {
     Ok(Json(provisions::abroad(&state, &who, q.year).await?))
+}
+
+/// The record of processing activities (PIPL Art. 54-56) for the policy in force: each
+/// purpose with its legal basis, the categories, fields and collections it uses and
+/// their retention, the recipients (and regions abroad) they may go to, and its PIPIA.
+/// The same as `piivault inventory --json`.
+#[utoipa::path(get, path = "/v1/inventory", tag = "provisions", params(Purpose),
+    responses((status = 200, description = "`{policy, purposes: [{purpose, description, legal_basis, automated_decision, refusable, pipia, categories: [{category, sensitive, items: [{name, kind, sensitive, derived, retention_days}]}], recipients, abroad}]}`", body = Object), Refusals))]
+async fn inventory(State(state): State<AppState>, who: Authorized) -> Answer {
+    Ok(Json(provisions::inventory(&state, &who).await?))
 }
 
 #[derive(Debug, serde::Deserialize)]

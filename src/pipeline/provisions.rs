@@ -259,15 +259,20 @@ fn describe(r: &Recipient) -> &'static str {
     }
 }
 
-/// The registered recipients and PIPIA records (`GET /v1/recipients`): for auditors
-/// (`audit_trail` audit) and admins (`policies` admin).
-pub async fn registry(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
-    let event = who.event("recipients.read");
+/// Lets auditors (`audit_trail` audit) and admins (`policies` admin) through, recording
+/// `event` (a refusal, or the access).
+async fn for_auditors(state: &Pipeline, who: &Authorized, event: Event) -> Result<(), Error> {
     if !who.may("audit_trail", "audit") {
         who.require(state, "policies", "admin", event.clone())
             .await?;
     }
-    state.audit.record_one(event).await?;
+    Ok(state.audit.record_one(event).await?)
+}
+
+/// The registered recipients and PIPIA records (`GET /v1/recipients`): for auditors
+/// and admins.
+pub async fn registry(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
+    for_auditors(state, who, who.event("recipients.read")).await?;
     serde_json::to_value(who.policy.recipients()).map_err(Error::internal)
 }
 
@@ -407,4 +412,15 @@ pub async fn abroad(state: &Pipeline, who: &Authorized, year: Option<i32>) -> Re
         },
         "warnings": warnings,
     }))
+}
+
+/// The record of processing activities (`GET /v1/inventory`): for auditors
+/// (`audit_trail` audit) and admins (`policies` admin).
+pub async fn inventory(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
+    for_auditors(state, who, who.event("inventory.read")).await?;
+    serde_json::to_value(crate::pipl::processing_record(
+        &who.policy,
+        state.vault.catalogue(),
+    ))
+    .map_err(Error::internal)
 }

@@ -3,6 +3,7 @@
 
 mod calendar;
 mod consent;
+mod inventory;
 mod recipients;
 mod requests;
 mod retention;
@@ -11,6 +12,7 @@ pub use calendar::{CalendarError, WorkCalendar};
 pub use consent::{
     ConsentCheck, ConsentError, ConsentEvent, ConsentGate, ConsentState, Consents, GrantRequest,
 };
+pub use inventory::{processing_record, ProcessingRecord};
 pub use recipients::{
     consent_purpose, Pipia, Recipient, RecipientKind, Recipients, TransferMechanism, MAINLAND,
 };

@@ -48,6 +48,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/transfers/abroad"),
     ("get", "/v1/subjects/{id}/processing"),
     ("get", "/v1/subjects/{id}/explanation"),
+    ("get", "/v1/inventory"),
 ];
 
 both_stores!(the_openapi_document_matches_the_router, |db| async move {

@@ -749,3 +749,95 @@ both_stores!(
             .any(|e| e.action == "processing.read" && e.subject.as_deref() == Some(id.as_str())));
     }
 );
+
+both_stores!(
+    the_record_of_processing_comes_from_the_policy_for_auditors_and_the_cli,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let auditor = t.token("auditor", &["audit"]).await;
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/inventory",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let purpose = |name: &str| {
+            b["purposes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["purpose"] == name)
+                .cloned()
+                .unwrap()
+        };
+        let billing = purpose("billing");
+        assert_eq!(billing["legal_basis"], "contract");
+        assert_eq!(billing["pipia"]["id"], "pia_2026_002");
+        assert_eq!(billing["abroad"], json!(["HK"]));
+        let payment = billing["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["category"] == "payment")
+            .unwrap();
+        assert_eq!(payment["sensitive"], true);
+        assert!(payment["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "bank_card" && i["retention_days"].as_u64() > Some(0)));
+        assert_eq!(billing["recipients"][0]["id"], "hk_card_processor");
+        assert_eq!(
+            billing["recipients"][0]["transfer_mechanism"],
+            "standard_contract"
+        );
+        let marketing = purpose("marketing");
+        assert_eq!(
+            (
+                marketing["automated_decision"].as_bool(),
+                marketing["refusable"].as_bool()
+            ),
+            (Some(true), Some(true))
+        );
+        assert_eq!(purpose("admin")["categories"], json!([]));
+        // The CLI answers the same record from the same files.
+        let out = t
+            .cli_command(&[
+                "inventory",
+                "--json",
+                "--policy-dir",
+                policy_dir().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(cli, b);
+        let out = t
+            .cli_command(&["inventory", "--policy-dir", policy_dir().to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("PIPIA: pia_2026_002")
+                && text.contains("abroad under standard_contract SC-FILING-2026-0088"),
+            "{text}"
+        );
+        // Not for a role without the audit trail or the policies.
+        let cs = t.token("customer_service", &["service"]).await;
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/inventory",
+                Some(&cs),
+                Some("service"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+);

@@ -24,6 +24,7 @@ const BUILTIN: &[&str] = &[
     include_str!("../../audit/token_lifecycle.toml"),
     include_str!("../../audit/incident.toml"),
     include_str!("../../audit/retention_sweeps.toml"),
+    include_str!("../../audit/provisions.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]

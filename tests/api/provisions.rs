@@ -374,6 +374,35 @@ both_stores!(
         .await;
         assert_eq!(refusal(&held), (StatusCode::FORBIDDEN, "legal_hold"));
 
+        // The auditor's report: provisions by recipient, purpose and field.
+        let (s, b) = t
+            .call(
+                Method::GET,
+                "/v1/audit/reports/provisions?from=2000-01-01&to=2999-12-31",
+                Some(&auditor),
+                Some("audit"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let rows = b["rows"].as_array().unwrap();
+        let row = |target: &str, field: &str, decision: &str| {
+            rows.iter()
+                .find(|r| r["target"] == target && r["field"] == field && r["decision"] == decision)
+        };
+        let bank_card = row("recipient:hk_card_processor", "bank_card", "allow").unwrap();
+        assert_eq!(
+            (bank_card["events"].as_i64(), bank_card["subjects"].as_i64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            row("recipient:sf_express", "phone", "allow").unwrap()["purpose"],
+            "service"
+        );
+        assert!(rows
+            .iter()
+            .any(|r| r["decision"] == "deny" && r["reason"] == "recipient_consent_missing"));
+
         let (ok, said) = t.cli(&["audit", "verify"]);
         assert!(ok, "{said}");
     }

@@ -2,11 +2,13 @@
 //! group commits, anchored by signed checkpoints, verified by walking the chain.
 
 mod event;
+mod pack;
 mod reports;
 mod trail;
 mod verify;
 
 pub use event::{chain_hash, Decision, Event};
+pub use pack::{compliance_pack, verify_pack, PackFile};
 pub use reports::{parse_bound, ReportDef, ReportError, ReportResult, Reports};
 pub use trail::{Audit, AuditConfig, AuditError, CommitError};
 pub use verify::{

@@ -25,6 +25,8 @@ const BUILTIN: &[&str] = &[
     include_str!("../../audit/incident.toml"),
     include_str!("../../audit/retention_sweeps.toml"),
     include_str!("../../audit/provisions.toml"),
+    include_str!("../../audit/accesses_by_purpose.toml"),
+    include_str!("../../audit/requests_timeliness.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]

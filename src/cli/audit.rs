@@ -73,6 +73,30 @@ pub enum AuditCommand {
     },
     /// List the declared audit reports and their parameters.
     Reports,
+    /// The compliance audit pack for a period (PIPL Art. 54): every report that takes no
+    /// parameter as CSV and JSON, the subjects transferred abroad, and a manifest of their
+    /// SHA-256 signed with the audit key. The same period gives the same bytes.
+    Pack {
+        /// Start of the period: YYYY-MM-DD (UTC) or RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End of the period: YYYY-MM-DD (inclusive day, UTC) or RFC 3339 (exclusive).
+        #[arg(long)]
+        to: String,
+        /// The directory to write (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check a compliance audit pack: the manifest's signature by a trusted audit key and
+    /// every file's hash. Exit status 0 when intact, 1 when not.
+    VerifyPack {
+        /// The pack's directory.
+        dir: PathBuf,
+        /// An audit public key file; repeat for several. Default: every *.pub file beside
+        /// the audit signing key.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +166,20 @@ pub async fn run(settings: &Settings, cmd: AuditCommand) -> anyhow::Result<ExitC
             archive,
             retention_days,
         } => prune(settings, &before, &archive, retention_days).await,
+        AuditCommand::Pack { from, to, out } => pack(settings, &from, &to, &out).await,
+        AuditCommand::VerifyPack { dir, public_keys } => {
+            let keys = public_keys_from(settings, public_keys)?;
+            match crate::audit::verify_pack(&dir, &keys) {
+                Ok(key_id) => {
+                    println!("the pack is intact, signed by audit key {key_id}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(why) => {
+                    println!("the pack is NOT intact: {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         AuditCommand::Reports => {
             let catalogue = crate::load_catalogue(settings)?;
             let reports = Reports::load(settings.reports_dir.as_deref(), &catalogue)?;
@@ -204,17 +242,7 @@ async fn verify(
     json: bool,
     archive: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let paths = if public_keys.is_empty() {
-        default_public_keys(settings)
-    } else {
-        public_keys
-    };
-    let mut keys = Vec::new();
-    for path in &paths {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        keys.push(AuditPublicKey::parse(&text).with_context(|| format!("{}", path.display()))?);
-    }
+    let keys = public_keys_from(settings, public_keys)?;
     if keys.is_empty() {
         eprintln!(
             "warning: no audit public key given; checkpoints cannot be checked, only the chain"
@@ -344,6 +372,63 @@ async fn prune(
     eprintln!(
         "archived and removed {removed} events up to event {seq} (archive: {})",
         archive.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The audit public keys in `paths`, or beside the signing key when none is given.
+fn public_keys_from(
+    settings: &Settings,
+    paths: Vec<PathBuf>,
+) -> anyhow::Result<Vec<AuditPublicKey>> {
+    let paths = if paths.is_empty() {
+        default_public_keys(settings)
+    } else {
+        paths
+    };
+    let mut keys = Vec::new();
+    for path in &paths {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        keys.push(AuditPublicKey::parse(&text).with_context(|| format!("{}", path.display()))?);
+    }
+    Ok(keys)
+}
+
+/// `piivault audit pack`: writes the pack into a new directory.
+async fn pack(
+    settings: &Settings,
+    from: &str,
+    to: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let (from, to) = (parse_bound(from, false)?, parse_bound(to, true)?);
+    if !settings.audit_key_file.exists() {
+        anyhow::bail!(
+            "no audit signing key at {}: run this where the vault's key is",
+            settings.audit_key_file.display()
+        );
+    }
+    let key = crate::crypto::AuditKey::load_or_create(&settings.audit_key_file)
+        .context("loading the audit signing key")?;
+    let catalogue = crate::load_catalogue(settings)?;
+    let reports = Reports::load(settings.reports_dir.as_deref(), &catalogue)?;
+    let store = Store::connect(&settings.database_url, 2)
+        .await
+        .context("opening the store")?;
+    let files = crate::audit::compliance_pack(&store, &reports, &key, from, to).await;
+    store.close().await;
+    let files = files?;
+    std::fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
+    for f in &files {
+        std::fs::write(out.join(&f.name), &f.bytes)
+            .with_context(|| format!("writing {}", out.join(&f.name).display()))?;
+    }
+    println!(
+        "wrote {} files to {}, signed by audit key {}",
+        files.len(),
+        out.display(),
+        key.public().key_id()
     );
     Ok(ExitCode::SUCCESS)
 }

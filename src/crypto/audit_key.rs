@@ -30,6 +30,13 @@ fn checkpoint_message(seq: i64, ts: i64, hash: &[u8]) -> Vec<u8> {
     m
 }
 
+/// What an audit-pack signature covers: the pack's manifest, under a domain of its own.
+fn pack_message(manifest: &[u8]) -> Vec<u8> {
+    let mut m = b"piivault/audit-pack/v1".to_vec();
+    m.extend_from_slice(manifest);
+    m
+}
+
 /// The private half; never printed, never stored in the database.
 pub struct AuditKey {
     key: SigningKey,
@@ -140,6 +147,12 @@ impl AuditKey {
         Ok((old.public, kept, new))
     }
 
+    /// Signs a compliance audit pack's manifest (Ed25519 is deterministic: the same
+    /// manifest gives the same signature).
+    pub fn sign_pack(&self, manifest: &[u8]) -> Vec<u8> {
+        self.key.sign(&pack_message(manifest)).to_bytes().to_vec()
+    }
+
     pub fn sign_checkpoint(&self, seq: i64, ts: i64, hash: &[u8]) -> Vec<u8> {
         self.key
             .sign(&checkpoint_message(seq, ts, hash))
@@ -187,6 +200,13 @@ impl AuditPublicKey {
 
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    pub fn verify_pack(&self, manifest: &[u8], signature: &[u8]) -> bool {
+        let Ok(sig) = Signature::from_slice(signature) else {
+            return false;
+        };
+        self.key.verify(&pack_message(manifest), &sig).is_ok()
     }
 
     pub fn verify_checkpoint(&self, seq: i64, ts: i64, hash: &[u8], signature: &[u8]) -> bool {

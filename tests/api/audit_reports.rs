@@ -408,3 +408,137 @@ both_stores!(
         }
     }
 );
+
+both_stores!(
+    the_compliance_audit_pack_is_signed_reproducible_and_shows_tampering,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t
+            .create(
+                &dsr,
+                json!({"name": "审计包", "id_number": "11010519491231002X"}),
+            )
+            .await;
+        let (s, _) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{id}"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, b) = t
+            .call(
+                Method::POST,
+                "/v1/requests",
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"subject": id, "kind": "export"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pack = |name: &str| {
+            let out = dir.path().join(name);
+            let (ok, said) = t.cli(&[
+                "audit",
+                "pack",
+                "--from",
+                "2000-01-01",
+                "--to",
+                "2999-12-31",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(ok, "{said}");
+            out
+        };
+        let first = pack("first");
+        let second = pack("second");
+        // The same period, the same bytes, file by file.
+        let mut names: Vec<String> = std::fs::read_dir(&first)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        for name in &names {
+            assert_eq!(
+                std::fs::read(first.join(name)).unwrap(),
+                std::fs::read(second.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+        for want in [
+            "accesses_by_purpose.csv",
+            "sensitive_reads_by_purpose.json",
+            "consent_changes.csv",
+            "requests_timeliness.csv",
+            "retention_sweeps.json",
+            "provisions.csv",
+            "transfers_abroad.json",
+            "manifest.json",
+            "manifest.sig",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+        let sensitive =
+            std::fs::read_to_string(first.join("sensitive_reads_by_purpose.csv")).unwrap();
+        assert!(
+            sensitive.contains("dsr,dsr_handler,id_number,read,1,1"),
+            "{sensitive}"
+        );
+        let requests = std::fs::read_to_string(first.join("requests_timeliness.csv")).unwrap();
+        assert!(
+            requests.contains(&id) && requests.contains(",export,"),
+            "{requests}"
+        );
+        // No value in it.
+        for name in &names {
+            let text = std::fs::read_to_string(first.join(name)).unwrap();
+            assert!(
+                !text.contains("11010519491231002X") && !text.contains("审计包"),
+                "{name}"
+            );
+        }
+
+        let verify = |d: &std::path::Path| t.cli(&["audit", "verify-pack", d.to_str().unwrap()]);
+        let (ok, said) = verify(&first);
+        assert!(ok && said.contains("intact"), "{said}");
+        // A report altered after signing: found.
+        let csv = first.join("accesses_by_purpose.csv");
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(text.contains("dsr_handler"), "{text}");
+        std::fs::write(&csv, text.replacen("dsr_handler", "auditor", 1)).unwrap();
+        let (ok, said) = verify(&first);
+        assert!(
+            !ok && said.contains("accesses_by_purpose.csv does not match"),
+            "{said}"
+        );
+        // A manifest rewritten to match: its signature no longer verifies.
+        let manifest = second.join("manifest.json");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(text.contains("\"from\": \"2000-01-01T00:00:00"), "{text}");
+        std::fs::write(&manifest, text.replacen("2000-01-01", "2001-01-01", 1)).unwrap();
+        let (ok, said) = verify(&second);
+        assert!(!ok && said.contains("signature does not verify"), "{said}");
+        // A pack is never written over an existing directory.
+        let (ok, said) = t.cli(&[
+            "audit",
+            "pack",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2999-12-31",
+            "--out",
+            first.to_str().unwrap(),
+        ]);
+        assert!(!ok && said.contains("creating"), "{said}");
+    }
+);

@@ -14,7 +14,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Authorized};
 use super::openapi::{HoldBody, Purpose, Refusals, RequestBody, UpdateBody};
 use super::AppState;
 use crate::pipeline::dsr::{
-    self, CreateRequest, ExplainQuery, HoldRequest, ListQuery, UpdateRequest,
+    self, CreateRequest, DeceasedRequest, ExplainQuery, HoldRequest, InstructionsRequest,
+    ListQuery, UpdateRequest,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -24,6 +25,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(export))
         .routes(routes!(processing))
         .routes(routes!(explanation))
+        .routes(routes!(deceased))
+        .routes(routes!(instructions))
         .routes(routes!(place_hold, lift_hold))
 }
 
@@ -35,6 +38,7 @@ type Answer = Result<Json<Value>, ApiError>;
         (status = 201, description = "The request with its id and due date", body = Object),
         (status = 400, description = "Code: `invalid_request_kind`", body = super::openapi::ErrorBody),
         (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        (status = 403, description = "Codes: `subject_not_deceased`, `relatives_refused_by_subject` (a close relative's request, Art. 49)", body = super::openapi::ErrorBody),
         (status = 503, description = "Code: `calendar_missing`: the due date falls in a year policies/holidays.toml has no calendar for (add it, or set dsr_calendar_fallback)", body = super::openapi::ErrorBody),
         Refusals,
     ))]
@@ -192,4 +196,47 @@ async fn explanation(
     ApiQuery(q): ApiQuery<ExplainQuery>,
 ) -> Answer {
     Ok(Json(dsr::explanation(&state, &who, &id, &q).await?))
+}
+
+/// Record that a subject has died (PIPL Art. 49), with the reference of the evidence:
+/// from then on a close relative may make requests for it (access, copy, correction,
+/// deletion), unless the subject refused that while alive.
+#[utoipa::path(put, path = "/v1/subjects/{id}/deceased", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), Purpose),
+    request_body = super::openapi::DeceasedBody,
+    responses(
+        (status = 200, description = "`{id, deceased: true}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        (status = 409, description = "Code: `subject_deceased` (recorded already)", body = super::openapi::ErrorBody),
+        (status = 422, description = "Code: `invalid_reference`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn deceased(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<DeceasedRequest>,
+) -> Answer {
+    Ok(Json(dsr::mark_deceased(&state, &who, &id, &body).await?))
+}
+
+/// Record the subject's own instruction, while alive, on whether close relatives may
+/// exercise its rights after its death (PIPL Art. 49).
+#[utoipa::path(put, path = "/v1/subjects/{id}/instructions", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), Purpose),
+    request_body = super::openapi::InstructionsBody,
+    responses(
+        (status = 200, description = "`{id, relatives}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found`", body = super::openapi::ErrorBody),
+        (status = 409, description = "Code: `subject_deceased` (too late to instruct)", body = super::openapi::ErrorBody),
+        (status = 422, description = "Code: `invalid`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn instructions(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<InstructionsRequest>,
+) -> Answer {
+    Ok(Json(dsr::set_instructions(&state, &who, &id, &body).await?))
 }

@@ -170,6 +170,20 @@ pub struct IssueBody {
     pub description: Option<String>,
 }
 
+/// A subject recorded as deceased.
+#[derive(ToSchema)]
+pub struct DeceasedBody {
+    /// The reference of the evidence (letters, digits, `-`, `_`; at most 64).
+    pub evidence: String,
+}
+
+/// The subject's instruction on close relatives after its death.
+#[derive(ToSchema)]
+pub struct InstructionsBody {
+    /// `allowed` or `refused`.
+    pub relatives: String,
+}
+
 /// A provision to a registered recipient.
 #[derive(ToSchema)]
 pub struct ProvideBody {
@@ -217,8 +231,20 @@ pub struct WithdrawBody {
 #[derive(ToSchema)]
 pub struct RequestBody {
     pub subject: String,
-    /// `access`, `correction`, `deletion`, `portability`, `restriction`, `withdrawal`.
+    /// `access`, `export`, `correct`, `delete`, `withdraw`.
     pub kind: String,
+    /// A close relative of a deceased subject making the request (PIPL Art. 49): may ask
+    /// for `access`, `export`, `correct` or `delete`.
+    pub requester: Option<RequesterBody>,
+}
+
+/// A close relative making a request for a deceased subject.
+#[derive(ToSchema)]
+pub struct RequesterBody {
+    /// `spouse`, `parent`, `child`, `sibling`, `grandparent`, `grandchild`.
+    pub relationship: String,
+    /// The reference of the evidence of the relationship.
+    pub evidence: String,
 }
 
 /// A data-subject request's new status.

@@ -31,6 +31,16 @@ impl From<RequestError> for Error {
                 code: "calendar_missing",
                 message: e.to_string(),
             },
+            RequestError::NotDeceased => Error::Forbidden {
+                code: "subject_not_deceased",
+                message: e.to_string(),
+                field: None,
+            },
+            RequestError::RelativesRefused => Error::Forbidden {
+                code: "relatives_refused_by_subject",
+                message: e.to_string(),
+                field: None,
+            },
         }
     }
 }
@@ -41,6 +51,9 @@ impl From<RequestError> for Error {
 pub struct CreateRequest {
     pub subject: String,
     pub kind: String,
+    /// A close relative making the request for a deceased subject (PIPL Art. 49).
+    #[serde(default)]
+    pub requester: Option<crate::pipl::Requester>,
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(role = %who.caller.role))]
@@ -55,7 +68,12 @@ pub async fn create(
         .await?;
     match state
         .requests
-        .create(&subject, &body.kind, &who.caller.token_id)
+        .create(
+            &subject,
+            &body.kind,
+            &who.caller.token_id,
+            body.requester.as_ref(),
+        )
         .await
     {
         Ok(r) => {
@@ -65,6 +83,9 @@ pub async fn create(
         Err(e) => {
             let code = match e {
                 RequestError::NoCalendar(_) => "calendar_missing",
+                RequestError::NotDeceased => "subject_not_deceased",
+                RequestError::RelativesRefused => "relatives_refused_by_subject",
+                RequestError::SubjectNotFound => "subject_not_found",
                 _ => "invalid",
             };
             state
@@ -266,11 +287,116 @@ pub struct HoldRequest {
     pub case: String,
 }
 
+/// A case or evidence reference: never free text.
 fn valid_case(case: &str) -> bool {
-    (1..=64).contains(&case.len())
-        && case
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    crate::pipl::valid_reference(case)
+}
+
+/// A subject recorded as deceased, with the reference of the evidence.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeceasedRequest {
+    /// A reference (letters, digits, `-`, `_`; at most 64), never a description.
+    pub evidence: String,
+}
+
+/// Records that a subject has died (PIPL Art. 49): from then on a close relative may
+/// make requests for it, unless it refused that while alive. Once only (409).
+pub async fn mark_deceased(
+    state: &Pipeline,
+    who: &Authorized,
+    raw_id: &str,
+    body: &DeceasedRequest,
+) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    if !valid_case(&body.evidence) {
+        return Err(Error::Invalid(ValidationError::new(
+            "evidence",
+            "invalid_reference",
+            "evidence must be a reference: 1 to 64 letters, digits, - or _",
+        )));
+    }
+    let event = who
+        .event("subject.deceased")
+        .subject(id.as_str())
+        .target(&body.evidence);
+    who.require(state, "requests", "write", event.clone())
+        .await?;
+    let op = state
+        .store
+        .set_deceased_op(id.as_str(), &body.evidence, crate::store::now_ms());
+    status_change(state, event, op).await?;
+    Ok(json!({ "id": id.as_str(), "deceased": true }))
+}
+
+/// The subject's own instruction, while alive, on close relatives after its death.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionsRequest {
+    /// `allowed` (the default) or `refused`.
+    pub relatives: String,
+}
+
+/// Records the subject's instruction (PIPL Art. 49: "unless the deceased arranged
+/// otherwise while alive"). Refused (409) once the subject is recorded as deceased.
+pub async fn set_instructions(
+    state: &Pipeline,
+    who: &Authorized,
+    raw_id: &str,
+    body: &InstructionsRequest,
+) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    let refused = match body.relatives.as_str() {
+        "refused" => true,
+        "allowed" => false,
+        _ => {
+            return Err(Error::Invalid(ValidationError::new(
+                "relatives",
+                "invalid",
+                "relatives must be \"allowed\" or \"refused\"",
+            )))
+        }
+    };
+    let event = who
+        .event("subject.instructions")
+        .subject(id.as_str())
+        .target(&format!("relatives:{}", body.relatives));
+    who.require(state, "consent", "write", event.clone())
+        .await?;
+    status_change(
+        state,
+        event,
+        state.store.set_relatives_op(id.as_str(), refused),
+    )
+    .await?;
+    Ok(json!({ "id": id.as_str(), "relatives": body.relatives }))
+}
+
+/// Commits an Art. 49 status change with its event; a refused one is recorded too.
+async fn status_change(
+    state: &Pipeline,
+    event: crate::audit::Event,
+    op: crate::store::WriteOp,
+) -> Result<(), Error> {
+    let refused = match state.audit.record_with(vec![event.clone()], op).await {
+        Ok(()) => return Ok(()),
+        Err(crate::audit::CommitError::Change(crate::store::StoreError::NotFound)) => {
+            ("subject_not_found", Error::subject_not_found())
+        }
+        Err(crate::audit::CommitError::Change(crate::store::StoreError::Conflict)) => (
+            "subject_deceased",
+            Error::Conflict {
+                code: "subject_deceased",
+                message: "the subject is already recorded as deceased".into(),
+            },
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    state
+        .audit
+        .record_one(event.outcome(Decision::Error, refused.0))
+        .await?;
+    Err(refused.1)
 }
 
 /// Places a legal hold (PIPL Art. 47 ¶2): retention sweeps skip the subject and its data
@@ -428,10 +554,20 @@ pub async fn processing(state: &Pipeline, who: &Authorized, raw_id: &str) -> Res
         }
         entry["last_provided"] = json!(crate::store::rfc3339(p.at));
     }
+    let status = state
+        .store
+        .subject_status(id.as_str())
+        .await
+        .map_err(Error::store)?;
     state.audit.record_one(event).await?;
     Ok(json!({
         "id": id.as_str(),
         "legal_hold": snapshot.legal_hold.is_some(),
+        "deceased": status.deceased_at.map(|at| json!({
+            "recorded": crate::store::rfc3339(at),
+            "evidence": status.deceased_evidence,
+        })),
+        "relatives": if status.relatives_refused { "refused" } else { "allowed" },
         "purposes": purposes,
         "consents": consents,
         "fields": fields,

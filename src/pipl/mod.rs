@@ -17,6 +17,7 @@ pub use recipients::{
     consent_purpose, Pipia, Recipient, RecipientKind, Recipients, TransferMechanism, MAINLAND,
 };
 pub use requests::{
-    Request, RequestError, Requests, DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
+    valid_reference, Request, RequestError, Requester, Requests, CLOSE_RELATIVES,
+    DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
 };
 pub use retention::{Retention, RetentionError, SweepItem, SweepReport};

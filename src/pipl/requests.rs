@@ -13,6 +13,38 @@ use crate::vault::SubjectId;
 /// Request kinds a subject may make.
 pub const KINDS: &[&str] = &["access", "export", "correct", "delete", "withdraw"];
 
+/// What a close relative may ask for a deceased subject (PIPL Art. 49): access, a copy,
+/// correction, deletion.
+pub const RELATIVE_KINDS: &[&str] = &["access", "export", "correct", "delete"];
+
+/// Close relatives (PRC Civil Code Art. 1045): spouse, parents, children, siblings,
+/// grandparents (paternal and maternal), grandchildren.
+pub const CLOSE_RELATIVES: &[&str] = &[
+    "spouse",
+    "parent",
+    "child",
+    "sibling",
+    "grandparent",
+    "grandchild",
+];
+
+/// A close relative making a request for a deceased subject.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requester {
+    /// One of [`CLOSE_RELATIVES`].
+    pub relationship: String,
+    /// The reference of the evidence of the relationship (letters, digits, `-`, `_`).
+    pub evidence: String,
+}
+
+/// A reference code: 1 to 64 letters, digits, `-` or `_` (never free text).
+pub fn valid_reference(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// Reasons a request may be rejected for. Codes, not free text, so that no personal
 /// information ends up in the request table.
 pub const REJECTION_REASONS: &[&str] = &[
@@ -38,6 +70,12 @@ pub enum RequestError {
     Invalid(String),
     #[error("a request that is {from} cannot become {to}")]
     BadTransition { from: String, to: String },
+    /// A close relative's request for a subject not recorded as deceased.
+    #[error("a close relative may make a request only for a subject recorded as deceased (PIPL Art. 49)")]
+    NotDeceased,
+    /// The subject refused, while alive, that close relatives exercise its rights.
+    #[error("the subject arranged, while alive, that close relatives may not exercise its rights (PIPL Art. 49)")]
+    RelativesRefused,
     /// The due date falls in a year `holidays.toml` has no calendar for.
     #[error("policies/holidays.toml has no calendar for {0}: add the year from the State Council's notice, or set dsr_calendar_fallback = true to count weekends only")]
     NoCalendar(i32),
@@ -59,6 +97,11 @@ pub struct Request {
     pub overdue: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub closed: Option<String>,
+    /// A close relative's relationship, when the request is theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requester_evidence: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +129,8 @@ fn to_request(r: RequestRow) -> Request {
         status: r.status,
         reason: r.reason,
         closed: r.closed_at.map(rfc3339),
+        requester: r.requester,
+        requester_evidence: r.requester_evidence,
     }
 }
 
@@ -148,11 +193,14 @@ impl Requests {
         .map(|d| d.to_string())
     }
 
+    /// Records a request: the subject's own, or (`requester`) a close relative's for a
+    /// deceased subject who did not refuse it while alive.
     pub async fn create(
         &self,
         subject: &SubjectId,
         kind: &str,
         actor: &str,
+        requester: Option<&Requester>,
     ) -> Result<Request, RequestError> {
         if !KINDS.contains(&kind) {
             return Err(RequestError::Invalid(format!(
@@ -160,8 +208,36 @@ impl Requests {
                 KINDS.join(", ")
             )));
         }
+        if let Some(r) = requester {
+            if !CLOSE_RELATIVES.contains(&r.relationship.as_str()) {
+                return Err(RequestError::Invalid(format!(
+                    "relationship must be one of: {}",
+                    CLOSE_RELATIVES.join(", ")
+                )));
+            }
+            if !valid_reference(&r.evidence) {
+                return Err(RequestError::Invalid(
+                    "evidence must be a reference: 1 to 64 letters, digits, - or _".into(),
+                ));
+            }
+            if !RELATIVE_KINDS.contains(&kind) {
+                return Err(RequestError::Invalid(format!(
+                    "a close relative may ask for: {}",
+                    RELATIVE_KINDS.join(", ")
+                )));
+            }
+        }
         if !self.store.subject_active(subject.as_str()).await? {
             return Err(RequestError::SubjectNotFound);
+        }
+        if requester.is_some() {
+            let status = self.store.subject_status(subject.as_str()).await?;
+            if status.deceased_at.is_none() {
+                return Err(RequestError::NotDeceased);
+            }
+            if status.relatives_refused {
+                return Err(RequestError::RelativesRefused);
+            }
         }
         let now = now_ms();
         let row = RequestRow {
@@ -175,6 +251,8 @@ impl Requests {
             created_by: actor.to_owned(),
             updated_at: now,
             closed_at: None,
+            requester: requester.map(|r| r.relationship.clone()),
+            requester_evidence: requester.map(|r| r.evidence.clone()),
         };
         self.store.insert_request(&row).await?;
         Ok(to_request(row))

@@ -27,7 +27,7 @@ pub use keys::{KeyVersionRow, MasterKeyRow, Rewrapped, SystemKeyRow, WrappedCoun
 pub use nodes::NodeRow;
 pub use provisions::{NoticeRow, ProvisionRow};
 pub use reencrypt::{Reseal, Resealed, SealedItem, SealedSubject};
-pub use requests::RequestRow;
+pub use requests::{RequestRow, SubjectStatus};
 pub use retention::ExpiredRow;
 pub use subjects::{
     FieldRow, ImportSubject, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectSnapshot,

@@ -507,3 +507,157 @@ both_stores!(
             .any(|e| e.action == "explanation.read" && e.target.as_deref() == Some("marketing")));
     }
 );
+
+both_stores!(
+    a_close_relative_may_make_requests_only_for_a_deceased_subject_who_did_not_refuse_it,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let alive = t.create(&dsr, json!({"name": "在世"})).await;
+        let refusing = t.create(&dsr, json!({"name": "拒绝亲属"})).await;
+        let request = |subject: &str, kind: &str, requester: Value| {
+            let body = json!({"subject": subject, "kind": kind, "requester": requester});
+            let (t, dsr) = (&t, dsr.clone());
+            async move {
+                t.call(
+                    Method::POST,
+                    "/v1/requests",
+                    Some(&dsr),
+                    Some("dsr"),
+                    Some(&body),
+                )
+                .await
+            }
+        };
+        let child = json!({"relationship": "child", "evidence": "HUKOU-2026-0042"});
+        // Not deceased: a relative's request is refused.
+        let (s, b) = request(&alive, "export", child.clone()).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("subject_not_deceased")),
+            "{b}"
+        );
+        // The subject arranges, while alive, that relatives may not.
+        let put = |path: String, body: Value| {
+            let (t, dsr) = (&t, dsr.clone());
+            async move {
+                t.call(Method::PUT, &path, Some(&dsr), Some("dsr"), Some(&body))
+                    .await
+            }
+        };
+        let (s, b) = put(
+            format!("/v1/subjects/{refusing}/instructions"),
+            json!({"relatives": "refused"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, _) = put(
+            format!("/v1/subjects/{refusing}/instructions"),
+            json!({"relatives": "maybe"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        // Both die.
+        for id in [&alive, &refusing] {
+            let (s, b) = put(
+                format!("/v1/subjects/{id}/deceased"),
+                json!({"evidence": "DEATH-CERT-77"}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+        }
+        let (s, b) = put(
+            format!("/v1/subjects/{alive}/deceased"),
+            json!({"evidence": "DEATH-CERT-77"}),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("subject_deceased"))
+        );
+        let (s, _) = put(
+            format!("/v1/subjects/{alive}/deceased"),
+            json!({"evidence": "a free-text story"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        // Too late to instruct now.
+        let (s, b) = put(
+            format!("/v1/subjects/{alive}/instructions"),
+            json!({"relatives": "refused"}),
+        )
+        .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("subject_deceased"))
+        );
+
+        // A close relative's request for the deceased subject: recorded with the
+        // relationship and the evidence.
+        let (s, b) = request(&alive, "export", child.clone()).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        assert_eq!(
+            (b["requester"].as_str(), b["requester_evidence"].as_str()),
+            (Some("child"), Some("HUKOU-2026-0042"))
+        );
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/requests/{}", b["id"].as_str().unwrap()),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["requester"].as_str()),
+            (StatusCode::OK, Some("child"))
+        );
+        // The subject's own instruction is honoured.
+        let (s, b) = request(&refusing, "export", child.clone()).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("relatives_refused_by_subject")),
+            "{b}"
+        );
+        // Not a close relative, not a kind Art. 49 gives them, no evidence: refused.
+        let (s, _) = request(
+            &alive,
+            "export",
+            json!({"relationship": "neighbour", "evidence": "X1"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = request(&alive, "withdraw", child.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let (s, _) = request(
+            &alive,
+            "export",
+            json!({"relationship": "spouse", "evidence": ""}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        // The processing rules say so.
+        let (s, b) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{refusing}/processing"),
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            (b["deceased"]["evidence"].as_str(), b["relatives"].as_str()),
+            (Some("DEATH-CERT-77"), Some("refused"))
+        );
+        let events = t.events().await;
+        assert!(events.iter().any(
+            |e| e.action == "subject.deceased" && e.subject.as_deref() == Some(alive.as_str())
+        ));
+        assert!(events
+            .iter()
+            .any(|e| e.action == "request.create" && e.reason == "relatives_refused_by_subject"));
+    }
+);

@@ -49,6 +49,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/subjects/{id}/processing"),
     ("get", "/v1/subjects/{id}/explanation"),
     ("get", "/v1/inventory"),
+    ("put", "/v1/subjects/{id}/deceased"),
+    ("put", "/v1/subjects/{id}/instructions"),
 ];
 
 both_stores!(the_openapi_document_matches_the_router, |db| async move {

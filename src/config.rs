@@ -113,6 +113,9 @@ pub struct FileConfig {
     /// false: a request whose due date falls there is refused with 503
     /// `calendar_missing` until the year is added).
     pub dsr_calendar_fallback: Option<bool>,
+    /// A bulk export (`POST /v1/exports`) of more subjects than this waits for a second
+    /// token with the approving role (default 100).
+    pub bulk_export_approval_over: Option<usize>,
     /// Sign an audit checkpoint after this many events (default 1000)…
     pub audit_checkpoint_events: Option<i64>,
     /// …or after this many seconds with new events (default 10).

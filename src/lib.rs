@@ -223,7 +223,13 @@ pub async fn open(settings: &Settings) -> anyhow::Result<App> {
                 .dsr_due_working_days
                 .unwrap_or(pipl::DEFAULT_DUE_WORKING_DAYS),
         )
-        .with_calendar_fallback(settings.file.dsr_calendar_fallback.unwrap_or(false)),
+        .with_calendar_fallback(settings.file.dsr_calendar_fallback.unwrap_or(false))
+        .with_bulk_export_threshold(
+            settings
+                .file
+                .bulk_export_approval_over
+                .unwrap_or(pipl::DEFAULT_BULK_EXPORT_THRESHOLD),
+        ),
         reports,
         checkpoint_file,
         store,

@@ -40,6 +40,7 @@ pub const SPECIAL_OBJECTS: &[&str] = &[
     "requests",
     "legal_hold",
     "deletion_notices",
+    "bulk_export",
 ];
 
 const CATEGORIES: &[Category] = &[

@@ -14,8 +14,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Authorized};
 use super::openapi::{HoldBody, Purpose, Refusals, RequestBody, UpdateBody};
 use super::AppState;
 use crate::pipeline::dsr::{
-    self, CreateRequest, DeceasedRequest, ExplainQuery, HoldRequest, InstructionsRequest,
-    ListQuery, UpdateRequest,
+    self, BulkExport, BulkExportInput, CreateRequest, DeceasedRequest, ExplainQuery, HoldRequest,
+    InstructionsRequest, ListQuery, UpdateRequest,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -27,6 +27,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(explanation))
         .routes(routes!(deceased))
         .routes(routes!(instructions))
+        .routes(routes!(bulk_export))
+        .routes(routes!(fetch_bulk_export))
+        .routes(routes!(approve_bulk_export))
         .routes(routes!(place_hold, lift_hold))
 }
 
@@ -239,4 +242,64 @@ async fn instructions(
     ApiJson(body): ApiJson<InstructionsRequest>,
 ) -> Answer {
     Ok(Json(dsr::set_instructions(&state, &who, &id, &body).await?))
+}
+
+/// Export many subjects at once. Up to the configured threshold (`bulk_export_approval_over`,
+/// default 100) the bundles come back at once; above it the export is recorded as a
+/// request (202) that runs only after a second token with the approving role approves
+/// it, and then only for the token that asked.
+#[utoipa::path(post, path = "/v1/exports", tag = "requests", params(Purpose),
+    request_body = super::openapi::BulkExportBody,
+    responses(
+        (status = 200, description = "`{bundles: [...]}`: one export bundle per subject (or `{subject, error}`)", body = Object),
+        (status = 202, description = "`{id, status: pending, subjects, threshold}`: waits for approval", body = Object),
+        (status = 400, description = "Codes: `invalid_subject`, `invalid_bulk_export`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn bulk_export(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiJson(body): ApiJson<BulkExportInput>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Ok(match dsr::bulk_export(&state, &who, &body).await? {
+        BulkExport::Done(v) => (StatusCode::OK, Json(v)),
+        BulkExport::Pending(v) => (StatusCode::ACCEPTED, Json(v)),
+    })
+}
+
+/// Fetch an approved bulk export, once, with the token that asked for it.
+#[utoipa::path(get, path = "/v1/exports/{id}", tag = "requests",
+    params(("id" = String, Path, description = "Bulk export id"), Purpose),
+    responses(
+        (status = 200, description = "`{bundles: [...]}`", body = Object),
+        (status = 403, description = "Code: `not_the_requester`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `export_not_found`", body = super::openapi::ErrorBody),
+        (status = 409, description = "Codes: `export_pending`, `export_delivered`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn fetch_bulk_export(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+) -> Answer {
+    Ok(Json(dsr::fetch_bulk_export(&state, &who, &id).await?))
+}
+
+/// Approve a pending bulk export: another token than the one that asked, whose role
+/// may approve (`bulk_export` admin; shipped: `dsr_lead`).
+#[utoipa::path(post, path = "/v1/exports/{id}/approve", tag = "requests",
+    params(("id" = String, Path, description = "Bulk export id"), Purpose),
+    responses(
+        (status = 200, description = "`{id, status: approved, subjects}`", body = Object),
+        (status = 403, description = "Code: `second_person_required`", body = super::openapi::ErrorBody),
+        (status = 404, description = "Code: `export_not_found`", body = super::openapi::ErrorBody),
+        (status = 409, description = "Code: `export_not_pending`", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn approve_bulk_export(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+) -> Answer {
+    Ok(Json(dsr::approve_bulk_export(&state, &who, &id).await?))
 }

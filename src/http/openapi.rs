@@ -170,6 +170,13 @@ pub struct IssueBody {
     pub description: Option<String>,
 }
 
+/// The subjects of a bulk export.
+#[derive(ToSchema)]
+pub struct BulkExportBody {
+    /// Subject ids (1 to 10,000).
+    pub subjects: Vec<String>,
+}
+
 /// A subject recorded as deceased.
 #[derive(ToSchema)]
 pub struct DeceasedBody {

@@ -650,3 +650,211 @@ pub async fn explanation(
         "collections_used": collections,
     }))
 }
+
+/// The subjects of a bulk export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkExportInput {
+    pub subjects: Vec<String>,
+}
+
+/// Most subjects one bulk export may name.
+const MAX_BULK_EXPORT: usize = 10_000;
+
+/// What a bulk export answered: the bundles at once, or a request that waits.
+pub enum BulkExport {
+    Done(Value),
+    Pending(Value),
+}
+
+/// Every bundle of `subjects`, each exported and audited as one export; a subject that
+/// does not exist is answered as such in its place.
+async fn bundles(state: &Pipeline, who: &Authorized, subjects: &[String]) -> Result<Value, Error> {
+    let mut out = Vec::with_capacity(subjects.len());
+    for id in subjects {
+        match export(state, who, id).await {
+            Ok(bundle) => out.push(bundle),
+            Err(Error::NotFound { code, .. }) => {
+                out.push(json!({ "subject": id, "error": { "code": code } }))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({ "bundles": out }))
+}
+
+/// A bulk export (GB/T 35273 §7.1): up to the configured threshold it is answered at
+/// once; above it, it is recorded as a request that runs only after a second token with
+/// the approving role (`bulk_export` admin) approves it, and then only for its requester.
+pub async fn bulk_export(
+    state: &Pipeline,
+    who: &Authorized,
+    body: &BulkExportInput,
+) -> Result<BulkExport, Error> {
+    let mut subjects: Vec<String> = Vec::with_capacity(body.subjects.len());
+    for raw in &body.subjects {
+        let id = super::subject_id(raw).map_err(|_| {
+            Error::bad_request("invalid_subject", format!("{raw:?} is not a subject id"))
+        })?;
+        if !subjects.iter().any(|s| s == id.as_str()) {
+            subjects.push(id.as_str().to_owned());
+        }
+    }
+    if subjects.is_empty() || subjects.len() > MAX_BULK_EXPORT {
+        return Err(Error::bad_request(
+            "invalid_bulk_export",
+            format!("name 1 to {MAX_BULK_EXPORT} subjects"),
+        ));
+    }
+    let event = who.event("export.request");
+    who.require(state, "bulk_export", "export", event.clone())
+        .await?;
+    if subjects.len() <= state.requests.bulk_export_threshold() {
+        return Ok(BulkExport::Done(bundles(state, who, &subjects).await?));
+    }
+    let id = crate::crypto::random_id("exp");
+    let row = crate::store::BulkExportRow {
+        id: id.clone(),
+        subjects: subjects.clone(),
+        requested_by: who.caller.token_id.clone(),
+        requested_at: crate::store::now_ms(),
+        approved_by: None,
+        approved_at: None,
+        delivered_at: None,
+    };
+    state
+        .audit
+        .record_with(
+            vec![event.target(&id).outcome(Decision::Allow, "pending")],
+            state.store.request_bulk_export_op(row),
+        )
+        .await?;
+    Ok(BulkExport::Pending(json!({
+        "id": id,
+        "status": "pending",
+        "subjects": subjects.len(),
+        "threshold": state.requests.bulk_export_threshold(),
+    })))
+}
+
+fn export_not_found() -> Error {
+    Error::NotFound {
+        code: "export_not_found",
+        message: "no such bulk export",
+    }
+}
+
+/// Approves a pending bulk export: a second token, not its requester's, whose role may
+/// approve (`bulk_export` admin).
+pub async fn approve_bulk_export(
+    state: &Pipeline,
+    who: &Authorized,
+    id: &str,
+) -> Result<Value, Error> {
+    let event = who.event("export.approve").target(id);
+    who.require(state, "bulk_export", "admin", event.clone())
+        .await?;
+    let row = state
+        .store
+        .bulk_export(id)
+        .await
+        .map_err(Error::store)?
+        .ok_or_else(export_not_found)?;
+    if row.requested_by == who.caller.token_id {
+        state
+            .audit
+            .record_one(event.outcome(Decision::Deny, "second_person_required"))
+            .await?;
+        return Err(Error::Forbidden {
+            code: "second_person_required",
+            message: "a bulk export is approved by another token than the one that asked for it"
+                .into(),
+            field: None,
+        });
+    }
+    match state
+        .audit
+        .record_with(
+            vec![event],
+            state.store.approve_bulk_export_op(id, &who.caller.token_id),
+        )
+        .await
+    {
+        Ok(()) => Ok(json!({ "id": id, "status": "approved", "subjects": row.subjects.len() })),
+        Err(crate::audit::CommitError::Change(crate::store::StoreError::Conflict)) => {
+            Err(Error::Conflict {
+                code: "export_not_pending",
+                message: "this bulk export was approved already".into(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fetches an approved bulk export, once, by its requester: every subject exported and
+/// audited, then the request marked delivered.
+pub async fn fetch_bulk_export(
+    state: &Pipeline,
+    who: &Authorized,
+    id: &str,
+) -> Result<Value, Error> {
+    let event = who.event("export.deliver").target(id);
+    who.require(state, "bulk_export", "export", event.clone())
+        .await?;
+    let row = state
+        .store
+        .bulk_export(id)
+        .await
+        .map_err(Error::store)?
+        .ok_or_else(export_not_found)?;
+    let refuse = |code: &'static str, message: &str| {
+        (
+            code,
+            Error::Conflict {
+                code,
+                message: message.into(),
+            },
+        )
+    };
+    let refused = if row.requested_by != who.caller.token_id {
+        Some((
+            "not_the_requester",
+            Error::Forbidden {
+                code: "not_the_requester",
+                message: "only the token that asked for this bulk export may fetch it".into(),
+                field: None,
+            },
+        ))
+    } else if row.approved_at.is_none() {
+        Some(refuse(
+            "export_pending",
+            "this bulk export waits for a second person's approval",
+        ))
+    } else if row.delivered_at.is_some() {
+        Some(refuse(
+            "export_delivered",
+            "this bulk export was fetched already",
+        ))
+    } else {
+        None
+    };
+    if let Some((code, e)) = refused {
+        state
+            .audit
+            .record_one(event.outcome(Decision::Deny, code))
+            .await?;
+        return Err(e);
+    }
+    let answer = bundles(state, who, &row.subjects).await?;
+    match state
+        .audit
+        .record_with(vec![event], state.store.deliver_bulk_export_op(id))
+        .await
+    {
+        Ok(()) => Ok(answer),
+        Err(crate::audit::CommitError::Change(crate::store::StoreError::Conflict)) => {
+            Err(refuse("export_delivered", "this bulk export was fetched already").1)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

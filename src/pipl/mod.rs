@@ -18,6 +18,6 @@ pub use recipients::{
 };
 pub use requests::{
     valid_reference, Request, RequestError, Requester, Requests, CLOSE_RELATIVES,
-    DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
+    DEFAULT_BULK_EXPORT_THRESHOLD, DEFAULT_DUE_WORKING_DAYS, KINDS, REJECTION_REASONS,
 };
 pub use retention::{Retention, RetentionError, SweepItem, SweepReport};

@@ -111,7 +111,12 @@ pub struct Requests {
     due_working_days: u32,
     /// Count weekends only in a year the calendar does not list (else refuse).
     fallback: bool,
+    /// A bulk export of more subjects than this waits for a second person's approval.
+    bulk_export_threshold: usize,
 }
+
+/// Subjects a bulk export may hold before it needs a second person's approval.
+pub const DEFAULT_BULK_EXPORT_THRESHOLD: usize = 100;
 
 fn today() -> String {
     OffsetDateTime::now_utc().date().to_string()
@@ -166,7 +171,18 @@ impl Requests {
             calendar,
             due_working_days,
             fallback: false,
+            bulk_export_threshold: DEFAULT_BULK_EXPORT_THRESHOLD,
         }
+    }
+
+    /// A bulk export of more than `n` subjects waits for a second person's approval.
+    pub fn with_bulk_export_threshold(mut self, n: usize) -> Self {
+        self.bulk_export_threshold = n;
+        self
+    }
+
+    pub fn bulk_export_threshold(&self) -> usize {
+        self.bulk_export_threshold
     }
 
     /// In a year `holidays.toml` does not list, count weekends only (`fallback`) instead

@@ -661,3 +661,148 @@ both_stores!(
             .any(|e| e.action == "request.create" && e.reason == "relatives_refused_by_subject"));
     }
 );
+
+both_stores!(
+    a_bulk_export_over_the_threshold_waits_for_a_second_persons_approval,
+    |db| async move {
+        let t = spawn_app_with(
+            db,
+            Options {
+                settings: Some(|s| s.file.bulk_export_approval_over = Some(2)),
+                ..Default::default()
+            },
+        )
+        .await;
+        let asker = t.dsr().await;
+        let other = t.dsr().await;
+        let lead = t.token("dsr_lead", &["dsr"]).await;
+        let mut ids = Vec::new();
+        for name in ["甲", "乙", "丙"] {
+            ids.push(t.create(&asker, json!({ "name": name })).await);
+        }
+        let call = |tok: &str, method: Method, path: String, body: Option<Value>| {
+            let (t, tok) = (&t, tok.to_owned());
+            async move {
+                t.call(method, &path, Some(&tok), Some("dsr"), body.as_ref())
+                    .await
+            }
+        };
+        let post = |tok: &str, subjects: &[String]| {
+            call(
+                tok,
+                Method::POST,
+                "/v1/exports".into(),
+                Some(json!({ "subjects": subjects })),
+            )
+        };
+        // Up to the threshold: at once.
+        let (s, b) = post(&asker, &ids[..2]).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["bundles"].as_array().unwrap().len(), 2);
+        assert_eq!(b["bundles"][0]["fields"]["name"], "甲");
+        // Above it: a request that waits.
+        let (s, b) = post(&asker, &ids).await;
+        assert_eq!(
+            (s, b["status"].as_str(), b["subjects"].as_i64()),
+            (StatusCode::ACCEPTED, Some("pending"), Some(3)),
+            "{b}"
+        );
+        let id = b["id"].as_str().unwrap().to_owned();
+        let fetch = |tok: &str| call(tok, Method::GET, format!("/v1/exports/{id}"), None);
+        let approve = |tok: &str, id: &str| {
+            call(tok, Method::POST, format!("/v1/exports/{id}/approve"), None)
+        };
+        let code = |answer: &(StatusCode, Value)| {
+            (
+                answer.0,
+                answer.1["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        };
+        assert_eq!(
+            code(&fetch(&asker).await),
+            (StatusCode::CONFLICT, "export_pending".into())
+        );
+        // A DSR handler may not approve; nor may the lead its own request.
+        assert_eq!(
+            code(&approve(&other, &id).await),
+            (StatusCode::FORBIDDEN, "policy_denied".into())
+        );
+        let (s, own) = post(&lead, &ids).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        assert_eq!(
+            code(&approve(&lead, own["id"].as_str().unwrap()).await),
+            (StatusCode::FORBIDDEN, "second_person_required".into())
+        );
+        // The lead approves the other's request, once.
+        let (s, b) = approve(&lead, &id).await;
+        assert_eq!(
+            (s, b["status"].as_str()),
+            (StatusCode::OK, Some("approved")),
+            "{b}"
+        );
+        assert_eq!(
+            code(&approve(&lead, &id).await),
+            (StatusCode::CONFLICT, "export_not_pending".into())
+        );
+        // Only the asker fetches it, once.
+        assert_eq!(
+            code(&fetch(&other).await),
+            (StatusCode::FORBIDDEN, "not_the_requester".into())
+        );
+        let (s, b) = fetch(&asker).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let names: Vec<&str> = b["bundles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["fields"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["甲", "乙", "丙"]);
+        assert_eq!(
+            code(&fetch(&asker).await),
+            (StatusCode::CONFLICT, "export_delivered".into())
+        );
+        assert_eq!(
+            code(&call(&asker, Method::GET, "/v1/exports/exp_nothing".into(), None).await),
+            (StatusCode::NOT_FOUND, "export_not_found".into())
+        );
+        // Bad input.
+        let (s, _) = post(&asker, &["not-an-id".to_owned()]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _) = post(&asker, &[]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        // Both steps, and each subject's export, are in the trail.
+        let events = t.events().await;
+        let of = |action: &str| {
+            events
+                .iter()
+                .filter(|e| {
+                    e.action == action
+                        && e.decision == "allow"
+                        && e.target.as_deref() == Some(id.as_str())
+                })
+                .count()
+        };
+        assert_eq!(
+            (
+                of("export.request"),
+                of("export.approve"),
+                of("export.deliver")
+            ),
+            (1, 1, 1)
+        );
+        assert!(events
+            .iter()
+            .any(|e| e.action == "export.approve" && e.reason == "second_person_required"));
+        let exported = events
+            .iter()
+            .filter(|e| e.action == "export" && e.subject.as_deref() == Some(ids[2].as_str()))
+            .count();
+        assert_eq!(
+            exported, 1,
+            "the third subject was exported once, by the approved request"
+        );
+        let (ok, said) = t.cli(&["audit", "verify"]);
+        assert!(ok, "{said}");
+    }
+);

@@ -51,6 +51,9 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/inventory"),
     ("put", "/v1/subjects/{id}/deceased"),
     ("put", "/v1/subjects/{id}/instructions"),
+    ("post", "/v1/exports"),
+    ("get", "/v1/exports/{id}"),
+    ("post", "/v1/exports/{id}/approve"),
 ];
 
 both_stores!(the_openapi_document_matches_the_router, |db| async move {

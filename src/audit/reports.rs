@@ -421,7 +421,8 @@ mod tests {
     #[test]
     fn builtin_reports_load() {
         let r = Reports::load(None, &Catalogue::builtin().unwrap()).unwrap();
-        assert_eq!(r.list().count(), 9);
+        assert_eq!(r.list().count(), BUILTIN.len());
+        assert_eq!(BUILTIN.len(), 12);
         assert_eq!(
             r.sensitive,
             vec!["bank_card", "id_number", "is_minor", "payments"]

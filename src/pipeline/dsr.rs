@@ -737,11 +737,28 @@ pub async fn bulk_export(
     })))
 }
 
-fn export_not_found() -> Error {
-    Error::NotFound {
-        code: "export_not_found",
-        message: "no such bulk export",
-    }
+/// A step on an existing bulk export: its event (`action`, needing `bulk_export`
+/// `permission`) and the request, or 404 `export_not_found`.
+async fn bulk_export_step(
+    state: &Pipeline,
+    who: &Authorized,
+    id: &str,
+    action: &str,
+    permission: &str,
+) -> Result<(crate::audit::Event, crate::store::BulkExportRow), Error> {
+    let event = who.event(action).target(id);
+    who.require(state, "bulk_export", permission, event.clone())
+        .await?;
+    let row = state
+        .store
+        .bulk_export(id)
+        .await
+        .map_err(Error::store)?
+        .ok_or(Error::NotFound {
+            code: "export_not_found",
+            message: "no such bulk export",
+        })?;
+    Ok((event, row))
 }
 
 /// Approves a pending bulk export: a second token, not its requester's, whose role may
@@ -751,15 +768,7 @@ pub async fn approve_bulk_export(
     who: &Authorized,
     id: &str,
 ) -> Result<Value, Error> {
-    let event = who.event("export.approve").target(id);
-    who.require(state, "bulk_export", "admin", event.clone())
-        .await?;
-    let row = state
-        .store
-        .bulk_export(id)
-        .await
-        .map_err(Error::store)?
-        .ok_or_else(export_not_found)?;
+    let (event, row) = bulk_export_step(state, who, id, "export.approve", "admin").await?;
     if row.requested_by == who.caller.token_id {
         state
             .audit
@@ -798,15 +807,7 @@ pub async fn fetch_bulk_export(
     who: &Authorized,
     id: &str,
 ) -> Result<Value, Error> {
-    let event = who.event("export.deliver").target(id);
-    who.require(state, "bulk_export", "export", event.clone())
-        .await?;
-    let row = state
-        .store
-        .bulk_export(id)
-        .await
-        .map_err(Error::store)?
-        .ok_or_else(export_not_found)?;
+    let (event, row) = bulk_export_step(state, who, id, "export.deliver", "export").await?;
     let refuse = |code: &'static str, message: &str| {
         (
             code,

@@ -35,21 +35,30 @@ async fn consent(t: &TestApp, dsr: &str, id: &str, purpose: &str, separate: bool
     assert_eq!(s, StatusCode::OK, "{b}");
 }
 
+/// Writes `text` to the policy file `path` and reloads: the reload must be refused,
+/// saying `says`.
+async fn reload_refused(t: &TestApp, path: &std::path::Path, text: &str, says: &str) {
+    std::fs::write(path, text).unwrap();
+    let reload = t.app.policy.reload().await;
+    let piivault::authz::Reload::Refused(e) = reload else {
+        panic!("{} was accepted: {reload:?}", path.display());
+    };
+    assert!(e.to_string().contains(says), "{e}");
+}
+
+/// A GET with a token and a purpose.
+async fn get(t: &TestApp, tok: &str, purpose: &str, path: &str) -> (StatusCode, Value) {
+    t.call(Method::GET, path, Some(tok), Some(purpose), None)
+        .await
+}
+
 /// The code of a refusal, with its status.
 fn refusal(answer: &(StatusCode, Value)) -> (StatusCode, &str) {
     (answer.0, answer.1["error"]["code"].as_str().unwrap_or(""))
 }
 
 async fn notices(t: &TestApp, tok: &str, query: &str) -> Vec<Value> {
-    let (s, b) = t
-        .call(
-            Method::GET,
-            &format!("/v1/deletion-notices{query}"),
-            Some(tok),
-            Some("service"),
-            None,
-        )
-        .await;
+    let (s, b) = get(t, tok, "service", &format!("/v1/deletion-notices{query}")).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     b["notices"].as_array().unwrap().clone()
 }
@@ -248,15 +257,7 @@ both_stores!(
 
         // The yearly count of subjects abroad, for the auditor.
         let auditor = t.token("auditor", &["audit"]).await;
-        let (s, b) = t
-            .call(
-                Method::GET,
-                "/v1/transfers/abroad",
-                Some(&auditor),
-                Some("audit"),
-                None,
-            )
-            .await;
+        let (s, b) = get(&t, &auditor, "audit", "/v1/transfers/abroad").await;
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(
             (
@@ -268,37 +269,13 @@ both_stores!(
         );
         assert_eq!(b["thresholds"]["sensitive_security_assessment"], 10_000);
         assert_eq!(b["warnings"], json!([]));
-        let (s, b) = t
-            .call(
-                Method::GET,
-                "/v1/transfers/abroad?year=2020",
-                Some(&auditor),
-                Some("audit"),
-                None,
-            )
-            .await;
+        let (s, b) = get(&t, &auditor, "audit", "/v1/transfers/abroad?year=2020").await;
         assert_eq!((s, b["subjects"].as_i64()), (StatusCode::OK, Some(0)));
-        let (s, _) = t
-            .call(
-                Method::GET,
-                "/v1/transfers/abroad",
-                Some(&integration),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, _) = get(&t, &integration, "service", "/v1/transfers/abroad").await;
         assert_eq!(s, StatusCode::FORBIDDEN);
 
         // The registry, for auditors and admins only.
-        let (s, b) = t
-            .call(
-                Method::GET,
-                "/v1/recipients",
-                Some(&auditor),
-                Some("audit"),
-                None,
-            )
-            .await;
+        let (s, b) = get(&t, &auditor, "audit", "/v1/recipients").await;
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(
             b["recipients"]["hk_card_processor"]["transfer_mechanism"],
@@ -308,27 +285,11 @@ both_stores!(
             b["pipia"]["pia_2026_005"]["reviewer"],
             "Data protection officer"
         );
-        let (s, _) = t
-            .call(
-                Method::GET,
-                "/v1/recipients",
-                Some(&cs),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, _) = get(&t, &cs, "service", "/v1/recipients").await;
         assert_eq!(s, StatusCode::FORBIDDEN);
 
         // Art. 45: the subject's export says who received what, when.
-        let (s, export) = t
-            .call(
-                Method::GET,
-                &format!("/v1/subjects/{id}/export"),
-                Some(&dsr),
-                Some("dsr"),
-                None,
-            )
-            .await;
+        let (s, export) = get(&t, &dsr, "dsr", &format!("/v1/subjects/{id}/export")).await;
         assert_eq!(s, StatusCode::OK);
         let got: Vec<(String, String)> = export["provisions"]
             .as_array()
@@ -375,15 +336,13 @@ both_stores!(
         assert_eq!(refusal(&held), (StatusCode::FORBIDDEN, "legal_hold"));
 
         // The auditor's report: provisions by recipient, purpose and field.
-        let (s, b) = t
-            .call(
-                Method::GET,
-                "/v1/audit/reports/provisions?from=2000-01-01&to=2999-12-31",
-                Some(&auditor),
-                Some("audit"),
-                None,
-            )
-            .await;
+        let (s, b) = get(
+            &t,
+            &auditor,
+            "audit",
+            "/v1/audit/reports/provisions?from=2000-01-01&to=2999-12-31",
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{b}");
         let rows = b["rows"].as_array().unwrap();
         let row = |target: &str, field: &str, decision: &str| {
@@ -553,27 +512,11 @@ both_stores!(
         assert!(delivered["delivered_at"].as_i64().is_some());
         let sf = notices(&t, &integration, "?recipient=sf_express&pending=false").await;
         assert!(sf.iter().all(|n| n["recipient"] == "sf_express") && !sf.is_empty());
-        let (s, _) = t
-            .call(
-                Method::GET,
-                "/v1/deletion-notices?limit=0",
-                Some(&integration),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, _) = get(&t, &integration, "service", "/v1/deletion-notices?limit=0").await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         // Who may not: the policy says so.
         let cs = t.token("customer_service", &["service"]).await;
-        let (s, _) = t
-            .call(
-                Method::GET,
-                "/v1/deletion-notices",
-                Some(&cs),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, _) = get(&t, &cs, "service", "/v1/deletion-notices").await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert!(t
             .events()
@@ -607,30 +550,15 @@ both_stores!(
         // the whole policy is refused, with the reason.
         let purposes = pol.path().join("purposes.toml");
         let declared = std::fs::read_to_string(&purposes).unwrap();
-        std::fs::write(
-            &purposes,
-            declared.replace("pipia = \"pia_2026_002\"\n", ""),
-        )
-        .unwrap();
-        let reload = t.app.policy.reload().await;
-        let piivault::authz::Reload::Refused(e) = reload else {
-            panic!("billing reads bank cards without a PIPIA: {reload:?}");
-        };
-        assert!(
-            e.to_string()
-                .contains("\"billing\" is granted sensitive personal information"),
-            "{e}"
-        );
+        let without = declared.replace("pipia = \"pia_2026_002\"\n", "");
+        let says = "\"billing\" is granted sensitive personal information";
+        reload_refused(&t, &purposes, &without, says).await;
         std::fs::write(&purposes, declared).unwrap();
         // An entrusted processor without a PIPIA (Art. 55): the whole policy is refused,
         // with the reason, and the last good one stays in force.
         let entry = "[recipients.courier]\nname = \"Courier Ltd\"\nkind = \"entrusted\"\nregion = \"CN\"\npurposes = [\"service\"]\nfields = [\"name\", \"address\"]\ncontract = \"DPA-9\"\n";
-        std::fs::write(pol.path().join("recipients.toml"), entry).unwrap();
-        let reload = t.app.policy.reload().await;
-        let piivault::authz::Reload::Refused(e) = reload else {
-            panic!("a processor without a PIPIA was accepted: {reload:?}");
-        };
-        assert!(e.to_string().contains("needs a PIPIA"), "{e}");
+        let recipients = pol.path().join("recipients.toml");
+        reload_refused(&t, &recipients, entry, "needs a PIPIA").await;
 
         let still = provide(&t, &integration, "service", &id, body.clone()).await;
         assert_eq!(
@@ -694,9 +622,7 @@ both_stores!(
         assert_eq!(a.0, StatusCode::OK, "{}", a.1);
 
         let path = format!("/v1/subjects/{id}/processing");
-        let (s, b) = t
-            .call(Method::GET, &path, Some(&dsr), Some("dsr"), None)
-            .await;
+        let (s, b) = get(&t, &dsr, "dsr", &path).await;
         assert_eq!(s, StatusCode::OK, "{b}");
         let purpose = |name: &str| {
             b["purposes"]
@@ -757,19 +683,15 @@ both_stores!(
         assert!(!b.to_string().contains("13955556666") && !b.to_string().contains("杭州"));
         // For the DSR handler, not for a role without export.
         let cs = t.token("customer_service", &["service"]).await;
-        let (s, _) = t
-            .call(Method::GET, &path, Some(&cs), Some("service"), None)
-            .await;
+        let (s, _) = get(&t, &cs, "service", &path).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
-        let (s, _) = t
-            .call(
-                Method::GET,
-                "/v1/subjects/sub_00000000000000000000000000000000/processing",
-                Some(&dsr),
-                Some("dsr"),
-                None,
-            )
-            .await;
+        let (s, _) = get(
+            &t,
+            &dsr,
+            "dsr",
+            "/v1/subjects/sub_00000000000000000000000000000000/processing",
+        )
+        .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert!(t
             .events()
@@ -784,15 +706,7 @@ both_stores!(
     |db| async move {
         let t = spawn_app(db).await;
         let auditor = t.token("auditor", &["audit"]).await;
-        let (s, b) = t
-            .call(
-                Method::GET,
-                "/v1/inventory",
-                Some(&auditor),
-                Some("audit"),
-                None,
-            )
-            .await;
+        let (s, b) = get(&t, &auditor, "audit", "/v1/inventory").await;
         assert_eq!(s, StatusCode::OK, "{b}");
         let purpose = |name: &str| {
             b["purposes"]
@@ -858,15 +772,7 @@ both_stores!(
         );
         // Not for a role without the audit trail or the policies.
         let cs = t.token("customer_service", &["service"]).await;
-        let (s, _) = t
-            .call(
-                Method::GET,
-                "/v1/inventory",
-                Some(&cs),
-                Some("service"),
-                None,
-            )
-            .await;
+        let (s, _) = get(&t, &cs, "service", "/v1/inventory").await;
         assert_eq!(s, StatusCode::FORBIDDEN);
     }
 );

@@ -69,19 +69,41 @@ pub fn policy(data: &[u8]) {
             .build()
             .expect("runtime")
     });
-    let set = match rt.block_on(crate::authz::PolicySet::from_texts(
+    match rt.block_on(crate::authz::PolicySet::from_texts(
         &model,
         &policy,
         &purposes,
         catalogue(),
     )) {
-        Ok(set) => set,
-        Err(_) => match rt.block_on(crate::authz::PolicySet::load(None, catalogue())) {
-            Ok(set) => set,
-            Err(_) => return,
-        },
-    };
-    let _ = set.with_registry(&recipients, &pipia, catalogue());
+        Ok(set) => {
+            let _ = set.with_registry(&recipients, &pipia, catalogue());
+        }
+        // The registry alone, against the shipped purposes (cheap: no casbin model is
+        // built for every input).
+        Err(_) => {
+            let _ = crate::pipl::Recipients::parse(
+                &recipients,
+                &pipia,
+                shipped_purposes(),
+                catalogue(),
+            );
+        }
+    }
+}
+
+/// The purposes shipped in `policies/purposes.toml`, parsed once.
+fn shipped_purposes() -> &'static std::collections::BTreeMap<String, crate::authz::PurposeSpec> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        purposes: std::collections::BTreeMap<String, crate::authz::PurposeSpec>,
+    }
+    static PURPOSES: OnceLock<std::collections::BTreeMap<String, crate::authz::PurposeSpec>> =
+        OnceLock::new();
+    PURPOSES.get_or_init(|| {
+        toml::from_str::<File>(include_str!("../policies/purposes.toml"))
+            .map(|f| f.purposes)
+            .unwrap_or_default()
+    })
 }
 
 /// Master-key text (a key file or `PIIVAULT_MASTER_KEY`).

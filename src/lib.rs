@@ -308,6 +308,41 @@ impl Server {
     }
 }
 
+/// Keeps every PIPIA record the policy holds in the store (PIPL Art. 56: at least three
+/// years), at start and after each policy change, so a record removed from pipia.toml
+/// is not lost; checked every `every`.
+fn spawn_pipia_archive(app: &App, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    let (policy, store) = (app.policy.clone(), app.store.clone());
+    tokio::spawn(async move {
+        let mut archived: Option<String> = None;
+        loop {
+            let set = policy.current();
+            if archived.as_deref() != Some(set.digest()) {
+                let records = set
+                    .recipients()
+                    .pipia
+                    .iter()
+                    .map(|(id, p)| {
+                        (
+                            id.clone(),
+                            p.date.clone(),
+                            p.conclusion.clone(),
+                            p.reviewer.clone(),
+                        )
+                    })
+                    .collect();
+                match store.archive_pipia(records).await {
+                    Ok(()) => archived = Some(set.digest().to_owned()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "PIPIA records could not be archived; trying again")
+                    }
+                }
+            }
+            tokio::time::sleep(every.max(std::time::Duration::from_millis(100))).await;
+        }
+    })
+}
+
 /// Binds and starts serving `app`. HTTPS with the data directory's certificate unless
 /// plain HTTP was asked for on a loopback address.
 pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyhow::Result<Server> {
@@ -368,6 +403,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             (keys.master().versions(), keys.system_versions().0)
         });
     let key_source_watch = app.vault.spawn_key_source_watch(settings.key_source_hold);
+    let pipia_archive = spawn_pipia_archive(app, opts.policy_reload);
     let store = app.store.clone();
     let serving = move |serve: std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
@@ -378,6 +414,7 @@ pub async fn start(app: &App, settings: &Settings, opts: &ServeOptions) -> anyho
             if let Some(watch) = key_source_watch {
                 watch.abort();
             }
+            pipia_archive.abort();
             let _ = store
                 .forget_nodes(&node, store::now_ms() - 86_400_000)
                 .await;

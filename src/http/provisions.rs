@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(delivered))
         .routes(routes!(abroad))
         .routes(routes!(inventory))
+        .routes(routes!(pipia))
 }
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -126,6 +127,14 @@ async fn abroad(
     responses((status = 200, description = "`{policy, purposes: [{purpose, description, legal_basis, automated_decision, refusable, pipia, categories: [{category, sensitive, items: [{name, kind, sensitive, derived, retention_days}]}], recipients, abroad}]}`", body = Object), Refusals))]
 async fn inventory(State(state): State<AppState>, who: Authorized) -> Answer {
     Ok(Json(provisions::inventory(&state, &who).await?))
+}
+
+/// Every PIPIA record the vault has kept (PIPL Art. 56: at least three years): each
+/// version of each record any policy held, also after its removal from pipia.toml.
+#[utoipa::path(get, path = "/v1/pipia", tag = "provisions", params(Purpose),
+    responses((status = 200, description = "`{pipia: [{id, date, conclusion, reviewer, archived_at}]}`", body = Object), Refusals))]
+async fn pipia(State(state): State<AppState>, who: Authorized) -> Answer {
+    Ok(Json(provisions::pipia_archive(&state, &who).await?))
 }
 
 #[derive(Debug, serde::Deserialize)]

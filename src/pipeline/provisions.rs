@@ -424,3 +424,11 @@ pub async fn inventory(state: &Pipeline, who: &Authorized) -> Result<Value, Erro
     ))
     .map_err(Error::internal)
 }
+
+/// Every PIPIA record the vault has kept (`GET /v1/pipia`): each version of each record
+/// any policy held, also after its removal from pipia.toml. For auditors and admins.
+pub async fn pipia_archive(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {
+    for_auditors(state, who, who.event("pipia.read")).await?;
+    let rows = state.store.pipia_archive().await.map_err(Error::store)?;
+    Ok(json!({ "pipia": rows }))
+}

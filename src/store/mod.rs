@@ -27,7 +27,7 @@ pub use consent::ConsentRow;
 pub use exports::BulkExportRow;
 pub use keys::{KeyVersionRow, MasterKeyRow, Rewrapped, SystemKeyRow, WrappedCount, WrappedKey};
 pub use nodes::NodeRow;
-pub use provisions::{NoticeRow, ProvisionRow};
+pub use provisions::{NoticeRow, PipiaRow, ProvisionRow};
 pub use reencrypt::{Reseal, Resealed, SealedItem, SealedSubject};
 pub use requests::{RequestRow, SubjectStatus};
 pub use retention::ExpiredRow;

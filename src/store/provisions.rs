@@ -284,3 +284,77 @@ impl Store {
         Ok((sensitive, all))
     }
 }
+
+/// A PIPIA record as archived.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PipiaRow {
+    pub id: String,
+    pub date: String,
+    pub conclusion: String,
+    pub reviewer: String,
+    /// When this version was first loaded (ms).
+    pub archived_at: i64,
+}
+
+impl Store {
+    /// Keeps each of `records` (id, date, conclusion, reviewer), every version once.
+    /// Archived rows cannot be changed, nor removed within three years of their date
+    /// (database triggers).
+    pub async fn archive_pipia(
+        &self,
+        records: Vec<(String, String, String, String)>,
+    ) -> Result<(), StoreError> {
+        use sha2::Digest as _;
+        let now = now_ms();
+        let change = op(move |conn| {
+            let records = records.clone();
+            Box::pin(async move {
+                let mut new = 0;
+                for (id, date, conclusion, reviewer) in &records {
+                    let mut h = sha2::Sha256::new();
+                    for part in [id, date, conclusion, reviewer] {
+                        h.update((part.len() as u64).to_be_bytes());
+                        h.update(part.as_bytes());
+                    }
+                    let digest = hex::encode(h.finalize());
+                    new += sqlx::query(
+                        "INSERT INTO pipia_records (id, digest, date, conclusion, reviewer, archived_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id, digest) DO NOTHING",
+                    )
+                    .bind(id.as_str())
+                    .bind(digest)
+                    .bind(date.as_str())
+                    .bind(conclusion.as_str())
+                    .bind(reviewer.as_str())
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                }
+                tracing::debug!(new, "PIPIA records archived");
+                Ok(())
+            })
+        });
+        self.transact(change).await
+    }
+
+    /// Every archived PIPIA record, by id and age.
+    pub async fn pipia_archive(&self) -> Result<Vec<PipiaRow>, StoreError> {
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, date, conclusion, reviewer, archived_at FROM pipia_records \
+             ORDER BY id, archived_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, date, conclusion, reviewer, archived_at)| PipiaRow {
+                id,
+                date,
+                conclusion,
+                reviewer,
+                archived_at,
+            })
+            .collect())
+    }
+}

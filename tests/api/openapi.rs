@@ -49,6 +49,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/v1/subjects/{id}/processing"),
     ("get", "/v1/subjects/{id}/explanation"),
     ("get", "/v1/inventory"),
+    ("get", "/v1/pipia"),
     ("put", "/v1/subjects/{id}/deceased"),
     ("put", "/v1/subjects/{id}/instructions"),
     ("post", "/v1/exports"),

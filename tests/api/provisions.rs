@@ -776,3 +776,62 @@ both_stores!(
         assert_eq!(s, StatusCode::FORBIDDEN);
     }
 );
+
+both_stores!(
+    a_pipia_record_is_kept_after_its_removal_from_the_policy,
+    |db| async move {
+        let (t, pol) = spawn_app_with_policy(db, "").await;
+        let auditor = t.token("auditor", &["audit"]).await;
+        let archived = || async {
+            let (s, b) = get(&t, &auditor, "audit", "/v1/pipia").await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            b["pipia"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let wait_for = |id: &'static str| async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !archived().await.iter().any(|a| a == id) {
+                assert!(std::time::Instant::now() < deadline, "{id} never archived");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        // What the policy holds at start is kept.
+        wait_for("pia_2026_001").await;
+        // A record added, then removed from the file: still kept.
+        let file = pol.path().join("pipia.toml");
+        let shipped = std::fs::read_to_string(&file).unwrap();
+        let extra = "\n[pipia.pia_old_campaign]\ndate = \"2026-03-01\"\nconclusion = \"a campaign since ended\"\nreviewer = \"DPO\"\n";
+        std::fs::write(&file, format!("{shipped}{extra}")).unwrap();
+        assert!(matches!(
+            t.app.policy.reload().await,
+            piivault::authz::Reload::Applied { .. }
+        ));
+        wait_for("pia_old_campaign").await;
+        std::fs::write(&file, &shipped).unwrap();
+        assert!(matches!(
+            t.app.policy.reload().await,
+            piivault::authz::Reload::Applied { .. }
+        ));
+        assert!(archived().await.iter().any(|a| a == "pia_old_campaign"));
+        // The store refuses to change it or remove it within three years of its date.
+        let pool = t.raw().await;
+        let update = sqlx::query("UPDATE pipia_records SET conclusion = 'x'")
+            .execute(&pool)
+            .await;
+        assert!(update.is_err(), "an archived PIPIA record was changed");
+        let delete = sqlx::query("DELETE FROM pipia_records WHERE id = 'pia_old_campaign'")
+            .execute(&pool)
+            .await;
+        assert!(delete.unwrap_err().to_string().contains("three years"));
+        // For auditors and admins only.
+        let cs = t.token("customer_service", &["service"]).await;
+        assert_eq!(
+            get(&t, &cs, "service", "/v1/pipia").await.0,
+            StatusCode::FORBIDDEN
+        );
+    }
+);

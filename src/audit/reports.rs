@@ -27,6 +27,7 @@ const BUILTIN: &[&str] = &[
     include_str!("../../audit/provisions.toml"),
     include_str!("../../audit/accesses_by_purpose.toml"),
     include_str!("../../audit/requests_timeliness.toml"),
+    include_str!("../../audit/incidents.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -422,7 +423,7 @@ mod tests {
     fn builtin_reports_load() {
         let r = Reports::load(None, &Catalogue::builtin().unwrap()).unwrap();
         assert_eq!(r.list().count(), BUILTIN.len());
-        assert_eq!(BUILTIN.len(), 12);
+        assert_eq!(BUILTIN.len(), 13);
         assert_eq!(
             r.sensitive,
             vec!["bank_card", "id_number", "is_minor", "payments"]

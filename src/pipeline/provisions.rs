@@ -238,6 +238,9 @@ pub async fn provide(
         }
         Err(e) => return Err(e.into()),
     }
+    if recipient.abroad() {
+        recount_abroad(state);
+    }
     tracing::debug!(recipient = %body.recipient, fields = ?fields.keys().collect::<Vec<_>>(), "provided");
     let mut answer = json!({
         "id": id.as_str(),
@@ -345,24 +348,9 @@ pub async fn delivered(state: &Pipeline, who: &Authorized, id: i64) -> Result<Va
     }
 }
 
-/// Thresholds of subjects transferred abroad in a year that change the mechanism a
-/// transfer needs (Provisions on Promoting and Regulating Cross-Border Data Flows, 2024,
-/// Art. 7–8): a standard contract or certification above 100,000 people (non-sensitive)
-/// or any sensitive PI below 10,000 people; a security assessment from 1,000,000 people,
-/// or 10,000 people's sensitive PI.
-pub const ABROAD_NON_SENSITIVE_CONTRACT: i64 = 100_000;
-pub const ABROAD_SENSITIVE_ASSESSMENT: i64 = 10_000;
-pub const ABROAD_ASSESSMENT: i64 = 1_000_000;
-
-/// The subjects whose data went abroad in a calendar year (UTC+8), split into sensitive
-/// and non-sensitive, against the thresholds (`GET /v1/transfers/abroad?year=`, needs
-/// `audit_trail` audit). A warning is given from 80% of a threshold.
-pub async fn abroad(state: &Pipeline, who: &Authorized, year: Option<i32>) -> Result<Value, Error> {
-    let event = who.event("transfers.read");
-    who.require(state, "audit_trail", "audit", event.clone())
-        .await?;
-    let today = state.vault.today();
-    let year = year.unwrap_or(today.year());
+/// The distinct subjects whose data went abroad in `year` (mainland time): sensitive,
+/// all, and the warnings from 80% of each threshold. Sets the gauges too.
+async fn abroad_counts(state: &Pipeline, year: i32) -> Result<(i64, i64, Vec<String>), Error> {
     let start = |y: i32| -> Result<i64, Error> {
         let d = time::Date::from_calendar_date(y, time::Month::January, 1)
             .map_err(|_| Error::bad_request("invalid_year", "year is out of range"))?;
@@ -383,22 +371,64 @@ pub async fn abroad(state: &Pipeline, who: &Authorized, year: Option<i32>) -> Re
     let near = |n: i64, limit: i64| n * 5 >= limit * 4;
     if near(non_sensitive, ABROAD_NON_SENSITIVE_CONTRACT) {
         warnings.push(format!(
-            "{non_sensitive} subjects' non-sensitive personal information went abroad this year: from {ABROAD_NON_SENSITIVE_CONTRACT} a standard contract or certification is required"
+            "{non_sensitive} subjects' non-sensitive personal information went abroad in {year}: from {ABROAD_NON_SENSITIVE_CONTRACT} a standard contract or certification is required"
         ));
     }
     if near(sensitive, ABROAD_SENSITIVE_ASSESSMENT) {
         warnings.push(format!(
-            "{sensitive} subjects' sensitive personal information went abroad this year: from {ABROAD_SENSITIVE_ASSESSMENT} a security assessment is required"
+            "{sensitive} subjects' sensitive personal information went abroad in {year}: from {ABROAD_SENSITIVE_ASSESSMENT} a security assessment is required"
         ));
     }
     if near(all, ABROAD_ASSESSMENT) {
         warnings.push(format!(
-            "{all} subjects' personal information went abroad this year: from {ABROAD_ASSESSMENT} a security assessment is required"
+            "{all} subjects' personal information went abroad in {year}: from {ABROAD_ASSESSMENT} a security assessment is required"
         ));
     }
-    metrics::gauge!(crate::metrics::SUBJECTS_ABROAD, "kind" => "sensitive").set(sensitive as f64);
-    metrics::gauge!(crate::metrics::SUBJECTS_ABROAD, "kind" => "non_sensitive")
-        .set(non_sensitive as f64);
+    if year == state.vault.today().year() {
+        metrics::gauge!(crate::metrics::SUBJECTS_ABROAD, "kind" => "sensitive")
+            .set(sensitive as f64);
+        metrics::gauge!(crate::metrics::SUBJECTS_ABROAD, "kind" => "non_sensitive")
+            .set(non_sensitive as f64);
+    }
+    Ok((sensitive, all, warnings))
+}
+
+/// After a provision abroad: the year's counts again, for the gauges and a warning in
+/// the log once a threshold is near (off the request's path).
+fn recount_abroad(state: &Pipeline) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let year = state.vault.today().year();
+        match abroad_counts(&state, year).await {
+            Ok((_, _, warnings)) => {
+                for w in warnings {
+                    tracing::warn!(warning = %w, "transfers abroad near a threshold");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "transfers abroad could not be counted"),
+        }
+    });
+}
+
+/// Thresholds of subjects transferred abroad in a year that change the mechanism a
+/// transfer needs (Provisions on Promoting and Regulating Cross-Border Data Flows, 2024,
+/// Art. 7–8): a standard contract or certification above 100,000 people (non-sensitive)
+/// or any sensitive PI below 10,000 people; a security assessment from 1,000,000 people,
+/// or 10,000 people's sensitive PI.
+pub const ABROAD_NON_SENSITIVE_CONTRACT: i64 = 100_000;
+pub const ABROAD_SENSITIVE_ASSESSMENT: i64 = 10_000;
+pub const ABROAD_ASSESSMENT: i64 = 1_000_000;
+
+/// The subjects whose data went abroad in a calendar year (UTC+8), split into sensitive
+/// and non-sensitive, against the thresholds (`GET /v1/transfers/abroad?year=`, needs
+/// `audit_trail` audit). A warning is given from 80% of a threshold.
+pub async fn abroad(state: &Pipeline, who: &Authorized, year: Option<i32>) -> Result<Value, Error> {
+    let event = who.event("transfers.read");
+    who.require(state, "audit_trail", "audit", event.clone())
+        .await?;
+    let year = year.unwrap_or(state.vault.today().year());
+    let (sensitive, all, warnings) = abroad_counts(state, year).await?;
+    let non_sensitive = all - sensitive;
     state.audit.record_one(event).await?;
     Ok(json!({
         "year": year,

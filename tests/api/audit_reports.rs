@@ -477,6 +477,7 @@ both_stores!(
             "sensitive_reads_by_purpose.json",
             "consent_changes.csv",
             "requests_timeliness.csv",
+            "incidents.csv",
             "retention_sweeps.json",
             "provisions.csv",
             "transfers_abroad.json",

@@ -255,6 +255,29 @@ both_stores!(
             "88.00"
         );
 
+        // The gauge follows the provision abroad (counted off the request's path).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = t
+                .client
+                .get(format!("{}/metrics", t.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("piivault_subjects_transferred_abroad_this_year{kind=\"sensitive\"} 1")
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gauge never counted the provision abroad"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+
         // The yearly count of subjects abroad, for the auditor.
         let auditor = t.token("auditor", &["audit"]).await;
         let (s, b) = get(&t, &auditor, "audit", "/v1/transfers/abroad").await;

@@ -93,16 +93,10 @@ pub fn policy(data: &[u8]) {
 
 /// The purposes shipped in `policies/purposes.toml`, parsed once.
 fn shipped_purposes() -> &'static std::collections::BTreeMap<String, crate::authz::PurposeSpec> {
-    #[derive(serde::Deserialize)]
-    struct File {
-        purposes: std::collections::BTreeMap<String, crate::authz::PurposeSpec>,
-    }
     static PURPOSES: OnceLock<std::collections::BTreeMap<String, crate::authz::PurposeSpec>> =
         OnceLock::new();
     PURPOSES.get_or_init(|| {
-        toml::from_str::<File>(include_str!("../policies/purposes.toml"))
-            .map(|f| f.purposes)
-            .unwrap_or_default()
+        crate::authz::parse_purposes(include_str!("../policies/purposes.toml")).unwrap_or_default()
     })
 }
 

@@ -6,6 +6,7 @@ mod policy;
 mod tokens;
 
 pub use limit::{FailureLimiter, LimitConfig, Verdict};
+pub(crate) use policy::parse_purposes;
 pub use policy::{
     Explanation, FieldAccess, LegalBasis, Policy, PolicyError, PolicySet, PurposeSpec, Reload,
     SeparateConsent, ACTIONS, SPECIAL_OBJECTS,

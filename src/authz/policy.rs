@@ -146,6 +146,13 @@ struct PurposesFile {
     purposes: BTreeMap<String, PurposeSpec>,
 }
 
+/// The purposes declared in `purposes.toml` text.
+pub(crate) fn parse_purposes(text: &str) -> Result<BTreeMap<String, PurposeSpec>, PolicyError> {
+    toml::from_str::<PurposesFile>(text)
+        .map(|f| f.purposes)
+        .map_err(|e| PolicyError::Purposes(e.to_string()))
+}
+
 /// How a caller may see a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldAccess {
@@ -325,9 +332,7 @@ impl PolicySet {
         purposes_text: &str,
         catalogue: &Catalogue,
     ) -> Result<Self, PolicyError> {
-        let purposes = toml::from_str::<PurposesFile>(purposes_text)
-            .map_err(|e| PolicyError::Purposes(e.to_string()))?
-            .purposes;
+        let purposes = parse_purposes(purposes_text)?;
         if let Some(bad) = purposes.keys().find(|p| !valid_name(p)) {
             return Err(PolicyError::Purposes(format!(
                 "purpose name {bad:?} must be lower_snake_case"

@@ -507,13 +507,35 @@ impl Transit {
         })
     }
 
-    /// Calls `path` (under the mount); `Ok(None)` for 404.
+    /// Calls `path` (under the mount) with a JSON body; `Ok(None)` for 404. For answers
+    /// that hold no key: see [`Self::call_secret`] for those that do.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Option<serde_json::Value>, CryptoError> {
+        let body = body.map(|b| Zeroizing::new(b.to_string()));
+        let Some(text) = self.call_secret(method, path, body).await? else {
+            return Ok(None);
+        };
+        if text.trim().is_empty() {
+            return Ok(Some(serde_json::Value::Null));
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|_| unavailable(&self.name, "answered with something that is not JSON"))
+    }
+
+    /// Calls `path` with a body (JSON text) that may hold a key, and answers the body as
+    /// text; both stay in memory that is wiped when dropped (what the HTTP stack buffers
+    /// on the way is out of reach). `Ok(None)` for 404.
+    async fn call_secret(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Zeroizing<String>>,
+    ) -> Result<Option<Zeroizing<String>>, CryptoError> {
         let url = self
             .base
             .join(path)
@@ -523,7 +545,9 @@ impl Transit {
             .request(method, url)
             .header("X-Vault-Token", self.token.as_str());
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.as_bytes().to_vec());
         }
         let response = request.send().await.map_err(|e| {
             let what = if e.is_timeout() {
@@ -539,10 +563,12 @@ impl Transit {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let text = response
-            .text()
-            .await
-            .map_err(|e| unavailable(&self.name, e))?;
+        let text = Zeroizing::new(
+            response
+                .text()
+                .await
+                .map_err(|e| unavailable(&self.name, e))?,
+        );
         if !status.is_success() {
             // Transit's errors name the problem ("permission denied"), never a secret.
             let errors = serde_json::from_str::<serde_json::Value>(&text)
@@ -555,12 +581,7 @@ impl Transit {
                 format!("answered {status} {errors}"),
             ));
         }
-        if text.trim().is_empty() {
-            return Ok(Some(serde_json::Value::Null));
-        }
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|_| unavailable(&self.name, "answered with something that is not JSON"))
+        Ok(Some(text))
     }
 
     /// Makes the transit key ready for a new master-key version: creates it if it does
@@ -587,15 +608,18 @@ impl Transit {
     }
 
     async fn encrypt(&self, material: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let plaintext = Zeroizing::new(B64.encode(material));
+        // Base64 needs no JSON escaping.
+        let body = Zeroizing::new(format!("{{\"plaintext\":\"{}\"}}", B64.encode(material)));
         let answer = self
-            .call(
+            .call_secret(
                 reqwest::Method::POST,
                 &format!("encrypt/{}", self.key),
-                Some(serde_json::json!({ "plaintext": plaintext.as_str() })),
+                Some(body),
             )
             .await?
             .ok_or_else(|| unavailable(&self.name, "the transit key does not exist"))?;
+        let answer: serde_json::Value = serde_json::from_str(&answer)
+            .map_err(|_| unavailable(&self.name, "answered with something that is not JSON"))?;
         answer
             .pointer("/data/ciphertext")
             .and_then(|c| c.as_str())
@@ -604,20 +628,31 @@ impl Transit {
     }
 
     async fn decrypt(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        #[derive(serde::Deserialize)]
+        struct Answer<'a> {
+            #[serde(borrow)]
+            data: Plain<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Plain<'a> {
+            // Borrowed from the wiped answer text (base64 needs no unescaping).
+            #[serde(borrow)]
+            plaintext: std::borrow::Cow<'a, str>,
+        }
         let ciphertext = std::str::from_utf8(wrapped).map_err(|_| CryptoError::Malformed)?;
         let answer = self
-            .call(
+            .call_secret(
                 reqwest::Method::POST,
                 &format!("decrypt/{}", self.key),
-                Some(serde_json::json!({ "ciphertext": ciphertext })),
+                Some(Zeroizing::new(
+                    serde_json::json!({ "ciphertext": ciphertext }).to_string(),
+                )),
             )
             .await?
             .ok_or_else(|| unavailable(&self.name, "the transit key does not exist"))?;
-        let plaintext = answer
-            .pointer("/data/plaintext")
-            .and_then(|p| p.as_str())
-            .ok_or_else(|| unavailable(&self.name, "the answer holds no plaintext"))?;
-        B64.decode(plaintext)
+        let parsed: Answer<'_> = serde_json::from_str(&answer)
+            .map_err(|_| unavailable(&self.name, "the answer holds no plaintext"))?;
+        B64.decode(parsed.data.plaintext.as_bytes())
             .map(Zeroizing::new)
             .map_err(|_| unavailable(&self.name, "the plaintext is not base64"))
     }

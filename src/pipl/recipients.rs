@@ -236,12 +236,7 @@ mod tests {
     use super::*;
 
     fn purposes() -> BTreeMap<String, PurposeSpec> {
-        let text = include_str!("../../policies/purposes.toml");
-        #[derive(Deserialize)]
-        struct F {
-            purposes: BTreeMap<String, PurposeSpec>,
-        }
-        toml::from_str::<F>(text).unwrap().purposes
+        crate::authz::parse_purposes(include_str!("../../policies/purposes.toml")).unwrap()
     }
 
     fn parse(recipients: &str, pipia: &str) -> Result<Recipients, String> {

@@ -122,14 +122,7 @@ impl Store {
         op(move |conn| {
             let r = row.clone();
             Box::pin(async move {
-                let found =
-                    sqlx::query("SELECT 1 FROM subjects WHERE id = $1 AND erased_at IS NULL")
-                        .bind(r.subject_id.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if found.is_none() {
-                    return Err(StoreError::NotFound);
-                }
+                super::requests::active_subject(conn, &r.subject_id).await?;
                 sqlx::query(
                     "INSERT INTO provisions (subject_id, recipient, purpose, fields, collections, \
                      region, sensitive, token_id, request_id, at) \

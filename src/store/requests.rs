@@ -229,8 +229,11 @@ impl Store {
     }
 }
 
-/// `NotFound` unless `subject` exists and is not erased.
-async fn active_subject(conn: &mut sqlx::AnyConnection, subject: &str) -> Result<(), StoreError> {
+/// `NotFound` unless `subject` exists and is not erased (inside a change).
+pub(super) async fn active_subject(
+    conn: &mut sqlx::AnyConnection,
+    subject: &str,
+) -> Result<(), StoreError> {
     let found = sqlx::query("SELECT 1 FROM subjects WHERE id = $1 AND erased_at IS NULL")
         .bind(subject)
         .fetch_optional(&mut *conn)

@@ -510,8 +510,7 @@ impl Vault {
 
     /// Forgets every cached subject (with its unwrapped data keys).
     fn drop_cached_subjects(&self) {
-        self.snapshots.set_enabled(false);
-        self.snapshots.set_enabled(true);
+        self.snapshots.clear();
     }
 
     /// The DEK for `n` new encryptions: the current one, or a new version once the

@@ -1,7 +1,7 @@
 //! Verifying the trail: every link of the chain, and every signed checkpoint (from the
 //! database and from the checkpoint file) against the public keys an auditor trusts.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::chain_hash;
 use crate::crypto::AuditPublicKey;
-use crate::store::{AuditRow, AuditRowRef, CheckpointRow, Store, StoreError};
+use crate::store::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -49,6 +49,94 @@ pub fn read_checkpoint_file(path: &Path) -> std::io::Result<Vec<CheckpointRow>> 
         .collect())
 }
 
+/// What is wrong with an event, judged against the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Not the next number: the number found.
+    Gap(i64),
+    /// Does not carry the hash of the event before it.
+    Link,
+    /// Does not match its own hash.
+    Altered,
+    /// Cannot be read at all.
+    Unreadable,
+}
+
+impl Fault {
+    /// Checks `row` against the event before it, `(seq, hash)` (`None`: the check of
+    /// the link is left to whoever knows that event), then its own hash.
+    fn of(before: Option<(i64, &[u8])>, row: AuditRowRef<'_>) -> Result<(), Fault> {
+        Self::link(before, row.seq, row.prev_hash)?;
+        if chain_hash(row).as_slice() != row.hash {
+            return Err(Fault::Altered);
+        }
+        Ok(())
+    }
+
+    fn link(before: Option<(i64, &[u8])>, seq: i64, prev_hash: &[u8]) -> Result<(), Fault> {
+        match before {
+            Some((at, _)) if seq != at + 1 => Err(Fault::Gap(seq)),
+            Some((_, hash)) if prev_hash != hash => Err(Fault::Link),
+            _ => Ok(()),
+        }
+    }
+
+    /// The reason given when the event expected at `expected` has this fault.
+    fn reason(self, expected: i64) -> String {
+        match self {
+            Fault::Gap(found) => {
+                format!("sequence gap: expected event {expected}, found {found}")
+            }
+            Fault::Link => format!("event {expected} does not link to the event before it"),
+            Fault::Altered => format!("event {expected} does not match its hash (altered)"),
+            Fault::Unreadable => {
+                format!("event {expected} cannot be read (altered outside the vault)")
+            }
+        }
+    }
+}
+
+/// One page of events checked apart from the rest of the chain: every event against
+/// the one before it within the page, and against its own hash. The walker checks the
+/// page's first event against the page before ([`Walker::take`]).
+#[derive(Debug, Default)]
+struct CheckedPage {
+    /// The first event's number and the hash it links to.
+    head: Option<(i64, Vec<u8>)>,
+    /// The last event that passed, and its hash.
+    last: Option<(i64, Vec<u8>)>,
+    /// Hashes of passed events that checkpoints refer to.
+    hashes: Vec<(i64, Vec<u8>)>,
+    /// What is wrong with the event after `last` (or with the first), if anything.
+    fault: Option<Fault>,
+}
+
+impl CheckedPage {
+    fn check(page: &PackedEvents, wanted: &BTreeSet<i64>) -> Self {
+        let mut out = Self::default();
+        let mut before: Option<(i64, &[u8])> = None;
+        for row in page.iter() {
+            let Ok(row) = row else {
+                out.fault = Some(Fault::Unreadable);
+                break;
+            };
+            if out.head.is_none() {
+                out.head = Some((row.seq, row.prev_hash.to_vec()));
+            }
+            if let Err(fault) = Fault::of(before, row) {
+                out.fault = Some(fault);
+                break;
+            }
+            if wanted.contains(&row.seq) {
+                out.hashes.push((row.seq, row.hash.to_vec()));
+            }
+            before = Some((row.seq, row.hash));
+        }
+        out.last = before.map(|(seq, hash)| (seq, hash.to_vec()));
+        out
+    }
+}
+
 /// Checks links one event at a time, remembering the hashes checkpoints refer to.
 struct Walker {
     at: i64,
@@ -72,25 +160,8 @@ impl Walker {
 
     /// Checks the next event; false once the chain is broken (the walk stops there).
     fn push(&mut self, row: AuditRowRef<'_>) -> bool {
-        let expected = self.at + 1;
-        let broken = if row.seq != expected {
-            Some(format!(
-                "sequence gap: expected event {expected}, found {}",
-                row.seq
-            ))
-        } else if row.prev_hash != self.prev.as_slice() {
-            Some(format!(
-                "event {expected} does not link to the event before it"
-            ))
-        } else if chain_hash(row).as_slice() != row.hash {
-            Some(format!(
-                "event {expected} does not match its hash (altered)"
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = broken {
-            self.broken(reason);
+        if let Err(fault) = Fault::of(Some((self.at, &self.prev)), row) {
+            self.broken(fault.reason(self.at + 1));
             return false;
         }
         if let Some(slot) = self.hash_at.get_mut(&row.seq) {
@@ -102,23 +173,57 @@ impl Walker {
         true
     }
 
+    /// Takes a page checked on its own ([`CheckedPage`]): its first event must follow
+    /// the last one taken; false once the chain is broken.
+    fn take(&mut self, page: CheckedPage) -> bool {
+        if let Some((seq, prev_hash)) = &page.head {
+            let link = Fault::link(Some((self.at, &self.prev)), *seq, prev_hash);
+            if let Err(fault) = link {
+                self.broken(fault.reason(self.at + 1));
+                return false;
+            }
+        }
+        for (seq, hash) in page.hashes {
+            if let Some(slot) = self.hash_at.get_mut(&seq) {
+                *slot = Some(hash);
+            }
+        }
+        if let Some((seq, hash)) = page.last {
+            self.at = seq;
+            self.prev = hash;
+        }
+        match page.fault {
+            Some(fault) => {
+                self.broken(fault.reason(self.at + 1));
+                false
+            }
+            None => true,
+        }
+    }
+
     /// The chain is broken just after the last event checked.
     fn broken(&mut self, reason: String) {
         self.problems.push((self.at + 1, reason));
         self.complete = false;
     }
 
-    /// Walks the stored chain from where the walker stands up to `head`, reading
-    /// pages ahead (each on its own connection and, on SQLite, its own thread) while
-    /// this one is checked. Stops at the first broken link.
+    /// Walks the stored chain from where the walker stands up to `head`. Pages are read
+    /// and checked ahead, each by a task of its own (each on its own connection and, on
+    /// SQLite, its own thread; the hashing on a blocking thread), so reading and hashing
+    /// use every core; the walker only joins the pages. Stops at the first broken link.
     async fn walk(&mut self, store: &Store, head: i64) -> Result<(), StoreError> {
+        let wanted: std::sync::Arc<BTreeSet<i64>> =
+            std::sync::Arc::new(self.hash_at.keys().copied().collect());
         let fetch = |after: i64| {
-            let store = store.clone();
+            let (store, wanted) = (store.clone(), wanted.clone());
             let through = after.saturating_add(VERIFY_PAGE).min(head);
-            (
-                through,
-                tokio::spawn(async move { store.audit_packed(after, through).await }),
-            )
+            let task = tokio::spawn(async move {
+                let page = store.audit_packed(after, through).await?;
+                tokio::task::spawn_blocking(move || CheckedPage::check(&page, &wanted))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))
+            });
+            (through, task)
         };
         let mut pending = VecDeque::new();
         let mut next = self.at;
@@ -132,19 +237,8 @@ impl Walker {
                 break;
             };
             let page = page.await.map_err(|e| StoreError::Task(e.to_string()))??;
-            for row in page.iter() {
-                match row {
-                    Ok(row) if self.push(row) => {}
-                    Ok(_) => return Ok(()),
-                    Err(_) => {
-                        let reason = format!(
-                            "event {} cannot be read (altered outside the vault)",
-                            self.at + 1
-                        );
-                        self.broken(reason);
-                        return Ok(());
-                    }
-                }
+            if !self.take(page) {
+                return Ok(());
             }
         }
         if self.at < head {

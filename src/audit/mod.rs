@@ -13,7 +13,7 @@ pub use reports::{parse_bound, ReportDef, ReportError, ReportResult, Reports};
 pub use trail::{Audit, AuditConfig, AuditError, CommitError};
 pub use verify::{
     read_checkpoint_file, verify, verify_archive, write_archive, ArchiveError, VerifyReport,
-    VERIFY_READERS,
+    VERIFY_PAGE, VERIFY_READERS,
 };
 
 /// The audit public keys in the `*.pub` files of `dir` (other nodes' keys, and this

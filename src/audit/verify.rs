@@ -335,8 +335,8 @@ fn merge(mut checkpoints: Vec<CheckpointRow>, extra: &[CheckpointRow]) -> Vec<Ch
     checkpoints
 }
 
-/// Events read per page while verifying.
-const VERIFY_PAGE: i64 = 10_000;
+/// Events read (and checked, by a task of their own) per page while verifying.
+pub const VERIFY_PAGE: i64 = 10_000;
 /// Pages read at once while verifying (each on its own connection): open the store
 /// with one connection more than this for `audit verify`.
 pub const VERIFY_READERS: usize = 4;

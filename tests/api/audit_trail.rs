@@ -508,6 +508,86 @@ both_stores!(
     }
 );
 
+// Verification checks each page of events apart and then joins the pages: a break
+// on either side of a page boundary, or across it, is found at the event where it is.
+both_stores!(
+    a_break_at_a_page_boundary_is_found_where_it_is,
+    |db| async move {
+        let page = piivault::audit::VERIFY_PAGE;
+        // A trail of a little over two pages, ending in a signed checkpoint.
+        let long = || async {
+            let (t, _) = seeded(db).await;
+            let have = t.events().await.len() as i64;
+            let events: Vec<_> = (have..2 * page + 5)
+                .map(|i| {
+                    piivault::audit::Event::new(
+                        "tok_x",
+                        "auditor",
+                        "audit",
+                        &format!("req_{i}"),
+                        "read",
+                    )
+                })
+                .collect();
+            for chunk in events.chunks(5_000) {
+                t.app.audit.record(chunk.to_vec()).await.unwrap();
+            }
+            checkpoint_at_head(&t).await;
+            assert!(report(&t).await.ok);
+            t
+        };
+        let broken = |statements: Vec<String>| async move {
+            let t = long().await;
+            let raw = t.raw().await;
+            unlock(&t, &raw).await;
+            for sql in statements {
+                sqlx::query(&sql).execute(&raw).await.unwrap();
+            }
+            report(&t).await
+        };
+        // The last event of the first page altered.
+        let r = broken(vec![format!(
+            "UPDATE audit_events SET decision = 'deny' WHERE seq = {page}"
+        )])
+        .await;
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(page)), "{r:?}");
+        assert!(r.reason.unwrap().contains("altered"));
+        // The first event of the second page no longer links to the page before.
+        let r = broken(vec![format!(
+            "UPDATE audit_events SET prev_hash = hash WHERE seq = {}",
+            page + 1
+        )])
+        .await;
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(page + 1)), "{r:?}");
+        assert!(
+            r.reason.as_deref().unwrap_or("").contains("does not link"),
+            "{r:?}"
+        );
+        // The first event of the second page removed: a gap across the boundary.
+        let r = broken(vec![format!(
+            "DELETE FROM audit_events WHERE seq = {}",
+            page + 1
+        )])
+        .await;
+        assert_eq!((r.ok, r.first_bad_seq), (false, Some(page + 1)), "{r:?}");
+        assert!(
+            r.reason.as_deref().unwrap_or("").contains("sequence gap"),
+            "{r:?}"
+        );
+        // A break deep in the third page, behind two good ones.
+        let r = broken(vec![format!(
+            "UPDATE audit_events SET reason = 'other' WHERE seq = {}",
+            2 * page + 3
+        )])
+        .await;
+        assert_eq!(
+            (r.ok, r.first_bad_seq),
+            (false, Some(2 * page + 3)),
+            "{r:?}"
+        );
+    }
+);
+
 both_stores!(tampering_is_detected_and_located, |db| async move {
     // A changed field.
     let r = tampered(

@@ -97,6 +97,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<ExitCod
         crate::config::LogFormat::Json => tracing::info!("{listening}"),
         crate::config::LogFormat::Text => eprintln!("{listening}"),
     }
+    spawn_calendar_watch(app.requests.clone());
     let handle = server.handle();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -124,4 +125,21 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Warns the operator at start, and once a day after, when new data-subject requests will
+/// soon fall due in a year `policies/holidays.toml` does not list (see
+/// `Requests::calendar_warning`): the State Council publishes each year's calendar in the
+/// autumn before, and without it requests are refused from mid-December.
+fn spawn_calendar_watch(requests: crate::pipl::Requests) {
+    tokio::spawn(async move {
+        let mut day = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+        loop {
+            day.tick().await;
+            let today = time::OffsetDateTime::now_utc().date();
+            if let Some(warning) = requests.calendar_warning(today) {
+                tracing::warn!("{warning}");
+            }
+        }
+    });
 }

@@ -164,6 +164,37 @@ pub fn due_on(
     Ok(due)
 }
 
+/// A warning for the operator when, within 30 days of `today`, requests will start to
+/// fall due in a year `calendar` does not list: from which day, which year, and what
+/// happens then (refused with `calendar_missing`, or, with the `fallback`, due dates that
+/// count weekends only). `None` when the calendar reaches far enough.
+pub fn calendar_warning(
+    calendar: &WorkCalendar,
+    today: time::Date,
+    days: u32,
+    fallback: bool,
+) -> Option<String> {
+    const AHEAD_DAYS: i64 = 30;
+    (0..=AHEAD_DAYS).find_map(|n| {
+        let received = today.checked_add(time::Duration::days(n))?;
+        let due = calendar.add_working_days(received, days);
+        let year = (received.year()..=due.year()).find(|y| !calendar.covers(*y))?;
+        Some(if fallback {
+            format!(
+                "policies/holidays.toml has no calendar for {year}: from {received}, due dates \
+                 of data-subject requests count weekends only (dsr_calendar_fallback); add \
+                 {year} from the State Council's notice"
+            )
+        } else {
+            format!(
+                "policies/holidays.toml has no calendar for {year}: from {received}, new \
+                 data-subject requests will be refused (503 calendar_missing); add {year} from \
+                 the State Council's notice, or set dsr_calendar_fallback = true"
+            )
+        })
+    })
+}
+
 impl Requests {
     pub fn new(store: Store, calendar: WorkCalendar, due_working_days: u32) -> Self {
         Self {
@@ -190,6 +221,12 @@ impl Requests {
     pub fn with_calendar_fallback(mut self, fallback: bool) -> Self {
         self.fallback = fallback;
         self
+    }
+
+    /// A warning for the operator when new requests will soon fall due in a year
+    /// `holidays.toml` does not list (see [`calendar_warning`]).
+    pub fn calendar_warning(&self, today: time::Date) -> Option<String> {
+        calendar_warning(&self.calendar, today, self.due_working_days, self.fallback)
     }
 
     /// The due date for a request received at `received_ms`. `NoCalendar` when it falls
@@ -366,6 +403,21 @@ mod tests {
             due_on(&calendar, date!(2026 - 12 - 20), 15, true).unwrap(),
             date!(2027 - 01 - 08)
         );
+        // The operator is warned 30 days ahead of the first refusal, with its day.
+        assert_eq!(
+            calendar_warning(&calendar, date!(2026 - 11 - 01), 15, false),
+            None
+        );
+        let warning = calendar_warning(&calendar, date!(2026 - 11 - 20), 15, false).unwrap();
+        assert!(warning.contains("no calendar for 2027"), "{warning}");
+        assert!(warning.contains("from 2026-12-11"), "{warning}");
+        // ...which is the first day refused.
+        assert!(due_on(&calendar, date!(2026 - 12 - 10), 15, false).is_ok());
+        assert!(due_on(&calendar, date!(2026 - 12 - 11), 15, false).is_err());
+        assert!(warning.contains("calendar_missing"), "{warning}");
+        let fallback = calendar_warning(&calendar, date!(2026 - 12 - 20), 15, true).unwrap();
+        assert!(fallback.contains("from 2026-12-20"), "{fallback}");
+        assert!(fallback.contains("weekends only"), "{fallback}");
         // Received in an unlisted year, due in it too.
         assert!(matches!(
             due_on(&calendar, date!(2031 - 03 - 02), 15, false),

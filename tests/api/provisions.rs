@@ -647,15 +647,7 @@ both_stores!(
         let path = format!("/v1/subjects/{id}/processing");
         let (s, b) = get(&t, &dsr, "dsr", &path).await;
         assert_eq!(s, StatusCode::OK, "{b}");
-        let purpose = |name: &str| {
-            b["purposes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["purpose"] == name)
-                .cloned()
-                .unwrap()
-        };
+        let purpose = |name: &str| purpose_entry(&b, name);
         assert_eq!(
             (
                 purpose("service")["legal_basis"].as_str(),
@@ -731,15 +723,7 @@ both_stores!(
         let auditor = t.token("auditor", &["audit"]).await;
         let (s, b) = get(&t, &auditor, "audit", "/v1/inventory").await;
         assert_eq!(s, StatusCode::OK, "{b}");
-        let purpose = |name: &str| {
-            b["purposes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["purpose"] == name)
-                .cloned()
-                .unwrap()
-        };
+        let purpose = |name: &str| purpose_entry(&b, name);
         let billing = purpose("billing");
         assert_eq!(billing["legal_basis"], "contract");
         assert_eq!(billing["pipia"]["id"], "pia_2026_002");
@@ -858,3 +842,15 @@ both_stores!(
         );
     }
 );
+
+/// The entry for purpose `name` in an answer listing `purposes` (the record of
+/// processing, or a subject's processing rules).
+fn purpose_entry(b: &Value, name: &str) -> Value {
+    b["purposes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["purpose"] == name)
+        .cloned()
+        .unwrap()
+}

@@ -2,8 +2,15 @@
 //! query). Every report takes a time window (`:from`, `:to`); other parameters are
 //! named in the file and bound as text, never spliced into the SQL.
 //! `:sensitive_fields` expands to the names of the sensitive fields and collections
-//! from the classification; `:subject_seqs` to the ids of the events about the report's
-//! `subject` parameter, found through the audit index (for `seq IN (:subject_seqs)`).
+//! from the classification. Three more read the audit index (src/store/audit_index.rs),
+//! since the trail's table itself is indexed only by sequence number:
+//! - `FROM :events_in_window` reads as `FROM audit_events`, limited to the events of the
+//!   window, found through the index's time summary (a report written
+//!   `FROM audit_events WHERE ts >= :from AND ts < :to` gives the same rows by reading
+//!   the whole trail);
+//! - `seq IN (:subject_seqs)`: the events about the report's `subject` parameter;
+//! - `seq IN (:token_seqs)`: the events made by the report's `token` parameter, within
+//!   the window.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -72,8 +79,25 @@ pub struct Reports {
     sensitive: Vec<String>,
 }
 
-/// Placeholders every report may use (`subject_seqs` needs a `subject` parameter).
-const BUILT_IN_PLACEHOLDERS: [&str; 4] = ["from", "to", "sensitive_fields", "subject_seqs"];
+/// Placeholders every report may use (`subject_seqs` needs a `subject` parameter,
+/// `token_seqs` a `token` one).
+const BUILT_IN_PLACEHOLDERS: [&str; 6] = [
+    "from",
+    "to",
+    "sensitive_fields",
+    "events_in_window",
+    "subject_seqs",
+    "token_seqs",
+];
+
+/// The parameter a placeholder stands on, for those that stand on one.
+fn needs_parameter(placeholder: &str) -> Option<&'static str> {
+    match placeholder {
+        "subject_seqs" => Some("subject"),
+        "token_seqs" => Some("token"),
+        _ => None,
+    }
+}
 
 fn parse_def(file: &str, text: &str) -> Result<ReportDef, ReportError> {
     let def: ReportDef = toml::from_str(text).map_err(|e| ReportError::Definition {
@@ -106,16 +130,17 @@ fn parse_def(file: &str, text: &str) -> Result<ReportDef, ReportError> {
         return Err(bad("query must be a single SELECT statement".into()));
     }
     for used in placeholders(&def.query) {
-        let declared = if used == "subject_seqs" {
-            def.parameters.iter().any(|p| p == "subject")
-        } else {
-            BUILT_IN_PLACEHOLDERS.contains(&used.as_str()) || def.parameters.contains(&used)
+        let needs = needs_parameter(&used);
+        let declared = match needs {
+            Some(param) => def.parameters.iter().any(|p| p == param),
+            None => {
+                BUILT_IN_PLACEHOLDERS.contains(&used.as_str()) || def.parameters.contains(&used)
+            }
         };
         if !declared {
-            return Err(bad(if used == "subject_seqs" {
-                ":subject_seqs needs a `subject` parameter".to_owned()
-            } else {
-                format!(":{used} is used but not declared in parameters")
+            return Err(bad(match needs {
+                Some(param) => format!(":{used} needs a `{param}` parameter"),
+                None => format!(":{used} is used but not declared in parameters"),
             }));
         }
     }
@@ -258,22 +283,35 @@ impl Reports {
                         list.join(", ")
                     });
                 }
+                "events_in_window" => {
+                    let (f, t) = (
+                        bind(&mut binds, ReportParam::Int(from)),
+                        bind(&mut binds, ReportParam::Int(to)),
+                    );
+                    sql.push_str(&crate::store::events_in_window(&f, &t));
+                }
                 "subject_seqs" => {
-                    binds.push(ReportParam::Text(
-                        params.get("subject").cloned().unwrap_or_default(),
-                    ));
-                    sql.push_str(&crate::store::subject_seqs(
-                        &format!("${}", binds.len()),
-                        None,
-                    ));
+                    let subject = params.get("subject").cloned().unwrap_or_default();
+                    let s = bind(&mut binds, ReportParam::Text(subject));
+                    sql.push_str(&crate::store::subject_seqs(&s, None));
+                }
+                "token_seqs" => {
+                    let token = params.get("token").cloned().unwrap_or_default();
+                    let k = bind(&mut binds, ReportParam::Text(token));
+                    let (f, t) = (
+                        bind(&mut binds, ReportParam::Int(from)),
+                        bind(&mut binds, ReportParam::Int(to)),
+                    );
+                    let window = crate::store::window_range(&f, &t);
+                    sql.push_str(&crate::store::token_seqs(&k, &window));
                 }
                 other => {
-                    binds.push(match other {
+                    let value = match other {
                         "from" => ReportParam::Int(from),
                         "to" => ReportParam::Int(to),
                         p => ReportParam::Text(params.get(p).cloned().unwrap_or_default()),
-                    });
-                    sql.push_str(&format!("${}", binds.len()));
+                    };
+                    sql.push_str(&bind(&mut binds, value));
                 }
             }
         }
@@ -307,6 +345,12 @@ impl Reports {
             rows,
         })
     }
+}
+
+/// Adds a bind and gives its placeholder (`$n`).
+fn bind(binds: &mut Vec<ReportParam>, value: ReportParam) -> String {
+    binds.push(value);
+    format!("${}", binds.len())
 }
 
 /// Column names of a simple `SELECT a, b AS c, COUNT(*) AS n FROM …` (used when a
@@ -444,11 +488,16 @@ mod tests {
     /// a report that uses it must declare one; `subject_seqs` is not a parameter name.
     #[test]
     fn subject_seqs_needs_a_subject_parameter() {
-        let q = "name = \"x\"\ndescription = \"d\"\nquery = \"SELECT seq FROM audit_events WHERE seq IN (:subject_seqs)\"";
-        let err = parse_def("f", q).unwrap_err().to_string();
-        assert!(err.contains("needs a `subject` parameter"), "{err}");
-        assert!(parse_def("f", &format!("parameters = [\"subject\"]\n{q}")).is_ok());
-        assert!(parse_def("f", &format!("parameters = [\"subject_seqs\"]\n{q}")).is_err());
+        for (placeholder, param) in [("subject_seqs", "subject"), ("token_seqs", "token")] {
+            let q = format!("name = \"x\"\ndescription = \"d\"\nquery = \"SELECT seq FROM :events_in_window WHERE seq IN (:{placeholder})\"");
+            let err = parse_def("f", &q).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("needs a `{param}` parameter")),
+                "{err}"
+            );
+            assert!(parse_def("f", &format!("parameters = [\"{param}\"]\n{q}")).is_ok());
+            assert!(parse_def("f", &format!("parameters = [\"{placeholder}\"]\n{q}")).is_err());
+        }
     }
 
     #[test]

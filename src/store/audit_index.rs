@@ -1,6 +1,8 @@
-//! Which audit events are about which subject: the index behind a subject's access
-//! history (PIPL Art. 45) and the `accesses_by_subject` report, kept off the audited
-//! request's path.
+//! The audit trail's indexes, kept off the audited request's path: which events are
+//! about which subject (a subject's access history, PIPL Art. 45, and the
+//! `accesses_by_subject` report), which were made by which token (the `incident` and
+//! `accesses_by_actor` reports), and when each block of events happened (every report's
+//! time window).
 //!
 //! An index on `audit_events (subject, …)` maintained by every commit costs one random
 //! index page per event: each audited read of a different subject dirties a different
@@ -22,6 +24,17 @@
 //! - `state.through_seq` says how far the index reaches; entries and that mark change in
 //!   one transaction, so a lookup (one statement, one snapshot of the index) takes
 //!   indexed entries up to the mark and scans the trail only beyond it.
+//! - The same holds for the two indexes the trail's own table no longer carries (each
+//!   cost the audit commit a page or more; measured with the read load, see
+//!   benches/load): `actor_events` stands for `audit_events (actor_token, …)`, and
+//!   `time_blocks` for `audit_events (ts)`. That one is a summary, not an entry per
+//!   event: for each block of `TIME_BLOCK` consecutive events, the earliest and latest
+//!   time in it. A time window then becomes the range of sequence numbers from the first
+//!   block that reaches into the window to the last one, read in the table's own order,
+//!   plus the part not indexed yet. Times follow sequence numbers closely (an event is
+//!   stamped as it is queued) but need not follow them exactly (another node's clock, a
+//!   clock set back): the summary holds each block's true extremes, so a window is found
+//!   whole whatever the order, and only less tightly when times stray.
 
 use sqlx::{AnyConnection, Executor};
 
@@ -44,20 +57,56 @@ pub(super) async fn attach(conn: &mut AnyConnection, path: &str) -> Result<(), s
     Ok(())
 }
 
-/// Creates the SQLite index file's tables if the file is new (run by the indexer's
-/// connection, before any other connection reads them; on PostgreSQL a migration made
-/// them).
+/// Events per block of the time summary (`time_blocks`): a window's ends are found to
+/// within a block, and the summary holds one row per block.
+pub const TIME_BLOCK: i64 = 256;
+
+/// The layout of the SQLite index file (its `user_version`). A file of an earlier layout
+/// is emptied and made again from the trail: it is derived data.
+const FILE_LAYOUT: i64 = 2;
+
+/// Creates the SQLite index file's tables if the file is new or of an earlier layout (run
+/// by the indexer's connection, before any other connection reads them; on PostgreSQL
+/// migrations made them).
 pub(super) async fn create_tables(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    let layout: i64 = sqlx::query_scalar("PRAGMA audit_index.user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if layout == FILE_LAYOUT {
+        return Ok(());
+    }
+    if layout != 0 {
+        tracing::info!(
+            layout,
+            "the audit index file is of an earlier layout; making it again from the trail"
+        );
+    }
     conn.execute(
-        "CREATE TABLE IF NOT EXISTS audit_index.subject_events ( \
-             subject TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (subject, seq) \
-         ) WITHOUT ROWID; \
-         CREATE TABLE IF NOT EXISTS audit_index.state ( \
-             id INTEGER PRIMARY KEY CHECK (id = 1), through_seq INTEGER NOT NULL, \
-             through_hash BLOB, pruned_through INTEGER NOT NULL \
-         ); \
-         INSERT OR IGNORE INTO audit_index.state (id, through_seq, through_hash, pruned_through) \
-             VALUES (1, 0, NULL, 0);",
+        format!(
+            "BEGIN IMMEDIATE; \
+             DROP TABLE IF EXISTS audit_index.subject_events; \
+             DROP TABLE IF EXISTS audit_index.actor_events; \
+             DROP TABLE IF EXISTS audit_index.time_blocks; \
+             DROP TABLE IF EXISTS audit_index.state; \
+             CREATE TABLE audit_index.subject_events ( \
+                 subject TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (subject, seq) \
+             ) WITHOUT ROWID; \
+             CREATE TABLE audit_index.actor_events ( \
+                 actor TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (actor, seq) \
+             ) WITHOUT ROWID; \
+             CREATE TABLE audit_index.time_blocks ( \
+                 block INTEGER PRIMARY KEY, min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL \
+             ); \
+             CREATE TABLE audit_index.state ( \
+                 id INTEGER PRIMARY KEY CHECK (id = 1), through_seq INTEGER NOT NULL, \
+                 through_hash BLOB, pruned_through INTEGER NOT NULL \
+             ); \
+             INSERT INTO audit_index.state (id, through_seq, through_hash, pruned_through) \
+                 VALUES (1, 0, NULL, 0); \
+             PRAGMA audit_index.user_version = {FILE_LAYOUT}; \
+             COMMIT;"
+        )
+        .as_str(),
     )
     .await?;
     Ok(())
@@ -74,6 +123,59 @@ pub fn subject_seqs(subject: &str, after: Option<&str>) -> String {
          UNION ALL \
          SELECT seq FROM audit_events WHERE subject = {subject}{after} \
              AND seq > (SELECT through_seq FROM audit_index.state WHERE id = 1)"
+    )
+}
+
+/// The ids of the events made by the token bound as `token`, within the sequence range
+/// `window` (from `window_range`): indexed entries up to the index's mark, and a scan of
+/// the trail beyond it. For `seq IN (…)` (`:token_seqs` in a report).
+pub fn token_seqs(token: &str, window: &WindowRange) -> String {
+    let WindowRange { first, last } = window;
+    format!(
+        "SELECT seq FROM audit_index.actor_events WHERE actor = {token} \
+             AND seq >= {first} AND seq <= {last} \
+         UNION ALL \
+         SELECT seq FROM audit_events WHERE actor_token = {token} AND seq > {THROUGH}"
+    )
+}
+
+/// The index's mark, as a scalar subquery.
+const THROUGH: &str = "(SELECT through_seq FROM audit_index.state WHERE id = 1)";
+
+/// The range of indexed sequence numbers that can hold events of a time window, as two
+/// scalar SQL expressions (NULL when no indexed event can be in it).
+#[derive(Debug, Clone)]
+pub struct WindowRange {
+    pub first: String,
+    pub last: String,
+}
+
+/// The indexed sequence numbers that can hold events with a time in `[from, to)` (both
+/// placeholders such as `$1`): from the first block of the summary that reaches into the
+/// window to the end of the last one. The blocks are scanned in order and the scan stops
+/// at the first match from each end, so a recent window costs little however long the
+/// trail.
+pub fn window_range(from: &str, to: &str) -> WindowRange {
+    let blocks = format!("FROM audit_index.time_blocks WHERE max_ts >= {from} AND min_ts < {to}");
+    WindowRange {
+        first: format!("((SELECT block {blocks} ORDER BY block LIMIT 1) * {TIME_BLOCK} + 1)"),
+        last: format!(
+            "((SELECT block {blocks} ORDER BY block DESC LIMIT 1) * {TIME_BLOCK} + {TIME_BLOCK})"
+        ),
+    }
+}
+
+/// The events with a time in `[from, to)` (placeholders such as `$1`, each used twice), as
+/// a table named `audit_events` with all its columns (`FROM :events_in_window` in a
+/// report): the indexed part read as one range in sequence order, the rest scanned.
+pub fn events_in_window(from: &str, to: &str) -> String {
+    let WindowRange { first, last } = window_range(from, to);
+    format!(
+        "(SELECT * FROM audit_events WHERE seq >= {first} AND seq <= {last} \
+             AND seq <= {THROUGH} AND ts >= {from} AND ts < {to} \
+         UNION ALL \
+         SELECT * FROM audit_events WHERE seq > {THROUGH} AND ts >= {from} AND ts < {to}) \
+         audit_events"
     )
 }
 
@@ -123,6 +225,8 @@ impl Store {
             tx.conn()
                 .execute(
                     "DELETE FROM audit_index.subject_events; \
+                     DELETE FROM audit_index.actor_events; \
+                     DELETE FROM audit_index.time_blocks; \
                      UPDATE audit_index.state SET through_seq = 0, through_hash = NULL, \
                          pruned_through = 0 WHERE id = 1",
                 )
@@ -153,10 +257,20 @@ impl Store {
         .await?;
         if anchor > pruned {
             // Rare (an operator prunes the trail), and a scan of the index.
-            sqlx::query("DELETE FROM audit_index.subject_events WHERE seq <= $1")
-                .bind(anchor)
-                .execute(&mut *tx.conn())
-                .await?;
+            for delete in [
+                "DELETE FROM audit_index.subject_events WHERE seq <= $1",
+                "DELETE FROM audit_index.actor_events WHERE seq <= $1",
+                // Blocks wholly pruned; the block the anchor falls in keeps its extremes,
+                // which still bound what is left of it.
+                &format!(
+                    "DELETE FROM audit_index.time_blocks WHERE block * {TIME_BLOCK} + {TIME_BLOCK} <= $1"
+                ),
+            ] {
+                sqlx::query(delete)
+                    .bind(anchor)
+                    .execute(&mut *tx.conn())
+                    .await?;
+            }
         }
         // Every event up to the anchor is gone (the trail may now be empty).
         let head = head.max(anchor);
@@ -171,6 +285,37 @@ impl Store {
                  ORDER BY subject, seq \
                  ON CONFLICT DO NOTHING",
             )
+            .bind(from)
+            .bind(upto)
+            .execute(&mut *tx.conn())
+            .await?;
+            // Sorted by token: few tokens make most events, each gains one run of entries.
+            sqlx::query(
+                "INSERT INTO audit_index.actor_events (actor, seq) \
+                 SELECT actor_token, seq FROM audit_events \
+                 WHERE seq > $1 AND seq <= $2 \
+                 ORDER BY actor_token, seq \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(from)
+            .bind(upto)
+            .execute(&mut *tx.conn())
+            .await?;
+            // A block the last step left partial widens to take in its new events.
+            let (least, greatest) = if postgres {
+                ("LEAST", "GREATEST")
+            } else {
+                ("MIN", "MAX")
+            };
+            sqlx::query(&format!(
+                "INSERT INTO audit_index.time_blocks AS b (block, min_ts, max_ts) \
+                 SELECT (seq - 1) / {TIME_BLOCK}, MIN(ts), MAX(ts) FROM audit_events \
+                 WHERE seq > $1 AND seq <= $2 \
+                 GROUP BY (seq - 1) / {TIME_BLOCK} \
+                 ON CONFLICT (block) DO UPDATE SET \
+                     min_ts = {least}(b.min_ts, excluded.min_ts), \
+                     max_ts = {greatest}(b.max_ts, excluded.max_ts)"
+            ))
             .bind(from)
             .bind(upto)
             .execute(&mut *tx.conn())

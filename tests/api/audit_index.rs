@@ -1,9 +1,13 @@
-//! The audit trail's subject index (src/store/audit_index.rs), built after the commit
-//! instead of by it: a subject's access history is complete whether its events are
-//! indexed yet or not, pruned events leave the index, and an index that does not match
-//! the trail (a database restored from a backup beside a newer index file) is made again.
+//! The audit trail's indexes (src/store/audit_index.rs), built after the commit instead
+//! of by it: a subject's access history, a time window's events and a token's events are
+//! complete whether they are indexed yet or not, pruned events leave the index, and an
+//! index that does not match the trail (a database restored from a backup beside a newer
+//! index file) is made again.
 
-use piivault::audit::Event;
+use std::collections::BTreeMap;
+
+use piivault::audit::{Event, Reports};
+use piivault::store::AuditRow;
 use reqwest::{Method, StatusCode};
 
 use crate::both_stores;
@@ -201,5 +205,216 @@ async fn an_index_that_does_not_match_the_trail_is_made_again() {
         history_in(&app.store, "sub_after").await.is_empty(),
         "the restored trail has no event about sub_after"
     );
+    app.store.close().await;
+}
+
+/// Reports that list the events of a window through `:events_in_window`, and those of a
+/// token in a window through `:token_seqs`.
+fn window_reports(dir: &std::path::Path) -> Reports {
+    let defs = dir.join("window-reports");
+    std::fs::create_dir_all(&defs).expect("report dir");
+    std::fs::write(
+        defs.join("window.toml"),
+        "name = \"window\"\ndescription = \"d\"\n\
+         query = \"SELECT seq FROM :events_in_window ORDER BY seq\"\n",
+    )
+    .expect("report");
+    std::fs::write(
+        defs.join("by_token.toml"),
+        "name = \"by_token\"\ndescription = \"d\"\nparameters = [\"token\"]\n\
+         query = \"SELECT seq FROM audit_events WHERE ts >= :from AND ts < :to AND seq IN (:token_seqs) ORDER BY seq\"\n",
+    )
+    .expect("report");
+    let catalogue = piivault::classify::Catalogue::builtin().expect("catalogue");
+    Reports::load(Some(&defs), &catalogue).expect("reports load")
+}
+
+/// Windows over the trail `events`: the whole of it, each event's own millisecond,
+/// spans that start and end inside blocks of the index's time summary and across them,
+/// and windows before and after every event.
+fn windows(events: &[AuditRow]) -> Vec<(i64, i64)> {
+    let first = events.first().expect("events").ts;
+    let last = events.last().expect("events").ts;
+    let mut out = vec![
+        (0, last + 1_000_000),
+        (first - 1000, first),
+        (last + 1, last + 1000),
+    ];
+    let n = events.len();
+    for (a, b) in [
+        (0, n / 3),
+        (n / 5, n / 2),
+        (n / 3, n - 1),
+        (n / 2, n / 2 + 7),
+    ] {
+        out.push((events[a].ts, events[b].ts));
+        out.push((events[a].ts, events[b].ts + 1));
+    }
+    for i in (0..n).step_by(53) {
+        out.push((events[i].ts, events[i].ts + 1));
+    }
+    out
+}
+
+async fn report_seqs(
+    t: &TestApp,
+    reports: &Reports,
+    name: &str,
+    (from, to): (i64, i64),
+    token: Option<&str>,
+) -> Vec<i64> {
+    let params: BTreeMap<String, String> = token
+        .map(|k| [("token".to_owned(), k.to_owned())].into())
+        .unwrap_or_default();
+    reports
+        .run(&t.app.store, name, from, to, &params)
+        .await
+        .expect("report runs")
+        .rows
+        .iter()
+        .map(|r| r[0].as_i64().expect("seq"))
+        .collect()
+}
+
+/// Every window and token report against a scan of the trail.
+async fn check_windows(t: &TestApp, reports: &Reports, tokens: &[&str]) {
+    let events = t.events().await;
+    for (from, to) in windows(&events) {
+        let inside = |e: &&AuditRow| e.ts >= from && e.ts < to;
+        let want: Vec<i64> = events.iter().filter(inside).map(|e| e.seq).collect();
+        let got = report_seqs(t, reports, "window", (from, to), None).await;
+        assert_eq!(got, want, "window [{from}, {to})");
+        for token in tokens {
+            let want: Vec<i64> = events
+                .iter()
+                .filter(inside)
+                .filter(|e| e.actor_token == *token)
+                .map(|e| e.seq)
+                .collect();
+            let got = report_seqs(t, reports, "by_token", (from, to), Some(token)).await;
+            assert_eq!(got, want, "{token} in [{from}, {to})");
+        }
+    }
+}
+
+both_stores!(
+    time_windows_and_tokens_are_complete_while_the_index_catches_up,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let reports = window_reports(t.dir.path());
+        let tokens = ["tok_window_a", "tok_window_b"];
+        // Bursts of events over several blocks of the time summary, each burst in later
+        // milliseconds than the one before (waiting for the clock to move on).
+        let mut n = 0;
+        for burst in 0..6 {
+            for _ in 0..(90 + burst * 17) {
+                let event = Event::new(
+                    tokens[n % 2],
+                    "auditor",
+                    "audit",
+                    &format!("req_{n}"),
+                    "read",
+                )
+                .subject("sub_window");
+                t.app.audit.record_one(event).await.expect("recorded");
+                n += 1;
+            }
+            let last = t.events().await.last().expect("events").ts;
+            while piivault::store::now_ms() <= last {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        assert!(n as i64 > 2 * piivault::store::TIME_BLOCK);
+        // A step at a time, the mark falling inside blocks and between them.
+        loop {
+            check_windows(&t, &reports, &tokens).await;
+            let step = t.app.store.index_audit(97).await.expect("index step");
+            if step.behind == 0 {
+                break;
+            }
+        }
+        check_windows(&t, &reports, &tokens).await;
+        // Pruned inside a block: what is left is found, what is gone is not.
+        let events = t.events().await;
+        let cut = &events[events.len() / 2];
+        t.app
+            .store
+            .prune_audit(cut.seq, &cut.hash)
+            .await
+            .expect("pruned");
+        check_windows(&t, &reports, &tokens).await;
+        while t.app.store.index_audit(1000).await.expect("step").behind > 0 {}
+        check_windows(&t, &reports, &tokens).await;
+    }
+);
+
+/// An index file of an earlier layout (before the token and time indexes moved into it)
+/// is made again from the trail when the vault opens: reports that need the new tables
+/// work, and find every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_file_of_an_earlier_layout_is_made_again() {
+    let mut t = spawn_app(Db::Sqlite).await;
+    let reports = window_reports(t.dir.path());
+    let index = t.dir.path().join("piivault.db-audit-index");
+    record(&t, &["sub_layout"], 0..40).await;
+    while t.app.store.index_audit(1000).await.expect("step").behind > 0 {}
+    let events = t.events().await;
+    t.stop().await;
+
+    // The layout of the previous release: the subject index and the mark only.
+    {
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}", index.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("index file");
+        for sql in [
+            "DROP TABLE actor_events",
+            "DROP TABLE time_blocks",
+            "PRAGMA user_version = 0",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+        conn.close().await.expect("closed");
+    }
+    let app = piivault::open(&t.settings).await.expect("vault opens");
+    let all: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let params = [("token".to_owned(), "tok_index".to_owned())].into();
+    for step in [false, true] {
+        if step {
+            while app.store.index_audit(1000).await.expect("step").behind > 0 {}
+        }
+        let window = reports
+            .run(
+                &app.store,
+                "window",
+                0,
+                piivault::store::now_ms() + 3_600_000,
+                &BTreeMap::new(),
+            )
+            .await
+            .expect("window report");
+        let seqs: Vec<i64> = window
+            .rows
+            .iter()
+            .map(|r| r[0].as_i64().expect("seq"))
+            .collect();
+        assert_eq!(seqs[..all.len()], all[..], "indexed: {step}");
+        let by_token = reports
+            .run(
+                &app.store,
+                "by_token",
+                0,
+                piivault::store::now_ms() + 3_600_000,
+                &params,
+            )
+            .await
+            .expect("token report");
+        let want = events
+            .iter()
+            .filter(|e| e.actor_token == "tok_index")
+            .count();
+        assert_eq!(by_token.rows.len(), want, "indexed: {step}");
+    }
     app.store.close().await;
 }

@@ -81,9 +81,11 @@ pub(super) async fn create_tables(conn: &mut AnyConnection) -> Result<(), sqlx::
             "the audit index file is of an earlier layout; making it again from the trail"
         );
     }
+    // A deferred BEGIN: the statements lock the index file only, never the database the
+    // server may be writing.
     conn.execute(
         format!(
-            "BEGIN IMMEDIATE; \
+            "BEGIN; \
              DROP TABLE IF EXISTS audit_index.subject_events; \
              DROP TABLE IF EXISTS audit_index.actor_events; \
              DROP TABLE IF EXISTS audit_index.time_blocks; \

@@ -279,30 +279,28 @@ impl Store {
         let from = through.max(anchor);
         let upto = head.min(from.saturating_add(max.max(1)));
         if upto > from {
-            // Sorted by subject, so each index page is visited once.
-            sqlx::query(
-                "INSERT INTO audit_index.subject_events (subject, seq) \
-                 SELECT subject, seq FROM audit_events \
-                 WHERE seq > $1 AND seq <= $2 AND subject IS NOT NULL \
-                 ORDER BY subject, seq \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(from)
-            .bind(upto)
-            .execute(&mut *tx.conn())
-            .await?;
-            // Sorted by token: few tokens make most events, each gains one run of entries.
-            sqlx::query(
-                "INSERT INTO audit_index.actor_events (actor, seq) \
-                 SELECT actor_token, seq FROM audit_events \
-                 WHERE seq > $1 AND seq <= $2 \
-                 ORDER BY actor_token, seq \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(from)
-            .bind(upto)
-            .execute(&mut *tx.conn())
-            .await?;
+            // Sorted by key, so each index page is visited once: a subject's or a token's
+            // new entries are one run (few tokens make most events).
+            for (index, key, only) in [
+                (
+                    "subject_events (subject, seq)",
+                    "subject",
+                    " AND subject IS NOT NULL",
+                ),
+                ("actor_events (actor, seq)", "actor_token", ""),
+            ] {
+                sqlx::query(&format!(
+                    "INSERT INTO audit_index.{index} \
+                     SELECT {key}, seq FROM audit_events \
+                     WHERE seq > $1 AND seq <= $2{only} \
+                     ORDER BY {key}, seq \
+                     ON CONFLICT DO NOTHING"
+                ))
+                .bind(from)
+                .bind(upto)
+                .execute(&mut *tx.conn())
+                .await?;
+            }
             // A block the last step left partial widens to take in its new events.
             let (least, greatest) = if postgres {
                 ("LEAST", "GREATEST")

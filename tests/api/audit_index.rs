@@ -94,6 +94,18 @@ async fn index_entries_through(t: &TestApp, seq: i64) -> i64 {
         .expect("count")
 }
 
+/// Prunes the older half of the trail; gives the last pruned event's sequence number.
+async fn prune_half(t: &TestApp) -> i64 {
+    let events = t.events().await;
+    let cut = &events[events.len() / 2];
+    t.app
+        .store
+        .prune_audit(cut.seq, &cut.hash)
+        .await
+        .expect("pruned");
+    cut.seq
+}
+
 async fn record(t: &TestApp, subjects: &[&str], range: std::ops::Range<usize>) {
     for n in range {
         t.app
@@ -135,19 +147,13 @@ both_stores!(
         assert!(history(&t, "sub_index_none").await.is_empty());
 
         // Pruning: events up to the anchor leave the trail, and their entries the index.
-        let events = t.events().await;
-        let cut = &events[events.len() / 2];
-        t.app
-            .store
-            .prune_audit(cut.seq, &cut.hash)
-            .await
-            .expect("pruned");
+        let cut = prune_half(&t).await;
         while t.app.store.index_audit(1000).await.expect("step").behind > 0 {}
-        let left = index_entries_through(&t, cut.seq).await;
+        let left = index_entries_through(&t, cut).await;
         assert_eq!(left, 0, "entries of pruned events are removed");
         for s in subjects {
             let want = truth(&t, s).await;
-            assert!(want.iter().all(|seq| *seq > cut.seq));
+            assert!(want.iter().all(|seq| *seq > cut));
             assert_eq!(history(&t, s).await, want, "{s}");
         }
     }
@@ -335,13 +341,7 @@ both_stores!(
         }
         check_windows(&t, &reports, &tokens).await;
         // Pruned inside a block: what is left is found, what is gone is not.
-        let events = t.events().await;
-        let cut = &events[events.len() / 2];
-        t.app
-            .store
-            .prune_audit(cut.seq, &cut.hash)
-            .await
-            .expect("pruned");
+        prune_half(&t).await;
         check_windows(&t, &reports, &tokens).await;
         while t.app.store.index_audit(1000).await.expect("step").behind > 0 {}
         check_windows(&t, &reports, &tokens).await;

@@ -1,7 +1,8 @@
 //! Audit costs: how fast `audit verify` walks the chain, and read throughput with and
 //! without the audit event, in-process and over HTTPS against a bare handler.
 //! Run: cargo bench --bench audit             (SQLite)
-//!      cargo bench --bench audit -- verify   (only `audit verify`; with
+//!      cargo bench --bench audit -- verify   (only `audit verify`, then reports over
+//!      the same long trail: a narrow window at its end, and the whole of it; with
 //!      PIIVAULT_BENCH_DATABASE_URL=postgres://…/db also on a fresh PostgreSQL database
 //!      created beside that one and dropped afterwards)
 //!      cargo bench --bench audit -- write    (only the audit writer: one event per
@@ -325,4 +326,68 @@ async fn verify_speed(
         events,
         runs[1]
     );
+    report_speed(store, app, id).await;
+}
+
+/// Reports over the long trail, once the audit index has caught up: a window holding only
+/// the last 100 events (its cost should not grow with the trail), and the whole trail.
+async fn report_speed(store: &str, app: &piivault::App, id: &piivault::vault::SubjectId) {
+    let last = app
+        .store
+        .audit_head()
+        .await
+        .unwrap()
+        .map_or(0, |(seq, _)| seq);
+    let mark = loop {
+        // Later events in later milliseconds than every event before them.
+        let now = piivault::store::now_ms();
+        let newest = app.store.audit_events(last - 1, 1).await.unwrap();
+        if newest.iter().all(|e| e.ts < now) {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let recent: Vec<Event> = (0..100)
+        .map(|i| {
+            Event::new(
+                "tok_recent",
+                "billing",
+                "billing",
+                &format!("req_r{i}"),
+                "read",
+            )
+            .subject(id.as_str())
+            .field("bank_card")
+        })
+        .collect();
+    app.audit.record(recent).await.unwrap();
+    while app.store.index_audit(50_000).await.unwrap().behind > 0 {}
+    let end = piivault::store::now_ms() + 1;
+    let token: std::collections::BTreeMap<String, String> =
+        [("token".to_owned(), "tok_recent".to_owned())].into();
+    let none = std::collections::BTreeMap::new();
+    for (name, params, from, what) in [
+        ("accesses_by_purpose", &none, mark, "last 100 events"),
+        ("incident", &token, mark, "last 100 events"),
+        ("accesses_by_purpose", &none, 0, "whole trail"),
+        ("incident", &token, 0, "whole trail"),
+    ] {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let result = app
+                .reports
+                .run(&app.store, name, from, end, params)
+                .await
+                .unwrap();
+            runs.push(start.elapsed().as_secs_f64());
+            assert!(!result.rows.is_empty(), "{name}");
+        }
+        runs.sort_by(f64::total_cmp);
+        println!(
+            "{:<52} {:>10.2} ms (median of 3)",
+            format!("report {name}, {what} ({store})"),
+            runs[1] * 1000.0
+        );
+    }
 }

@@ -123,8 +123,7 @@ pub fn subject_seqs(subject: &str, after: Option<&str>) -> String {
     format!(
         "SELECT seq FROM audit_index.subject_events WHERE subject = {subject}{after} \
          UNION ALL \
-         SELECT seq FROM audit_events WHERE subject = {subject}{after} \
-             AND seq > (SELECT through_seq FROM audit_index.state WHERE id = 1)"
+         SELECT seq FROM audit_events WHERE subject = {subject}{after} AND {BEYOND_MARK}"
     )
 }
 
@@ -137,12 +136,20 @@ pub fn token_seqs(token: &str, window: &WindowRange) -> String {
         "SELECT seq FROM audit_index.actor_events WHERE actor = {token} \
              AND seq >= {first} AND seq <= {last} \
          UNION ALL \
-         SELECT seq FROM audit_events WHERE actor_token = {token} AND seq > {THROUGH}"
+         SELECT seq FROM audit_events WHERE actor_token = {token} AND {BEYOND_MARK}"
     )
 }
 
 /// The index's mark, as a scalar subquery.
 const THROUGH: &str = "(SELECT through_seq FROM audit_index.state WHERE id = 1)";
+
+/// The part of the trail beyond the index's mark, as a condition on `seq`. Bounded above
+/// by the head as well, which changes nothing in one statement's snapshot but lets
+/// PostgreSQL's planner see a range: with only `seq > (subquery)` it expects a third of
+/// the trail and starts parallel workers for a few rows (measured: 5–100 ms a report on
+/// a million events, against 1 ms with the bound).
+const BEYOND_MARK: &str = "seq > (SELECT through_seq FROM audit_index.state WHERE id = 1) \
+     AND seq <= (SELECT MAX(seq) FROM audit_events)";
 
 /// The range of indexed sequence numbers that can hold events of a time window, as two
 /// scalar SQL expressions (NULL when no indexed event can be in it).
@@ -176,7 +183,7 @@ pub fn events_in_window(from: &str, to: &str) -> String {
         "(SELECT * FROM audit_events WHERE seq >= {first} AND seq <= {last} \
              AND seq <= {THROUGH} AND ts >= {from} AND ts < {to} \
          UNION ALL \
-         SELECT * FROM audit_events WHERE seq > {THROUGH} AND ts >= {from} AND ts < {to}) \
+         SELECT * FROM audit_events WHERE {BEYOND_MARK} AND ts >= {from} AND ts < {to}) \
          audit_events"
     )
 }

@@ -302,8 +302,7 @@ impl Reports {
                         bind(&mut binds, ReportParam::Int(from)),
                         bind(&mut binds, ReportParam::Int(to)),
                     );
-                    let window = crate::store::window_range(&f, &t);
-                    sql.push_str(&crate::store::token_seqs(&k, &window));
+                    sql.push_str(&crate::store::token_seqs(&k, &f, &t));
                 }
                 other => {
                     let value = match other {

@@ -177,8 +177,10 @@ pub fn calendar_warning(
     const AHEAD_DAYS: i64 = 30;
     (0..=AHEAD_DAYS).find_map(|n| {
         let received = today.checked_add(time::Duration::days(n))?;
-        let due = calendar.add_working_days(received, days);
-        let year = (received.year()..=due.year()).find(|y| !calendar.covers(*y))?;
+        // The first day `due_on` itself would refuse, and the year it would name.
+        let Err(RequestError::NoCalendar(year)) = due_on(calendar, received, days, false) else {
+            return None;
+        };
         Some(if fallback {
             format!(
                 "policies/holidays.toml has no calendar for {year}: from {received}, due dates \

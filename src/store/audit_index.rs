@@ -128,10 +128,11 @@ pub fn subject_seqs(subject: &str, after: Option<&str>) -> String {
 }
 
 /// The ids of the events made by the token bound as `token`, within the sequence range
-/// `window` (from `window_range`): indexed entries up to the index's mark, and a scan of
-/// the trail beyond it. For `seq IN (…)` (`:token_seqs` in a report).
-pub fn token_seqs(token: &str, window: &WindowRange) -> String {
-    let WindowRange { first, last } = window;
+/// that can hold the time window `[from, to)` (see `window_range`): indexed entries up to
+/// the index's mark, and a scan of the trail beyond it. For `seq IN (…)` (`:token_seqs`
+/// in a report).
+pub fn token_seqs(token: &str, from: &str, to: &str) -> String {
+    let WindowRange { first, last } = window_range(from, to);
     format!(
         "SELECT seq FROM audit_index.actor_events WHERE actor = {token} \
              AND seq >= {first} AND seq <= {last} \
@@ -141,22 +142,29 @@ pub fn token_seqs(token: &str, window: &WindowRange) -> String {
 }
 
 /// The index's mark, as a scalar subquery.
-const THROUGH: &str = "(SELECT through_seq FROM audit_index.state WHERE id = 1)";
+macro_rules! through {
+    () => {
+        "(SELECT through_seq FROM audit_index.state WHERE id = 1)"
+    };
+}
+const THROUGH: &str = through!();
 
 /// The part of the trail beyond the index's mark, as a condition on `seq`. Bounded above
 /// by the head as well, which changes nothing in one statement's snapshot but lets
 /// PostgreSQL's planner see a range: with only `seq > (subquery)` it expects a third of
 /// the trail and starts parallel workers for a few rows (measured: 5–100 ms a report on
 /// a million events, against 1 ms with the bound).
-const BEYOND_MARK: &str = "seq > (SELECT through_seq FROM audit_index.state WHERE id = 1) \
-     AND seq <= (SELECT MAX(seq) FROM audit_events)";
+const BEYOND_MARK: &str = concat!(
+    "seq > ",
+    through!(),
+    " AND seq <= (SELECT MAX(seq) FROM audit_events)"
+);
 
 /// The range of indexed sequence numbers that can hold events of a time window, as two
 /// scalar SQL expressions (NULL when no indexed event can be in it).
-#[derive(Debug, Clone)]
-pub struct WindowRange {
-    pub first: String,
-    pub last: String,
+struct WindowRange {
+    first: String,
+    last: String,
 }
 
 /// The indexed sequence numbers that can hold events with a time in `[from, to)` (both
@@ -164,7 +172,7 @@ pub struct WindowRange {
 /// window to the end of the last one. The blocks are scanned in order and the scan stops
 /// at the first match from each end, so a recent window costs little however long the
 /// trail.
-pub fn window_range(from: &str, to: &str) -> WindowRange {
+fn window_range(from: &str, to: &str) -> WindowRange {
     let blocks = format!("FROM audit_index.time_blocks WHERE max_ts >= {from} AND min_ts < {to}");
     WindowRange {
         first: format!("((SELECT block {blocks} ORDER BY block LIMIT 1) * {TIME_BLOCK} + 1)"),

@@ -22,9 +22,7 @@ mod tokens;
 mod write;
 
 pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
-pub use audit_index::{
-    events_in_window, subject_seqs, token_seqs, window_range, IndexStep, WindowRange, TIME_BLOCK,
-};
+pub use audit_index::{events_in_window, subject_seqs, token_seqs, IndexStep, TIME_BLOCK};
 pub use consent::ConsentRow;
 pub use exports::BulkExportRow;
 pub use keys::{KeyVersionRow, MasterKeyRow, Rewrapped, SystemKeyRow, WrappedCount, WrappedKey};

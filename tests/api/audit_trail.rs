@@ -536,55 +536,52 @@ both_stores!(
             assert!(report(&t).await.ok);
             t
         };
-        let broken = |statements: Vec<String>| async move {
+        // Each break on a trail of its own: the statement that makes it, the event where
+        // it must be found, and what the reason must say.
+        let cases = [
+            // The last event of the first page altered.
+            (
+                format!("UPDATE audit_events SET decision = 'deny' WHERE seq = {page}"),
+                page,
+                "altered",
+            ),
+            // The first event of the second page no longer links to the page before.
+            (
+                format!(
+                    "UPDATE audit_events SET prev_hash = hash WHERE seq = {}",
+                    page + 1
+                ),
+                page + 1,
+                "does not link",
+            ),
+            // The first event of the second page removed: a gap across the boundary.
+            (
+                format!("DELETE FROM audit_events WHERE seq = {}", page + 1),
+                page + 1,
+                "sequence gap",
+            ),
+            // A break deep in the third page, behind two good ones.
+            (
+                format!(
+                    "UPDATE audit_events SET reason = 'other' WHERE seq = {}",
+                    2 * page + 3
+                ),
+                2 * page + 3,
+                "",
+            ),
+        ];
+        for (sql, at, says) in cases {
             let t = long().await;
             let raw = t.raw().await;
             unlock(&t, &raw).await;
-            for sql in statements {
-                sqlx::query(&sql).execute(&raw).await.unwrap();
-            }
-            report(&t).await
-        };
-        // The last event of the first page altered.
-        let r = broken(vec![format!(
-            "UPDATE audit_events SET decision = 'deny' WHERE seq = {page}"
-        )])
-        .await;
-        assert_eq!((r.ok, r.first_bad_seq), (false, Some(page)), "{r:?}");
-        assert!(r.reason.unwrap().contains("altered"));
-        // The first event of the second page no longer links to the page before.
-        let r = broken(vec![format!(
-            "UPDATE audit_events SET prev_hash = hash WHERE seq = {}",
-            page + 1
-        )])
-        .await;
-        assert_eq!((r.ok, r.first_bad_seq), (false, Some(page + 1)), "{r:?}");
-        assert!(
-            r.reason.as_deref().unwrap_or("").contains("does not link"),
-            "{r:?}"
-        );
-        // The first event of the second page removed: a gap across the boundary.
-        let r = broken(vec![format!(
-            "DELETE FROM audit_events WHERE seq = {}",
-            page + 1
-        )])
-        .await;
-        assert_eq!((r.ok, r.first_bad_seq), (false, Some(page + 1)), "{r:?}");
-        assert!(
-            r.reason.as_deref().unwrap_or("").contains("sequence gap"),
-            "{r:?}"
-        );
-        // A break deep in the third page, behind two good ones.
-        let r = broken(vec![format!(
-            "UPDATE audit_events SET reason = 'other' WHERE seq = {}",
-            2 * page + 3
-        )])
-        .await;
-        assert_eq!(
-            (r.ok, r.first_bad_seq),
-            (false, Some(2 * page + 3)),
-            "{r:?}"
-        );
+            sqlx::query(&sql).execute(&raw).await.unwrap();
+            let r = report(&t).await;
+            assert_eq!((r.ok, r.first_bad_seq), (false, Some(at)), "{sql}: {r:?}");
+            assert!(
+                r.reason.as_deref().unwrap_or("").contains(says),
+                "{sql}: {r:?}"
+            );
+        }
     }
 );
 

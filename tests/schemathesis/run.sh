@@ -44,7 +44,10 @@ token() { "$BIN" token issue "${args[@]}" --role "$1" --purpose "$2" --ttl 1h --
 
 status=0
 # Each role with its purpose: the operations it may use answer, the others refuse (403),
-# and both must match the document.
+# and both must match the document. One worker: with two threads, CPython before 3.11.8
+# and 3.12.2 (this machine's python3 is 3.11.7) can fail in Hypothesis's own use of `ast`
+# with "SystemError: AST constructor recursion depth mismatch" (cpython gh-106905, a race
+# between threads), a crash of the sweeper that reads as an error of the run.
 for pair in dsr_handler:dsr admin:admin auditor:audit customer_service:service; do
   role=${pair%%:*} purpose=${pair##*:}
   echo "== schemathesis as $role ($purpose): $EXAMPLES examples an operation"
@@ -52,7 +55,7 @@ for pair in dsr_handler:dsr admin:admin auditor:audit customer_service:service; 
       --tls-verify "$dir/data/tls/ca.pem" \
       -H "Authorization: Bearer $(token "$role" "$purpose")" -H "X-Purpose: $purpose" \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
-      --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 --no-shrink \
+      --max-examples "$EXAMPLES" --seed "$SEED" --workers 1 --no-shrink \
       --report junit --report-dir "target/schemathesis/$role" 2>&1 | tail -25; then
     status=1
   fi

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;

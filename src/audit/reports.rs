@@ -35,6 +35,7 @@ const BUILTIN: &[&str] = &[
     include_str!("../../audit/accesses_by_purpose.toml"),
     include_str!("../../audit/requests_timeliness.toml"),
     include_str!("../../audit/incidents.toml"),
+    include_str!("../../audit/accesses_over_time.toml"),
 ];
 
 #[derive(Debug, thiserror::Error)]

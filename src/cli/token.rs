@@ -15,15 +15,22 @@ pub enum TokenCommand {
         #[arg(long)]
         role: String,
         /// A purpose the token may claim in X-Purpose (one the role has a policy line
-        /// for); repeat for several.
-        #[arg(long = "purpose", required = true, value_name = "PURPOSE")]
+        /// for); repeat for several. With --console: audit or dsr, taken from the role
+        /// when left out.
+        #[arg(long = "purpose", required_unless_present = "console", value_name = "PURPOSE")]
         purposes: Vec<String>,
         /// Lifetime: a number and s, m, h or d (e.g. 30d); at most --max-token-ttl.
-        #[arg(long, value_name = "TTL")]
-        ttl: String,
+        /// With --console: 8h when left out, at most 12h.
+        #[arg(long, value_name = "TTL", required_unless_present = "console")]
+        ttl: Option<String>,
         /// Which service or person the token is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// A short-lived token for a person to sign in to the web console (/console):
+        /// the role must be able to claim the audit purpose (auditor) or the dsr
+        /// purpose (dsr_handler, dsr_lead); the token claims nothing else.
+        #[arg(long)]
+        console: bool,
     },
     /// List tokens (never their secrets).
     List {
@@ -46,8 +53,23 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
             purposes,
             ttl,
             description,
+            console,
         } => {
-            let ttl = parse_ttl(&ttl).context("--ttl takes a number and s, m, h or d (e.g. 1h)")?;
+            let purposes = if console {
+                console_purposes(&app.policy.current(), &role, purposes)?
+            } else {
+                purposes
+            };
+            let ttl = match (ttl.as_deref(), console) {
+                (Some(t), _) => {
+                    parse_ttl(t).context("--ttl takes a number and s, m, h or d (e.g. 1h)")?
+                }
+                (None, true) => CONSOLE_TTL,
+                (None, false) => anyhow::bail!("--ttl is required"),
+            };
+            if console && ttl > CONSOLE_MAX_TTL {
+                anyhow::bail!("a console token lives at most 12h; give a shorter --ttl");
+            }
             let (info, secret) = app
                 .tokens
                 .issue(
@@ -69,6 +91,12 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
                 info.purposes.join(","),
                 info.expires_at
             );
+            if console {
+                eprintln!(
+                    "paste it at https://<this vault's address>/console/sign-in; it works until {}",
+                    info.expires_at
+                );
+            }
             println!("{}", secret.as_str());
             ExitCode::SUCCESS
         }
@@ -97,6 +125,38 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
     };
     app.store.close().await;
     Ok(code)
+}
+
+/// How long a console token lives unless `--ttl` says otherwise, and at most.
+const CONSOLE_TTL: std::time::Duration = std::time::Duration::from_secs(8 * 3600);
+const CONSOLE_MAX_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// The purposes a console token for `role` claims: those asked for, which must be
+/// console purposes, or else every console purpose the role may claim.
+fn console_purposes(
+    policy: &crate::authz::PolicySet,
+    role: &str,
+    asked: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let console = [crate::console::AUDIT_PURPOSE, crate::console::DSR_PURPOSE];
+    if let Some(other) = asked.iter().find(|p| !console.contains(&p.as_str())) {
+        anyhow::bail!("a console token claims only audit or dsr, not {other:?}");
+    }
+    if !asked.is_empty() {
+        return Ok(asked);
+    }
+    let claimable = policy.claimable(role);
+    let found: Vec<String> = console
+        .iter()
+        .filter(|p| claimable.is_some_and(|c| c.contains(**p)))
+        .map(|p| (*p).to_owned())
+        .collect();
+    if found.is_empty() {
+        anyhow::bail!(
+            "role {role:?} cannot use the console: it may claim neither the audit nor the dsr purpose"
+        );
+    }
+    Ok(found)
 }
 
 fn print_table(tokens: &[TokenInfo]) {

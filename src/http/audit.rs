@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Walk the whole chain and check every signed checkpoint.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(Purpose),
-    responses((status = 200, description = "`{ok, events, checkpoints, first_bad_seq?, reason?}`", body = Object), Refusals))]
+    responses((status = 200, description = "`{ok, events, checkpoints, first_bad_seq?, reason?, newest_checkpoint: {seq, time, key_id} | null}`", body = Object), Refusals))]
 async fn verify(State(state): State<AppState>, who: Authorized) -> Result<Json<Value>, ApiError> {
     Ok(Json(audit::verify(&state, &who).await?))
 }

@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show, update))
         .routes(routes!(export))
         .routes(routes!(processing))
+        .routes(routes!(access_history))
         .routes(routes!(explanation))
         .routes(routes!(deceased))
         .routes(routes!(instructions))
@@ -174,6 +175,24 @@ async fn processing(
     ApiPath(id): ApiPath<String>,
 ) -> Answer {
     Ok(Json(dsr::processing(&state, &who, &id).await?))
+}
+
+/// A subject's access history (PIPL Art. 45), as the export bundle holds it: when, by
+/// which role, what, which field, for what purpose, the outcome. No value, no token or
+/// request id.
+#[utoipa::path(get, path = "/v1/subjects/{id}/access-history", tag = "requests",
+    params(("id" = String, Path, description = "Subject id"), Purpose),
+    responses(
+        (status = 200, description = "`{id, access_history: [{time, by_role, action, field, purpose, decision}]}`", body = Object),
+        (status = 404, description = "Code: `subject_not_found` (not a subject id)", body = super::openapi::ErrorBody),
+        Refusals,
+    ))]
+async fn access_history(
+    State(state): State<AppState>,
+    who: Authorized,
+    ApiPath(id): ApiPath<String>,
+) -> Answer {
+    Ok(Json(dsr::access_history(&state, &who, &id).await?))
 }
 
 /// An explanation for the subject (PIPL Art. 24): what a purpose is for, its legal basis,

@@ -9,8 +9,21 @@ use serde_json::json;
 
 pub use crate::pipeline::Error as ApiError;
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// What an answer to a refused or failed request says: its status, stable code and
+/// message (never a value), the field at fault and, for `too_many_failures`, when to
+/// try again. The API sends it as JSON, the console as a page.
+#[derive(Debug)]
+pub struct Described {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// The answer to send; an internal cause is logged here, never sent.
+    pub fn describe(self) -> Described {
         let (status, code, message, field) = match self {
             Self::Unauthorized { code, message } => {
                 (StatusCode::UNAUTHORIZED, code, message.to_owned(), None)
@@ -21,16 +34,13 @@ impl IntoResponse for ApiError {
                 field,
             } => (StatusCode::FORBIDDEN, code, message, field),
             Self::TooManyFailures { retry_after } => {
-                let body = json!({ "error": {
-                    "code": "too_many_failures",
-                    "message": "too many bad tokens from this address; slow down",
-                }});
-                let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-                if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
-                    resp.headers_mut()
-                        .insert(axum::http::header::RETRY_AFTER, v);
-                }
-                return resp;
+                return Described {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    code: "too_many_failures",
+                    message: "too many bad tokens from this address; slow down".to_owned(),
+                    field: None,
+                    retry_after: Some(retry_after),
+                };
             }
             Self::NotFound { code, message } => {
                 (StatusCode::NOT_FOUND, code, message.to_owned(), None)
@@ -106,10 +116,39 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let mut body = json!({ "error": { "code": code, "message": message } });
-        if let Some(field) = field {
+        Described {
+            status,
+            code,
+            message,
+            field,
+            retry_after: None,
+        }
+    }
+}
+
+impl Described {
+    /// `Retry-After`, when the answer asks the client to wait.
+    pub fn retry_header(&self, response: &mut Response) {
+        if let Some(v) = self
+            .retry_after
+            .and_then(|s| axum::http::HeaderValue::from_str(&s.to_string()).ok())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let d = self.describe();
+        let mut body = json!({ "error": { "code": d.code, "message": d.message } });
+        if let Some(field) = &d.field {
             body["error"]["field"] = json!(field);
         }
-        (status, Json(body)).into_response()
+        let mut response = (d.status, Json(body)).into_response();
+        d.retry_header(&mut response);
+        response
     }
 }

@@ -14,7 +14,7 @@ mod subjects;
 pub mod tls;
 mod tokens;
 
-pub use error::ApiError;
+pub use error::{ApiError, Described};
 
 use std::time::Instant;
 
@@ -164,6 +164,7 @@ pub fn router(state: AppState, limits: Limits, access_log: bool) -> Router {
     let (routes, doc) = routes();
     OPENAPI.get_or_init(|| doc.to_json().unwrap_or_default());
     routes
+        .merge(crate::console::router())
         .fallback(|| async {
             ApiError::NotFound {
                 code: "not_found",

@@ -23,7 +23,23 @@ pub async fn verify(state: &Pipeline, who: &Authorized) -> Result<Value, Error> 
     if !report.ok {
         tracing::error!(first_bad_seq = ?report.first_bad_seq, reason = ?report.reason, "audit trail verification failed");
     }
-    serde_json::to_value(report).map_err(Error::internal)
+    let mut answer = serde_json::to_value(report).map_err(Error::internal)?;
+    let newest = state
+        .store
+        .checkpoints()
+        .await
+        .map_err(Error::store)?
+        .into_iter()
+        .max_by_key(|c| c.seq);
+    answer["newest_checkpoint"] = match newest {
+        Some(c) => json!({
+            "seq": c.seq,
+            "time": crate::store::rfc3339(c.ts),
+            "key_id": c.key_id,
+        }),
+        None => Value::Null,
+    };
+    Ok(answer)
 }
 
 pub async fn public_key(state: &Pipeline, who: &Authorized) -> Result<Value, Error> {

@@ -219,23 +219,7 @@ pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<
             e
         })
         .collect();
-    let history: Vec<Value> = state
-        .store
-        .audit_events_for_subject(id.as_str())
-        .await
-        .map_err(Error::internal)?
-        .into_iter()
-        .map(|e| {
-            json!({
-                "time": crate::store::rfc3339(e.ts),
-                "by_role": e.actor_role,
-                "action": e.action,
-                "field": e.field,
-                "purpose": e.purpose,
-                "decision": e.decision,
-            })
-        })
-        .collect();
+    let history = history_of(state, &id).await?;
     // Art. 45: which recipients received what, and when.
     let registry = who.policy.recipients();
     let provisions: Vec<Value> = state
@@ -277,6 +261,47 @@ pub async fn export(state: &Pipeline, who: &Authorized, raw_id: &str) -> Result<
             .collect::<Vec<_>>(),
     });
     Ok(bundle)
+}
+
+/// A subject's access history from the audit trail, as the subject is shown it (PIPL
+/// Art. 45): when, by which role, what, which field, for what purpose, and the outcome;
+/// no token ids or request ids.
+async fn history_of(state: &Pipeline, id: &crate::vault::SubjectId) -> Result<Vec<Value>, Error> {
+    Ok(state
+        .store
+        .audit_events_for_subject(id.as_str())
+        .await
+        .map_err(Error::internal)?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "time": crate::store::rfc3339(e.ts),
+                "by_role": e.actor_role,
+                "action": e.action,
+                "field": e.field,
+                "purpose": e.purpose,
+                "decision": e.decision,
+            })
+        })
+        .collect())
+}
+
+/// A subject's access history alone (what the export bundle holds under
+/// `access_history`), for a DSR handler answering an access request without exporting
+/// every value: no value in it.
+#[tracing::instrument(level = "debug", skip_all, fields(subject = %raw_id, role = %who.caller.role))]
+pub async fn access_history(
+    state: &Pipeline,
+    who: &Authorized,
+    raw_id: &str,
+) -> Result<Value, Error> {
+    let id = super::subject_id(raw_id)?;
+    let event = who.event("access_history.read").subject(id.as_str());
+    who.require(state, "subject", "export", event.clone())
+        .await?;
+    let history = history_of(state, &id).await?;
+    state.audit.record_one(event).await?;
+    Ok(json!({ "id": id.as_str(), "access_history": history }))
 }
 
 /// A legal hold to place.

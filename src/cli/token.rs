@@ -17,7 +17,11 @@ pub enum TokenCommand {
         /// A purpose the token may claim in X-Purpose (one the role has a policy line
         /// for); repeat for several. With --console: audit or dsr, taken from the role
         /// when left out.
-        #[arg(long = "purpose", required_unless_present = "console", value_name = "PURPOSE")]
+        #[arg(
+            long = "purpose",
+            required_unless_present = "console",
+            value_name = "PURPOSE"
+        )]
         purposes: Vec<String>,
         /// Lifetime: a number and s, m, h or d (e.g. 30d); at most --max-token-ttl.
         /// With --console: 8h when left out, at most 12h.

@@ -125,7 +125,11 @@ async fn chain(State(state): State<AppState>, me: Auditor) -> Response {
             }
         }
     };
-    let status = if ok { StatusCode::OK } else { StatusCode::CONFLICT };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
     Page::new(status, "Audit chain", Some((&me).into()), body).into_response()
 }
 
@@ -221,7 +225,12 @@ async fn report_csv(State(state): State<AppState>, me: Auditor, body: Bytes) -> 
     };
     match pipe::run_report(&state, &me.who, &form.name, form.query).await {
         Ok((_, r)) => {
-            let file = format!("{}_{}_{}.csv", r.report, &r.from[..10.min(r.from.len())], &r.to[..10.min(r.to.len())]);
+            let file = format!(
+                "{}_{}_{}.csv",
+                r.report,
+                &r.from[..10.min(r.from.len())],
+                &r.to[..10.min(r.to.len())]
+            );
             page::csv_download(&file, r.to_csv())
         }
         Err(e) => Page::from_error(e).into_response(),
@@ -256,7 +265,9 @@ async fn incident(State(state): State<AppState>, me: Auditor, body: Bytes) -> Re
     };
     let column = |name: &str| result.columns.iter().position(|c| c == name);
     let distinct = |name: &str| -> Vec<String> {
-        let Some(i) = column(name) else { return Vec::new() };
+        let Some(i) = column(name) else {
+            return Vec::new();
+        };
         let mut seen: Vec<String> = result
             .rows
             .iter()
@@ -268,7 +279,11 @@ async fn incident(State(state): State<AppState>, me: Auditor, body: Bytes) -> Re
     };
     let (subjects, fields) = (distinct("subject"), distinct("field"));
     let times: i64 = column("times").map_or(0, |i| {
-        result.rows.iter().filter_map(|r| r.get(i).and_then(Value::as_i64)).sum()
+        result
+            .rows
+            .iter()
+            .filter_map(|r| r.get(i).and_then(Value::as_i64))
+            .sum()
     });
     let token = form.query.get("token").cloned().unwrap_or_default();
     let body = html! {

@@ -73,8 +73,8 @@ fn bucket_for(span: i64) -> i64 {
 }
 
 fn millis(text: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -245,9 +245,27 @@ mod tests {
     fn counts_land_in_their_bucket_and_series() {
         let day1 = millis("2026-12-01T00:00:00Z").unwrap();
         let r = result(vec![
-            vec![json!(day1), json!("billing"), json!("billing"), json!("allow"), json!(3)],
-            vec![json!(day1 + 7 * HOUR), json!("dsr_handler"), json!("dsr"), json!("deny"), json!(2)],
-            vec![json!(day1 + 30 * HOUR), json!("billing"), json!("billing"), json!("deny"), json!(5)],
+            vec![
+                json!(day1),
+                json!("billing"),
+                json!("billing"),
+                json!("allow"),
+                json!(3),
+            ],
+            vec![
+                json!(day1 + 7 * HOUR),
+                json!("dsr_handler"),
+                json!("dsr"),
+                json!("deny"),
+                json!(2),
+            ],
+            vec![
+                json!(day1 + 30 * HOUR),
+                json!("billing"),
+                json!("billing"),
+                json!("deny"),
+                json!(5),
+            ],
         ]);
         let b = bin(&r, Grouping::Role).unwrap();
         // Two days at six-hour buckets.
@@ -268,7 +286,15 @@ mod tests {
     fn more_series_than_colours_fold_into_other() {
         let day1 = millis("2026-12-01T00:00:00Z").unwrap();
         let rows = (0..10)
-            .map(|i| vec![json!(day1), json!(format!("role{i}")), json!("p"), json!("allow"), json!(10 - i)])
+            .map(|i| {
+                vec![
+                    json!(day1),
+                    json!(format!("role{i}")),
+                    json!("p"),
+                    json!("allow"),
+                    json!(10 - i),
+                ]
+            })
             .collect();
         let b = bin(&result(rows), Grouping::Role).unwrap();
         assert_eq!(b.series.len(), SERIES + 1);

@@ -85,7 +85,9 @@ fn done_message(done: Option<&str>) -> Option<&'static str> {
         "status" => "The request's status was changed.",
         "corrected" => "The field was corrected.",
         "withdrawn" => "The consent was withdrawn.",
-        "erased" => "The subject was erased: its keys, values, records and index entries are destroyed.",
+        "erased" => {
+            "The subject was erased: its keys, values, records and index entries are destroyed."
+        }
         _ => return None,
     })
 }

@@ -120,9 +120,7 @@ fn same_origin(req: &Request) -> bool {
         .or_else(|| text("host"));
     match (text("origin"), host) {
         (None, _) => true,
-        (Some(origin), Some(host)) => {
-            origin.strip_prefix("https://") == Some(host)
-        }
+        (Some(origin), Some(host)) => origin.strip_prefix("https://") == Some(host),
         (Some(_), None) => false,
     }
 }
@@ -257,10 +255,11 @@ impl<P: View> FromRequestParts<AppState> for Signed<P> {
                 _view: std::marker::PhantomData,
             }),
             // A token that no longer works (expired, revoked): sign in again.
-            Err(ApiError::Unauthorized { .. }) => {
-                Err(page::sign_in(Some("your session has ended; sign in again"), StatusCode::UNAUTHORIZED)
-                    .into_response())
-            }
+            Err(ApiError::Unauthorized { .. }) => Err(page::sign_in(
+                Some("your session has ended; sign in again"),
+                StatusCode::UNAUTHORIZED,
+            )
+            .into_response()),
             Err(e) => Err(Page::from_error(e).into_response()),
         }
     }
@@ -281,10 +280,11 @@ async fn home(axum::extract::State(state): axum::extract::State<AppState>, meta:
             Redirect::to("/console/dsr").into_response()
         }
         Ok(_) => page::sign_in(Some(NOT_FOR_CONSOLE), StatusCode::FORBIDDEN).into_response(),
-        Err(ApiError::Unauthorized { .. }) => {
-            page::sign_in(Some("your session has ended; sign in again"), StatusCode::UNAUTHORIZED)
-                .into_response()
-        }
+        Err(ApiError::Unauthorized { .. }) => page::sign_in(
+            Some("your session has ended; sign in again"),
+            StatusCode::UNAUTHORIZED,
+        )
+        .into_response(),
         Err(e) => Page::from_error(e).into_response(),
     }
 }

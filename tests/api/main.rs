@@ -14,6 +14,7 @@ mod bounds;
 mod canary;
 mod cli_store;
 mod consent;
+mod console;
 mod crash;
 mod crypto_binding;
 mod data_path;

@@ -208,7 +208,9 @@ pub fn accesses_over_time(result: &ReportResult, group: Grouping) -> Markup {
                     }
                 }
                 @if labelled.contains(&i) {
-                    text.tick x=(format!("{:.1}", x + bar_w / 2.0)) y=(HEIGHT - 6.0) text-anchor="middle" {
+                    @let anchor = if i == 0 { "start" } else if i == last { "end" } else { "middle" };
+                    @let at_x = match anchor { "start" => *x, "end" => x + bar_w, _ => x + bar_w / 2.0 };
+                    text.tick x=(format!("{at_x:.1}")) y=(HEIGHT - 6.0) text-anchor=(anchor) {
                         (day_label(*at, b.bucket))
                     }
                 }

@@ -79,7 +79,9 @@ async fn guard(req: Request, next: Next) -> Response {
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Same-origin only: the console's URLs hold no personal value, and a browser then
+        // sends a true `Origin` with each form.
+        (header::REFERRER_POLICY, "same-origin"),
         (
             header::STRICT_TRANSPORT_SECURITY,
             "max-age=31536000; includeSubDomains",
@@ -102,15 +104,16 @@ async fn guard(req: Request, next: Next) -> Response {
     response
 }
 
-/// Whether a POST comes from the console's own pages: a browser says so in
-/// `Sec-Fetch-Site` and `Origin`; a client that sends neither (not a browser) is let
-/// through to the CSRF tag, which it must still carry.
+/// Whether a POST comes from the console's own pages. A browser says where a request
+/// comes from in `Sec-Fetch-Site` and `Origin`: another site is refused. A client that
+/// sends neither (not a browser) is let through to the CSRF tag, which it must still
+/// carry. (`Origin: null`, which a browser sends under some referrer policies, proves
+/// nothing either way and is judged by `Sec-Fetch-Site` alone.)
 fn same_origin(req: &Request) -> bool {
     let text = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = text("sec-fetch-site") {
-        if !matches!(site, "same-origin" | "none") {
-            return false;
-        }
+    let site = text("sec-fetch-site");
+    if site.is_some_and(|s| !matches!(s, "same-origin" | "none")) {
+        return false;
     }
     // HTTP/2 names the host in the request's authority, HTTP/1.1 in `Host`.
     let host = req
@@ -118,10 +121,10 @@ fn same_origin(req: &Request) -> bool {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| text("host"));
-    match (text("origin"), host) {
-        (None, _) => true,
-        (Some(origin), Some(host)) => origin.strip_prefix("https://") == Some(host),
-        (Some(_), None) => false,
+    match text("origin") {
+        None => true,
+        Some("null") => site.is_some(),
+        Some(origin) => host.is_some_and(|h| origin.strip_prefix("https://") == Some(h)),
     }
 }
 

@@ -55,7 +55,6 @@ impl Page {
                 head {
                     meta charset="utf-8";
                     meta name="viewport" content="width=device-width, initial-scale=1";
-                    meta name="referrer" content="no-referrer";
                     title { (title) " · piivault console" }
                     link rel="stylesheet" href="/console/static/console.css";
                 }

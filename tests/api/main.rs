@@ -15,6 +15,7 @@ mod canary;
 mod cli_store;
 mod consent;
 mod console;
+mod console_browser;
 mod crash;
 mod crypto_binding;
 mod data_path;

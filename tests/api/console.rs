@@ -603,3 +603,57 @@ both_stores!(
         }
     }
 );
+
+both_stores!(
+    token_issue_console_gives_a_short_lived_console_token,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let out = t
+            .cli_command(&["token", "issue", "--console", "--role", "auditor"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        crate::leaks::remember(std::slice::from_ref(&secret));
+        assert!(err.contains("purposes audit"), "{err}");
+        assert!(err.contains("/console/sign-in"), "{err}");
+        let tokens = t.app.tokens.list().await.unwrap();
+        let issued = tokens.iter().find(|k| k.role == "auditor").unwrap();
+        assert_eq!(issued.purposes, ["audit"]);
+        let lifetime = time::OffsetDateTime::parse(
+            &issued.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+            - time::OffsetDateTime::now_utc();
+        assert!(
+            lifetime <= time::Duration::hours(8) && lifetime > time::Duration::hours(7),
+            "{lifetime}"
+        );
+        // It signs in.
+        let mut s = Session::new(&t);
+        assert_eq!(s.sign_in(&secret).await.status, StatusCode::SEE_OTHER);
+
+        // A DSR handler's gets the dsr purpose; roles and purposes not for the console,
+        // and long lifetimes, are refused.
+        let (ok, text) = t.cli(&["token", "issue", "--console", "--role", "dsr_handler"]);
+        assert!(ok && text.contains("purposes dsr"), "{text}");
+        for (args, says) in [
+            (vec!["--role", "billing"], "cannot use the console"),
+            (
+                vec!["--role", "dsr_handler", "--purpose", "service"],
+                "claims only audit or dsr",
+            ),
+            (vec!["--role", "auditor", "--ttl", "13h"], "at most 12h"),
+        ] {
+            let mut all = vec!["token", "issue", "--console"];
+            all.extend(args);
+            let (ok, text) = t.cli(&all);
+            assert!(!ok && text.contains(says), "{all:?}: {text}");
+        }
+        // Without --console, --purpose and --ttl stay required.
+        let (ok, text) = t.cli(&["token", "issue", "--role", "auditor"]);
+        assert!(!ok && text.contains("--purpose"), "{text}");
+    }
+);

@@ -806,3 +806,58 @@ both_stores!(
         assert!(ok, "{said}");
     }
 );
+
+both_stores!(
+    the_access_history_alone_is_given_to_a_dsr_handler_without_values,
+    |db| async move {
+        let t = spawn_app(db).await;
+        let dsr = t.dsr().await;
+        let id = t.create(&dsr, full_subject()).await;
+        let billing = t.token("billing", &["billing"]).await;
+        assert_eq!(
+            read_field(&t, &billing, "billing", &id, "bank_card")
+                .await
+                .0,
+            StatusCode::OK
+        );
+        let path = format!("/v1/subjects/{id}/access-history");
+        let (s, h) = t
+            .call(Method::GET, &path, Some(&dsr), Some("dsr"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{h}");
+        let rows = h["access_history"].as_array().unwrap();
+        assert!(rows.iter().any(|e| e["by_role"] == "billing"
+            && e["field"] == "bank_card"
+            && e["action"] == "read"
+            && e["decision"] == "allow"));
+        for e in rows {
+            let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                ["action", "by_role", "decision", "field", "purpose", "time"],
+                "no token or request id"
+            );
+        }
+        for v in crate::console::canaries() {
+            assert_no_value(&h, &v);
+        }
+        // Audited; refused to a role without export rights; a bad id is not found.
+        assert!(t.events().await.iter().any(
+            |e| e.action == "access_history.read" && e.subject.as_deref() == Some(id.as_str())
+        ));
+        let (s, _) = t
+            .call(Method::GET, &path, Some(&billing), Some("billing"), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = t
+            .call(
+                Method::GET,
+                "/v1/subjects/nope/access-history",
+                Some(&dsr),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+);

@@ -47,6 +47,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/v1/deletion-notices/{id}/delivered"),
     ("get", "/v1/transfers/abroad"),
     ("get", "/v1/subjects/{id}/processing"),
+    ("get", "/v1/subjects/{id}/access-history"),
     ("get", "/v1/subjects/{id}/explanation"),
     ("get", "/v1/inventory"),
     ("get", "/v1/pipia"),

@@ -304,6 +304,23 @@ fn back(id: &str, done: &str) -> Response {
     Redirect::to(&format!("/console/dsr/requests/{id}?done={done}")).into_response()
 }
 
+/// A step's page or refusal, as the answer.
+async fn answer(step: impl std::future::Future<Output = Result<Response, Page>>) -> Response {
+    step.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A step on the request's subject: the form (its CSRF tag checked) and the subject.
+async fn on_subject(
+    state: &AppState,
+    me: &Handler,
+    id: &str,
+    body: &[u8],
+) -> Result<(BTreeMap<String, String>, String), Page> {
+    let form = checked_form(me, body)?;
+    let subject = subject_of(state, me, id).await?;
+    Ok((form, subject))
+}
+
 /// A form, after its CSRF tag is checked.
 fn checked_form(me: &Handler, body: &[u8]) -> Result<BTreeMap<String, String>, Page> {
     let mut fields: BTreeMap<String, String> = super::form(body)?;
@@ -318,7 +335,7 @@ async fn status(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let step = async {
+    answer(async {
         let mut form = checked_form(&me, &body)?;
         let update = dsr::UpdateRequest {
             status: form.remove("status").unwrap_or_default(),
@@ -327,9 +344,9 @@ async fn status(
         dsr::update(&state, &me.who, &id, &update)
             .await
             .map_err(Page::from_error)?;
-        Ok::<_, Page>(back(&id, "status"))
-    };
-    step.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(back(&id, "status"))
+    })
+    .await
 }
 
 async fn export(
@@ -338,20 +355,19 @@ async fn export(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let step = async {
-        checked_form(&me, &body)?;
-        let subject = subject_of(&state, &me, &id).await?;
+    answer(async {
+        let (_, subject) = on_subject(&state, &me, &id, &body).await?;
         let bundle = dsr::export(&state, &me.who, &subject)
             .await
             .map_err(Page::from_error)?;
         let text = serde_json::to_string_pretty(&bundle).unwrap_or_default();
-        Ok::<_, Page>(page::download(
+        Ok(page::download(
             &format!("export_{id}.json"),
             "application/json",
             text,
         ))
-    };
-    step.await.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
 }
 
 async fn correct(
@@ -360,19 +376,18 @@ async fn correct(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let step = async {
-        let mut form = checked_form(&me, &body)?;
+    answer(async {
+        let (mut form, subject) = on_subject(&state, &me, &id, &body).await?;
         let field = form.remove("field").unwrap_or_default();
         let value = zeroize::Zeroizing::new(form.remove("value").unwrap_or_default());
-        let subject = subject_of(&state, &me, &id).await?;
         let mut fields = serde_json::Map::new();
         fields.insert(field, Value::String(value.to_string()));
         subjects::correct(&state, &me.who, &subject, &subjects::FieldsInput { fields })
             .await
             .map_err(Page::from_error)?;
-        Ok::<_, Page>(back(&id, "corrected"))
-    };
-    step.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(back(&id, "corrected"))
+    })
+    .await
 }
 
 async fn withdraw(
@@ -381,19 +396,18 @@ async fn withdraw(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let step = async {
-        let mut form = checked_form(&me, &body)?;
+    answer(async {
+        let (mut form, subject) = on_subject(&state, &me, &id, &body).await?;
         let purpose = form.remove("purpose").unwrap_or_default();
-        let subject = subject_of(&state, &me, &id).await?;
         let how = consents::WithdrawRequest {
             channel: Some("console".into()),
         };
         consents::withdraw(&state, &me.who, &subject, &purpose, how)
             .await
             .map_err(Page::from_error)?;
-        Ok::<_, Page>(back(&id, "withdrawn"))
-    };
-    step.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(back(&id, "withdrawn"))
+    })
+    .await
 }
 
 /// The confirmation before an erasure: names every field held and every collection
@@ -404,9 +418,8 @@ async fn erase_confirm(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let step = async {
-        checked_form(&me, &body)?;
-        let subject = subject_of(&state, &me, &id).await?;
+    answer(async {
+        let (_, subject) = on_subject(&state, &me, &id, &body).await?;
         let p = dsr::processing(&state, &me.who, &subject)
             .await
             .map_err(Page::from_error)?;
@@ -441,9 +454,9 @@ async fn erase_confirm(
             }
             p { a href=(format!("/console/dsr/requests/{id}")) { "Cancel" } }
         };
-        Ok::<_, Page>(Page::ok("Confirm erasure", (&me).into(), body).into_response())
-    };
-    step.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(Page::ok("Confirm erasure", (&me).into(), body).into_response())
+    })
+    .await
 }
 
 async fn erase(
@@ -452,8 +465,8 @@ async fn erase(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let step = async {
-        let form = checked_form(&me, &body)?;
+    answer(async {
+        let (form, subject) = on_subject(&state, &me, &id, &body).await?;
         if form.get("confirm").map(String::as_str) != Some("yes") {
             return Err(Page::refusal(
                 StatusCode::BAD_REQUEST,
@@ -461,11 +474,10 @@ async fn erase(
                 "tick the confirmation to erase the subject",
             ));
         }
-        let subject = subject_of(&state, &me, &id).await?;
         subjects::erase(&state, &me.who, &subject)
             .await
             .map_err(Page::from_error)?;
-        Ok::<_, Page>(back(&id, "erased"))
-    };
-    step.await.unwrap_or_else(IntoResponse::into_response)
+        Ok(back(&id, "erased"))
+    })
+    .await
 }

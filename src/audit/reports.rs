@@ -467,7 +467,7 @@ mod tests {
     fn builtin_reports_load() {
         let r = Reports::load(None, &Catalogue::builtin().unwrap()).unwrap();
         assert_eq!(r.list().count(), BUILTIN.len());
-        assert_eq!(BUILTIN.len(), 13);
+        assert_eq!(BUILTIN.len(), 14);
         assert_eq!(
             r.sensitive,
             vec!["bank_card", "id_number", "is_minor", "payments"]

@@ -270,18 +270,29 @@ mod tests {
             ],
         ]);
         let b = bin(&r, Grouping::Role).unwrap();
-        // Two days at six-hour buckets.
-        assert_eq!(b.bucket, 6 * HOUR);
-        assert_eq!(b.counts.len(), 8);
+        // Two days: 48 hourly bars (at most about 60 are drawn).
+        assert_eq!(b.bucket, HOUR);
+        assert_eq!(b.counts.len(), 48);
         assert_eq!(b.series, vec!["billing", "dsr_handler"]);
         assert_eq!(b.counts[0], vec![3, 0]);
-        assert_eq!(b.counts[1], vec![0, 2]);
-        assert_eq!(b.counts[5], vec![5, 0]);
+        assert_eq!(b.counts[7], vec![0, 2]);
+        assert_eq!(b.counts[30], vec![5, 0]);
+        assert_eq!(b.counts.iter().flatten().sum::<i64>(), 10);
         let d = bin(&r, Grouping::Decision).unwrap();
         assert_eq!(d.series, vec!["deny", "allow"]);
         let svg = accesses_over_time(&r, Grouping::Purpose).into_string();
         assert!(svg.contains("<rect"), "{svg}");
         assert!(svg.contains("billing (8)"), "{svg}");
+    }
+
+    #[test]
+    fn longer_ranges_get_wider_bars() {
+        assert_eq!(bucket_for(60 * HOUR), HOUR);
+        assert_eq!(bucket_for(61 * HOUR), 6 * HOUR);
+        assert_eq!(bucket_for(30 * DAY), DAY);
+        assert_eq!(bucket_for(365 * DAY), 7 * DAY);
+        assert_eq!(bucket_for(3 * 365 * DAY), 30 * DAY);
+        assert_eq!(bucket_for(20 * 365 * DAY), 90 * DAY);
     }
 
     #[test]

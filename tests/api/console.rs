@@ -458,9 +458,30 @@ both_stores!(
         let mut s = Session::new(&t);
         s.sign_in(&dsr).await;
 
+        // A request received long ago and still open: first in the queue, marked.
+        let raw = t.raw().await;
+        sqlx::query(
+            "INSERT INTO dsr_requests (id, subject_id, kind, received_at, due_date, status, created_by, updated_at) \
+             VALUES ('dsr_late', $1, 'access', 0, '2020-01-22', 'open', 'tok_x', 0)",
+        )
+        .bind(&id)
+        .execute(&raw)
+        .await
+        .unwrap();
         let queue = s.get("/console/dsr").await;
         assert_eq!(queue.status, StatusCode::OK);
-        assert!(queue.text.contains(&format!("/console/dsr/requests/{rid}")));
+        let late = queue.text.find("/console/dsr/requests/dsr_late").unwrap();
+        let ours = queue
+            .text
+            .find(&format!("/console/dsr/requests/{rid}"))
+            .unwrap();
+        assert!(late < ours, "the overdue request is not first");
+        assert_eq!(
+            queue.text.matches("overdue</strong>").count(),
+            1,
+            "{}",
+            queue.text
+        );
         let request = s.get(&format!("/console/dsr/requests/{rid}")).await;
         assert_eq!(request.status, StatusCode::OK, "{}", request.text);
         for shown in ["delete", "bank_card", "marketing", "Access history"] {
@@ -519,6 +540,31 @@ both_stores!(
             !page.text.contains("not-a-phone-77"),
             "a refusal echoes the value"
         );
+
+        // Under a legal hold, the erasure is refused and the refusal shown.
+        let hold = format!("/v1/subjects/{id}/hold");
+        let (st, b) = t
+            .call(
+                Method::PUT,
+                &hold,
+                Some(&dsr),
+                Some("dsr"),
+                Some(&json!({"case": "case-7"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{b}");
+        let page = s
+            .post(
+                &step("erase/confirmed"),
+                &[("csrf", &csrf), ("confirm", "yes")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.text);
+        assert!(page.text.contains("legal_hold"), "{}", page.text);
+        let (st, _) = t
+            .call(Method::DELETE, &hold, Some(&dsr), Some("dsr"), None)
+            .await;
+        assert_eq!(st, StatusCode::OK);
 
         // Erasure: a confirmation that names what goes, then the erasure itself.
         let confirm = s.post(&step("erase"), &[("csrf", &csrf)]).await;

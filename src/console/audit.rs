@@ -293,7 +293,7 @@ async fn incident(State(state): State<AppState>, me: Auditor, body: Bytes) -> Re
             dl {
                 dt { "Subjects reached" } dd { (subjects.len()) }
                 dt { "Fields reached" } dd { @if fields.is_empty() { "none" } @else { (fields.join(", ")) } }
-                dt { "Accesses allowed" } dd { (times) }
+                dt { "Allowed actions on them" } dd { (times) }
             }
             @if !subjects.is_empty() {
                 details {

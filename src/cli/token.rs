@@ -96,8 +96,14 @@ pub async fn run(settings: &Settings, cmd: TokenCommand) -> anyhow::Result<ExitC
                 info.expires_at
             );
             if console {
+                // The address the configuration names; `serve --listen` may name another.
+                let listen = settings.file.listen.map_or_else(
+                    || crate::config::DEFAULT_LISTEN.to_owned(),
+                    |a| a.to_string(),
+                );
                 eprintln!(
-                    "paste it at https://<this vault's address>/console/sign-in; it works until {}",
+                    "sign in at https://{listen}/console/sign-in (or wherever this vault is \
+                     served); it works until {}",
                     info.expires_at
                 );
             }

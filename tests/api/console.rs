@@ -663,7 +663,10 @@ both_stores!(
         let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         crate::leaks::remember(std::slice::from_ref(&secret));
         assert!(err.contains("purposes audit"), "{err}");
-        assert!(err.contains("/console/sign-in"), "{err}");
+        assert!(
+            err.contains("https://127.0.0.1:8200/console/sign-in"),
+            "{err}"
+        );
         let tokens = t.app.tokens.list().await.unwrap();
         let issued = tokens.iter().find(|k| k.role == "auditor").unwrap();
         assert_eq!(issued.purposes, ["audit"]);

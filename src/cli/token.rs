@@ -148,7 +148,7 @@ fn console_purposes(
     role: &str,
     asked: Vec<String>,
 ) -> anyhow::Result<Vec<String>> {
-    let console = [crate::console::AUDIT_PURPOSE, crate::console::DSR_PURPOSE];
+    let console = crate::console::PURPOSES;
     if let Some(other) = asked.iter().find(|p| !console.contains(&p.as_str())) {
         anyhow::bail!("a console token claims only audit or dsr, not {other:?}");
     }

@@ -225,12 +225,9 @@ async fn report_csv(State(state): State<AppState>, me: Auditor, body: Bytes) -> 
     };
     match pipe::run_report(&state, &me.who, &form.name, form.query).await {
         Ok((_, r)) => {
-            let file = format!(
-                "{}_{}_{}.csv",
-                r.report,
-                &r.from[..10.min(r.from.len())],
-                &r.to[..10.min(r.to.len())]
-            );
+            // The report and its range's dates.
+            let day = |t: &str| t.get(..10).unwrap_or(t).to_owned();
+            let file = format!("{}_{}_{}.csv", r.report, day(&r.from), day(&r.to));
             page::csv_download(&file, r.to_csv())
         }
         Err(e) => Page::from_error(e).into_response(),

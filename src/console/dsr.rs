@@ -15,7 +15,7 @@ use axum::Router;
 use maud::{html, Markup};
 use serde_json::Value;
 
-use super::page::{self, csrf_field, Page};
+use super::page::{self, csrf_field, text, Page};
 use super::{DsrView, Signed};
 use crate::http::AppState;
 use crate::pipeline::{consents, dsr, subjects, Error};
@@ -106,14 +106,6 @@ fn part(answer: Result<Value, Error>) -> Result<Part, Page> {
             ..
         }) => Ok(Part::Gone),
         Err(e) => Err(Page::from_error(e)),
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 
@@ -379,9 +371,9 @@ async fn correct(
     answer(async {
         let (mut form, subject) = on_subject(&state, &me, &id, &body).await?;
         let field = form.remove("field").unwrap_or_default();
-        let value = zeroize::Zeroizing::new(form.remove("value").unwrap_or_default());
+        let value = form.remove("value").unwrap_or_default();
         let mut fields = serde_json::Map::new();
-        fields.insert(field, Value::String(value.to_string()));
+        fields.insert(field, Value::String(value));
         subjects::correct(&state, &me.who, &subject, &subjects::FieldsInput { fields })
             .await
             .map_err(Page::from_error)?;

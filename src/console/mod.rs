@@ -42,6 +42,8 @@ pub const COOKIE: &str = "__Host-piivault-console";
 pub const AUDIT_PURPOSE: &str = "audit";
 /// The purpose DSR pages claim.
 pub const DSR_PURPOSE: &str = "dsr";
+/// Every purpose a console token may claim, the auditor's view first.
+pub const PURPOSES: [&str; 2] = [AUDIT_PURPOSE, DSR_PURPOSE];
 
 /// The console's routes (merged into the HTTP router; not part of the OpenAPI document,
 /// which describes `/v1`).
@@ -152,6 +154,29 @@ pub fn csrf_tag(secret: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The bearer credential for a secret (wiped when dropped).
+fn bearer(secret: &str) -> Zeroizing<String> {
+    Zeroizing::new(format!("Bearer {secret}"))
+}
+
+/// A token that no longer works (expired, revoked): sign in again.
+fn session_ended() -> Response {
+    page::sign_in(
+        Some("your session has ended; sign in again"),
+        StatusCode::UNAUTHORIZED,
+    )
+    .into_response()
+}
+
+/// A form whose CSRF tag is not the signed-in token's.
+fn csrf_refused() -> Page {
+    Page::refusal(
+        StatusCode::FORBIDDEN,
+        "csrf_tag_invalid",
+        "this form is stale or was not made by the console; open the page again",
+    )
+}
+
 /// Checks a form's CSRF tag against the signed-in token, in constant time.
 fn csrf_ok(secret: &str, presented: &str) -> bool {
     use subtle::ConstantTimeEq as _;
@@ -214,11 +239,7 @@ impl<P> Signed<P> {
         if csrf_ok(&self.secret, presented) {
             Ok(())
         } else {
-            Err(Page::refusal(
-                StatusCode::FORBIDDEN,
-                "csrf_tag_invalid",
-                "this form is stale or was not made by the console; open the page again",
-            ))
+            Err(csrf_refused())
         }
     }
 }
@@ -248,7 +269,7 @@ impl<P: View> FromRequestParts<AppState> for Signed<P> {
         let Some(secret) = secret_from(&meta.headers) else {
             return Err(Redirect::to("/console/sign-in").into_response());
         };
-        let bearer = Zeroizing::new(format!("Bearer {}", secret.as_str()));
+        let bearer = bearer(&secret);
         let creds = meta.credentials(&bearer, P::PURPOSE);
         match state.authorize(&creds).await {
             Ok(who) => Ok(Self {
@@ -257,12 +278,7 @@ impl<P: View> FromRequestParts<AppState> for Signed<P> {
                 secret,
                 _view: std::marker::PhantomData,
             }),
-            // A token that no longer works (expired, revoked): sign in again.
-            Err(ApiError::Unauthorized { .. }) => Err(page::sign_in(
-                Some("your session has ended; sign in again"),
-                StatusCode::UNAUTHORIZED,
-            )
-            .into_response()),
+            Err(ApiError::Unauthorized { .. }) => Err(session_ended()),
             Err(e) => Err(Page::from_error(e).into_response()),
         }
     }
@@ -273,22 +289,19 @@ async fn home(axum::extract::State(state): axum::extract::State<AppState>, meta:
     let Some(secret) = secret_from(&meta.headers) else {
         return Redirect::to("/console/sign-in").into_response();
     };
-    let bearer = Zeroizing::new(format!("Bearer {}", secret.as_str()));
-    let creds = meta.credentials(&bearer, "");
-    match state.authenticate(&creds).await {
-        Ok(caller) if caller.purposes.iter().any(|p| p == AUDIT_PURPOSE) => {
-            Redirect::to("/console/audit").into_response()
-        }
-        Ok(caller) if caller.purposes.iter().any(|p| p == DSR_PURPOSE) => {
-            Redirect::to("/console/dsr").into_response()
-        }
-        Ok(_) => page::sign_in(Some(NOT_FOR_CONSOLE), StatusCode::FORBIDDEN).into_response(),
-        Err(ApiError::Unauthorized { .. }) => page::sign_in(
-            Some("your session has ended; sign in again"),
-            StatusCode::UNAUTHORIZED,
-        )
-        .into_response(),
-        Err(e) => Page::from_error(e).into_response(),
+    let bearer = bearer(&secret);
+    let caller = match state.authenticate(&meta.credentials(&bearer, "")).await {
+        Ok(caller) => caller,
+        Err(ApiError::Unauthorized { .. }) => return session_ended(),
+        Err(e) => return Page::from_error(e).into_response(),
+    };
+    match PURPOSES
+        .into_iter()
+        .find(|p| caller.purposes.iter().any(|c| c == p))
+    {
+        Some(AUDIT_PURPOSE) => Redirect::to("/console/audit").into_response(),
+        Some(_) => Redirect::to("/console/dsr").into_response(),
+        None => page::sign_in(Some(NOT_FOR_CONSOLE), StatusCode::FORBIDDEN).into_response(),
     }
 }
 
@@ -318,10 +331,10 @@ async fn sign_in(
     };
     let pasted = Zeroizing::new(form.token);
     let secret = pasted.trim();
-    let bearer = Zeroizing::new(format!("Bearer {secret}"));
-    let creds = meta.credentials(&bearer, "");
-    let caller = match state.authenticate(&creds).await {
-        Ok(caller) => caller,
+    let bearer = bearer(secret);
+    match crate::pipeline::tokens::sign_in(&state, &meta.credentials(&bearer, ""), &PURPOSES).await
+    {
+        Ok(_) => {}
         Err(ApiError::Unauthorized { .. }) => {
             return page::sign_in(
                 Some("that token is not valid, has expired or was revoked"),
@@ -329,24 +342,10 @@ async fn sign_in(
             )
             .into_response()
         }
+        Err(ApiError::Forbidden { .. }) => {
+            return page::sign_in(Some(NOT_FOR_CONSOLE), StatusCode::FORBIDDEN).into_response()
+        }
         Err(e) => return Page::from_error(e).into_response(),
-    };
-    let purpose = [AUDIT_PURPOSE, DSR_PURPOSE]
-        .into_iter()
-        .find(|p| caller.purposes.iter().any(|c| c == p));
-    let Some(purpose) = purpose else {
-        return page::sign_in(Some(NOT_FOR_CONSOLE), StatusCode::FORBIDDEN).into_response();
-    };
-    // Signing in is on the trail, under the token's own name.
-    let event = crate::audit::Event::new(
-        &caller.token_id,
-        &caller.role,
-        purpose,
-        creds.request_id,
-        "console.sign_in",
-    );
-    if let Err(e) = state.audit.record_one(event).await {
-        return Page::from_error(e.into()).into_response();
     }
     let cookie = Zeroizing::new(format!(
         "{COOKIE}={secret}; HttpOnly; Secure; SameSite=Strict; Path=/"
@@ -370,14 +369,7 @@ async fn sign_out(meta: Meta, body: axum::body::Bytes) -> Response {
     match (signed_in, form) {
         (Some(secret), Some(form)) if csrf_ok(&secret, &form.csrf) => {}
         (None, _) => return Redirect::to("/console/sign-in").into_response(),
-        _ => {
-            return Page::refusal(
-                StatusCode::FORBIDDEN,
-                "csrf_tag_invalid",
-                "this form is stale or was not made by the console; open the page again",
-            )
-            .into_response()
-        }
+        _ => return csrf_refused().into_response(),
     }
     let mut response = Redirect::to("/console/sign-in").into_response();
     response.headers_mut().insert(

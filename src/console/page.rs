@@ -153,15 +153,22 @@ fn time_column(name: &str) -> bool {
     name == "ts" || name.ends_with("_ts") || name == "hour"
 }
 
-/// A cell as text: times as RFC 3339, NULL empty.
-pub fn cell(column: &str, v: &Value) -> String {
+/// A value as text: a string as it is, NULL empty.
+pub fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A report cell as text: times as RFC 3339, the rest as [`text`].
+pub fn cell(column: &str, v: &Value) -> String {
+    match v {
         Value::Number(n) if time_column(column) => n
             .as_i64()
             .map_or_else(|| n.to_string(), crate::store::rfc3339),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        other => text(other),
     }
 }
 

@@ -71,3 +71,34 @@ pub async fn revoke(state: &Pipeline, who: &Authorized, id: &str) -> Result<Valu
         })
     }
 }
+
+/// Signing in to an interface for people (the web console): the token must be valid and
+/// able to claim one of `purposes`. The sign-in is recorded under the token's own name,
+/// for the first of them it may claim, which is returned.
+pub async fn sign_in(
+    state: &Pipeline,
+    creds: &super::Credentials<'_>,
+    purposes: &[&'static str],
+) -> Result<&'static str, Error> {
+    let caller = state.authenticate(creds).await?;
+    let Some(purpose) = purposes
+        .iter()
+        .copied()
+        .find(|p| caller.purposes.iter().any(|c| c == p))
+    else {
+        return Err(Error::Forbidden {
+            code: "purpose_not_allowed",
+            message: "this token may claim none of the purposes this interface serves".into(),
+            field: None,
+        });
+    };
+    let event = crate::audit::Event::new(
+        &caller.token_id,
+        &caller.role,
+        purpose,
+        creds.request_id,
+        "console.sign_in",
+    );
+    state.audit.record_one(event).await?;
+    Ok(purpose)
+}

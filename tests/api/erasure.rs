@@ -151,3 +151,135 @@ both_stores!(erasure_destroys_the_key_and_every_row, |db| async move {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["fields"]["name"]["value"], "吴十");
 });
+
+both_stores!(
+    a_subject_is_kept_and_no_row_names_a_missing_one,
+    |db| async move {
+        // Subjects are never deleted and keep their ids; every row of a subject names one
+        // that exists. On PostgreSQL the tie is checked once per statement (not by a
+        // foreign key per row): a statement with one good row and one bad one fails whole.
+        let t = spawn_app(db).await;
+        let tok = t.dsr().await;
+        let live = t.create(&tok, full_subject()).await;
+        let erased = t.create(&tok, json!({"name": "吴十"})).await;
+        let (status, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/v1/subjects/{erased}"),
+                Some(&tok),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let raw = t.raw().await;
+        let (kek,): (i64,) =
+            sqlx::query_as("SELECT kek_version FROM subject_keys WHERE subject_id = $1")
+                .bind(&live)
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+        let missing = "sub_00000000000000000000000000000000";
+        let bad_inserts = [
+            (
+                "subject_fields",
+                "INSERT INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) \
+                 VALUES ($1, 'not_a_field', $4, $3, 0), ($2, 'not_a_field', $4, $3, 0)",
+            ),
+            (
+                "blind_index",
+                "INSERT INTO blind_index (field, digest, subject_id, key_version) \
+                 VALUES ('phone', $3, $1, $4), ('phone', $3, $2, $4)",
+            ),
+            (
+                "subject_keys",
+                "INSERT INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) \
+                 VALUES ($1, 99, $4, $3, 0, 0), ($2, 99, $4, $3, 0, 0)",
+            ),
+            (
+                "records",
+                "INSERT INTO records (id, subject_id, collection, dek_version, sealed, created_at) \
+                 VALUES ('rec_a', $1, 'service_tickets', $4, $3, 0), ('rec_b', $2, 'service_tickets', $4, $3, 0)",
+            ),
+        ];
+        for (table, sql) in bad_inserts {
+            let count = format!("SELECT count(*) FROM {table} WHERE subject_id IN ($1, $2)");
+            let rows = || async {
+                let (n,): (i64,) = sqlx::query_as(&count)
+                    .bind(&live)
+                    .bind(missing)
+                    .fetch_one(&raw)
+                    .await
+                    .unwrap();
+                n
+            };
+            let before = rows().await;
+            let refused = sqlx::query(sql)
+                .bind(&live)
+                .bind(missing)
+                .bind(vec![7u8; 32])
+                .bind(kek)
+                .execute(&raw)
+                .await
+                .expect_err("a row for a missing subject was stored");
+            assert!(
+                refused.to_string().contains("subject")
+                    || refused.to_string().contains("FOREIGN KEY"),
+                "{table}: refused for another reason: {refused}"
+            );
+            assert_eq!(
+                rows().await,
+                before,
+                "{table}: the statement was not undone whole"
+            );
+        }
+        // A row moved to a missing subject is refused too.
+        assert!(
+            sqlx::query("UPDATE subject_fields SET subject_id = $2 WHERE subject_id = $1")
+                .bind(&live)
+                .bind(missing)
+                .execute(&raw)
+                .await
+                .is_err()
+        );
+        // The subject rows themselves: never deleted, never renamed, erased or not.
+        for id in [&live, &erased] {
+            assert!(sqlx::query("DELETE FROM subjects WHERE id = $1")
+                .bind(id)
+                .execute(&raw)
+                .await
+                .is_err());
+            assert!(sqlx::query("UPDATE subjects SET id = $2 WHERE id = $1")
+                .bind(id)
+                .bind(missing)
+                .execute(&raw)
+                .await
+                .is_err());
+        }
+        if db == Db::Postgres {
+            assert!(sqlx::query("TRUNCATE subjects CASCADE")
+                .execute(&raw)
+                .await
+                .is_err());
+        }
+        // Good rows still go in, and the subject still reads.
+        sqlx::query(
+            "INSERT INTO blind_index (field, digest, subject_id, key_version) VALUES ('phone', $2, $1, 1)",
+        )
+        .bind(&live)
+        .bind(vec![9u8; 32])
+        .execute(&raw)
+        .await
+        .unwrap();
+        let (status, body) = t
+            .call(
+                Method::GET,
+                &format!("/v1/subjects/{live}"),
+                Some(&tok),
+                Some("dsr"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+);

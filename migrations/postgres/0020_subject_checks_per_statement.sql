@@ -1,0 +1,73 @@
+-- The rows that belong to a subject (keys, fields, index entries, records, consent
+-- events) were tied to it by row-level foreign keys: for every row inserted, PostgreSQL
+-- ran a query against `subjects` and locked the subject's row. In an import that was
+-- 40% of the backend's time (perf, 200,000 six-field subjects: AfterTriggerEndQuery).
+--
+-- A subject row is never deleted (erasure keeps it, with `erased_at`) and its id never
+-- changes; the triggers below make that a rule of the database, not only of the code.
+-- With that rule, a row whose subject exists when it is written keeps its subject for
+-- good, and the tie can be checked once per statement, against all its new rows at
+-- once, with the same outcome as the foreign key: no row for a subject that does not
+-- exist (SQLSTATE 23503).
+
+CREATE FUNCTION piivault_subjects_kept() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'a subject is never deleted and its id never changes (erasure keeps the row)';
+END
+$$;
+
+CREATE TRIGGER subjects_no_delete BEFORE DELETE ON subjects
+    FOR EACH ROW EXECUTE FUNCTION piivault_subjects_kept();
+CREATE TRIGGER subjects_no_truncate BEFORE TRUNCATE ON subjects
+    FOR EACH STATEMENT EXECUTE FUNCTION piivault_subjects_kept();
+CREATE TRIGGER subjects_id_fixed BEFORE UPDATE OF id ON subjects
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION piivault_subjects_kept();
+
+-- The check probes the subjects' primary key once for each subject named in the
+-- statement. The plan is pinned (no hash or merge join, no scan of `subjects`): a plan
+-- made while `subjects` was small would otherwise go on reading the whole table for
+-- every statement once it has grown.
+CREATE FUNCTION piivault_subject_exists() RETURNS trigger LANGUAGE plpgsql
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM (SELECT DISTINCT subject_id FROM new_rows) n
+        WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.id = n.subject_id)
+    ) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'foreign_key_violation',
+            MESSAGE = format('a row of %s names a subject that does not exist', TG_TABLE_NAME);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER subject_keys_subject_insert AFTER INSERT ON subject_keys
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+CREATE TRIGGER subject_keys_subject_update AFTER UPDATE ON subject_keys
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+ALTER TABLE subject_keys DROP CONSTRAINT subject_keys_subject_id_fkey;
+
+CREATE TRIGGER subject_fields_subject_insert AFTER INSERT ON subject_fields
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+CREATE TRIGGER subject_fields_subject_update AFTER UPDATE ON subject_fields
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+ALTER TABLE subject_fields DROP CONSTRAINT subject_fields_subject_id_fkey;
+
+CREATE TRIGGER blind_index_subject_insert AFTER INSERT ON blind_index
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+CREATE TRIGGER blind_index_subject_update AFTER UPDATE ON blind_index
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+ALTER TABLE blind_index DROP CONSTRAINT blind_index_subject_id_fkey;
+
+CREATE TRIGGER records_subject_insert AFTER INSERT ON records
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+CREATE TRIGGER records_subject_update AFTER UPDATE ON records
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+ALTER TABLE records DROP CONSTRAINT records_subject_id_fkey;
+
+-- consent_events is append-only (no update trigger needed: updates are refused).
+CREATE TRIGGER consent_events_subject_insert AFTER INSERT ON consent_events
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
+ALTER TABLE consent_events DROP CONSTRAINT consent_events_subject_id_fkey;

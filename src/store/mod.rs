@@ -45,6 +45,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::ConnectOptions as _;
 use sqlx::{AnyConnection, AnyPool, Executor};
 
 use write::Dedicated;
@@ -162,7 +163,11 @@ impl Store {
         if let Some(index) = &index_file {
             create_private_file(index)?;
         }
-        let options = AnyConnectOptions::from_str(url)?;
+        // sqlx warns of a statement slower than a second with its whole text: for a batch
+        // of an import, tens of kilobytes of placeholders on one log line. Slowness is
+        // measured by the commit-latency metrics; the statements go to DEBUG.
+        let options = AnyConnectOptions::from_str(url)?
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let attach = index_file.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -182,7 +187,10 @@ impl Store {
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(crate::audit::VERIFY_READERS as u32)
                     .idle_timeout(Duration::from_secs(30))
-                    .connect_lazy_with(sqlx::postgres::PgConnectOptions::from_str(url)?),
+                    .connect_lazy_with(
+                        sqlx::postgres::PgConnectOptions::from_str(url)?
+                            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1)),
+                    ),
             ),
             Backend::Sqlite => None,
         };

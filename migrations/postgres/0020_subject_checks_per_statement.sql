@@ -43,31 +43,24 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER subject_keys_subject_insert AFTER INSERT ON subject_keys
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-CREATE TRIGGER subject_keys_subject_update AFTER UPDATE ON subject_keys
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-ALTER TABLE subject_keys DROP CONSTRAINT subject_keys_subject_id_fkey;
-
-CREATE TRIGGER subject_fields_subject_insert AFTER INSERT ON subject_fields
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-CREATE TRIGGER subject_fields_subject_update AFTER UPDATE ON subject_fields
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-ALTER TABLE subject_fields DROP CONSTRAINT subject_fields_subject_id_fkey;
-
-CREATE TRIGGER blind_index_subject_insert AFTER INSERT ON blind_index
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-CREATE TRIGGER blind_index_subject_update AFTER UPDATE ON blind_index
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-ALTER TABLE blind_index DROP CONSTRAINT blind_index_subject_id_fkey;
-
-CREATE TRIGGER records_subject_insert AFTER INSERT ON records
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-CREATE TRIGGER records_subject_update AFTER UPDATE ON records
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-ALTER TABLE records DROP CONSTRAINT records_subject_id_fkey;
-
--- consent_events is append-only (no update trigger needed: updates are refused).
-CREATE TRIGGER consent_events_subject_insert AFTER INSERT ON consent_events
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists();
-ALTER TABLE consent_events DROP CONSTRAINT consent_events_subject_id_fkey;
+-- For each table: the check on insert and on update (consent_events is append-only:
+-- its updates are refused already), then the foreign key goes.
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['subject_keys', 'subject_fields', 'blind_index', 'records', 'consent_events'] LOOP
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows '
+            'FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists()',
+            t || '_subject_insert', t);
+        IF t <> 'consent_events' THEN
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER UPDATE ON %I REFERENCING NEW TABLE AS new_rows '
+                'FOR EACH STATEMENT EXECUTE FUNCTION piivault_subject_exists()',
+                t || '_subject_update', t);
+        END IF;
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t, t || '_subject_id_fkey');
+    END LOOP;
+END
+$$;

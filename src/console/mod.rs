@@ -20,9 +20,7 @@ mod chart;
 mod dsr;
 mod page;
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -31,7 +29,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use zeroize::Zeroizing;
 
-use crate::http::{ApiError, AppState, RequestId};
+use crate::http::{ApiError, AppState};
 use crate::pipeline::{Authorized, Credentials};
 
 pub use page::Page;
@@ -198,15 +196,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Self {
             headers: parts.headers.clone(),
-            request_id: parts
-                .extensions
-                .get::<RequestId>()
-                .map(|r| r.0.clone())
-                .unwrap_or_default(),
-            client: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
+            request_id: crate::http::extract::request_id(parts).to_owned(),
+            client: crate::http::extract::client(parts),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Extractors: the caller as the pipeline authorised it, and JSON bodies whose parse
 //! errors never echo the input.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -23,16 +23,26 @@ fn credentials(parts: &Parts) -> Credentials<'_> {
             .get(AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or("")),
         purpose: parts.headers.get("x-purpose").and_then(|v| v.to_str().ok()),
-        request_id: parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.as_str())
-            .unwrap_or_default(),
-        client: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip()),
+        request_id: request_id(parts),
+        client: client(parts),
     }
+}
+
+/// The id the request-id middleware gave this request ("" before it has run).
+pub(crate) fn request_id(parts: &Parts) -> &str {
+    parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.as_str())
+        .unwrap_or_default()
+}
+
+/// The address of the peer that sent the request, if the server recorded it.
+pub(crate) fn client(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
 }
 
 impl FromRequestParts<AppState> for crate::authz::Caller {

@@ -5,7 +5,7 @@ pub mod conn;
 mod consents;
 mod dsr;
 mod error;
-mod extract;
+pub(crate) mod extract;
 mod health;
 mod keys;
 pub mod openapi;

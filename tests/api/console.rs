@@ -459,15 +459,7 @@ both_stores!(
         s.sign_in(&dsr).await;
 
         // A request received long ago and still open: first in the queue, marked.
-        let raw = t.raw().await;
-        sqlx::query(
-            "INSERT INTO dsr_requests (id, subject_id, kind, received_at, due_date, status, created_by, updated_at) \
-             VALUES ('dsr_late', $1, 'access', 0, '2020-01-22', 'open', 'tok_x', 0)",
-        )
-        .bind(&id)
-        .execute(&raw)
-        .await
-        .unwrap();
+        t.insert_overdue_request(&id).await;
         let queue = s.get("/console/dsr").await;
         assert_eq!(queue.status, StatusCode::OK);
         let late = queue.text.find("/console/dsr/requests/dsr_late").unwrap();

@@ -156,15 +156,7 @@ both_stores!(
         assert_eq!(s, StatusCode::FORBIDDEN);
 
         // Overdue: one received long ago and still open.
-        let raw = t.raw().await;
-        sqlx::query(
-        "INSERT INTO dsr_requests (id, subject_id, kind, received_at, due_date, status, created_by, updated_at) \
-         VALUES ('dsr_late', $1, 'access', 0, '2020-01-22', 'open', 'tok_x', 0)",
-    )
-    .bind(&id)
-    .execute(&raw)
-    .await
-    .unwrap();
+        t.insert_overdue_request(&id).await;
         let (s, b) = t
             .call(
                 Method::GET,

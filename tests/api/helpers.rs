@@ -374,6 +374,19 @@ pub async fn spawn_app_with(db: Db, opts: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// Stores, straight in the database, an access request `dsr_late` for `subject`,
+    /// received in 2020 and still open: long overdue.
+    pub async fn insert_overdue_request(&self, subject: &str) {
+        sqlx::query(
+            "INSERT INTO dsr_requests (id, subject_id, kind, received_at, due_date, status, created_by, updated_at) \
+             VALUES ('dsr_late', $1, 'access', 0, '2020-01-22', 'open', 'tok_x', 0)",
+        )
+        .bind(subject)
+        .execute(&self.raw().await)
+        .await
+        .unwrap();
+    }
+
     /// Issues a token directly on the store and returns its secret.
     pub async fn token(&self, role: &str, purposes: &[&str]) -> String {
         self.token_with_ttl(role, purposes, Duration::from_secs(3600))

@@ -61,6 +61,16 @@ fn with_database(base: &str, db: &str) -> String {
 }
 
 /// A finished command's standard output followed by its standard error.
+/// Sends signal `sig` (as `kill` names it: "-STOP", "-HUP", …) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(sent, "kill {sig} {pid} failed");
+}
+
 pub fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",

@@ -128,11 +128,7 @@ both_stores!(
         .await;
         // Frozen there (SIGSTOP), so that how long the server takes to hear of the new
         // version below cannot let the paced rotation run to its end first.
-        let stopped = std::process::Command::new("kill")
-            .args(["-STOP", &first.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(stopped.success());
+        signal(first.id(), "-STOP");
         // The server has picked the new version up (change feed): it wraps new keys
         // under it from now on.
         wait_for("the server to load version 2", || async {

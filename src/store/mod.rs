@@ -229,9 +229,11 @@ impl Store {
         Ok(store)
     }
 
-    /// Whether `close` was called.
+    /// Whether `close` was called. It closes the writers' own connections before the
+    /// pool, so this is true from the moment they refuse work: a background task that
+    /// fails then (the checkpoint signer of a CLI command that is ending) sees why.
     pub fn is_closed(&self) -> bool {
-        self.pool.is_closed()
+        self.write_conn.is_closed() || self.pool.is_closed()
     }
 
     /// Pooled connections in use and idle.
@@ -340,4 +342,25 @@ fn create_private_file(path: &str) -> Result<(), StoreError> {
 /// Is this a unique-constraint violation (a concurrent writer got there first)?
 fn is_conflict(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_is_closed_as_soon_as_its_writer_refuses_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/v.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        assert!(!store.is_closed());
+        // `close` shuts the writers' connections first; the pool still answers then.
+        store.write_conn.close().await;
+        assert!(store.begin_write(Writer::Shared, false).await.is_err());
+        store.ping().await.unwrap();
+        assert!(store.is_closed());
+        store.close().await;
+        assert!(store.is_closed());
+    }
 }

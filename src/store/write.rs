@@ -193,6 +193,11 @@ impl Dedicated {
         self.lease().await.map(drop)
     }
 
+    /// Whether `close` has begun: no connection is made or lent from then on.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Closes the connection, if one is open, for good.
     pub(super) async fn close(&self) {
         let mut slot = self.slot.lock().await;

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::event::{chain_hash, Event};
 use crate::crypto::AuditKey;
-use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp, Writer};
+use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp};
 
 /// Most changes (savepoints) in one batch on PostgreSQL (see `writer`).
 const MAX_CHANGES_PER_BATCH_POSTGRES: usize = 48;
@@ -545,10 +545,8 @@ async fn attempt(
     savepoints: bool,
 ) -> Result<Attempt, StoreError> {
     let changes = batch.iter().any(|p| p.op.is_some());
-    let mut tx = store
-        .begin_write(Writer::Audit, savepoints && changes)
-        .await?;
-    let (mut seq, mut prev) = tx.lock_chain().await?.unwrap_or((0, vec![0u8; 32]));
+    let (mut tx, head) = store.begin_audit(savepoints && changes).await?;
+    let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
     if batch.iter().any(|p| p.probe) {
         tx.probe_audit_insert(seq).await?;
     }
@@ -577,8 +575,7 @@ async fn attempt(
         }
     }
     let head = rows.last().map(|r| r.seq);
-    tx.insert_audit(rows).await?;
-    tx.commit().await?;
+    tx.append_and_commit(rows).await?;
     Ok(Attempt::Committed(head))
 }
 
@@ -614,7 +611,8 @@ async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {
 }
 
 /// Keeps the trail's subject index close behind the head (see `store/audit_index.rs`):
-/// once a second, as many steps as it takes to catch up. Stops with the writer.
+/// once a second, as many steps as it takes to catch up. Stops with the writer, or quietly
+/// once the store is closed (a CLI command that recorded events is ending).
 async fn indexer(store: Store, head: watch::Receiver<i64>) {
     let mut tick = tokio::time::interval(INDEX_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -631,6 +629,7 @@ async fn indexer(store: Store, head: watch::Receiver<i64>) {
                         break;
                     }
                 }
+                Err(_) if store.is_closed() => return,
                 Err(e) => {
                     // Lookups stay complete meanwhile (they scan what is not indexed).
                     tracing::warn!(error = %e, "audit index step failed; trying again in a second");

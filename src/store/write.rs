@@ -249,7 +249,7 @@ impl WriteTx {
     pub async fn commit(mut self) -> Result<(), StoreError> {
         match self.lease.conn().execute("COMMIT").await {
             Ok(_) => {
-                self.open = false;
+                self.committed();
                 Ok(())
             }
             Err(e) => {
@@ -258,6 +258,11 @@ impl WriteTx {
                 Err(e.into())
             }
         }
+    }
+
+    /// A `COMMIT` sent some other way succeeded: the connection is free again.
+    pub(super) fn committed(&mut self) {
+        self.open = false;
     }
 
     pub async fn rollback(mut self) {
@@ -323,12 +328,26 @@ impl Store {
         writer: Writer,
         savepoints: bool,
     ) -> Result<WriteTx, StoreError> {
-        let mut lease = match (self.backend, writer) {
+        let lease = self.lease_for(writer).await?;
+        self.begin_on(lease, writer, savepoints).await
+    }
+
+    /// The connection `writer` writes on.
+    async fn lease_for(&self, writer: Writer) -> Result<Lease, StoreError> {
+        Ok(match (self.backend, writer) {
             (Backend::Sqlite, Writer::Index) => self.index_conn.lease().await?,
             (Backend::Sqlite, _) => self.write_conn.lease().await?,
             (Backend::Postgres, Writer::Audit) => self.audit_conn.lease().await?,
             (Backend::Postgres, _) => Lease::Pooled(self.pool.acquire().await?),
-        };
+        })
+    }
+
+    async fn begin_on(
+        &self,
+        mut lease: Lease,
+        writer: Writer,
+        savepoints: bool,
+    ) -> Result<WriteTx, StoreError> {
         let begin = match (self.backend, writer) {
             // IMMEDIATE would take the write lock of every attached file, the main
             // database's included; a deferred transaction takes only the index file's,
@@ -365,6 +384,52 @@ impl Store {
             open: true,
             savepoint: savepoints,
         })
+    }
+
+    /// Starts the audit writer's transaction and takes the chain (see
+    /// [`WriteTx::lock_chain`]), returning the chain head. On SQLite, `BEGIN IMMEDIATE`
+    /// and the read of the head go to SQLite's worker thread as one statement list: one
+    /// round trip instead of two for every batch. Should another process hold the write
+    /// lock, it waits as [`Store::begin_write`] does.
+    pub(crate) async fn begin_audit(
+        &self,
+        savepoints: bool,
+    ) -> Result<(WriteTx, Option<(i64, Vec<u8>)>), StoreError> {
+        let mut lease = self.lease_for(Writer::Audit).await?;
+        if self.backend == Backend::Sqlite {
+            // `fetch_all`: sqlx's `fetch_optional` would take the first result (the
+            // BEGIN's), find no row in it, and stop.
+            let first: Result<Vec<(i64, Vec<u8>)>, _> = sqlx::query_as(
+                "BEGIN IMMEDIATE; SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_all(lease.conn())
+            .await;
+            match first {
+                Ok(mut rows) => {
+                    let head = rows.pop();
+                    let tx = WriteTx {
+                        backend: self.backend,
+                        lease,
+                        open: true,
+                        savepoint: savepoints,
+                    };
+                    return Ok((tx, head));
+                }
+                Err(e) if is_busy(&e) => {
+                    // Busy at BEGIN: no transaction is open, and this ROLLBACK only says
+                    // so. (Should the read have been busy after a BEGIN that took the
+                    // lock, it ends that transaction.) Then wait as every writer does.
+                    let _ = lease.conn().execute("ROLLBACK").await;
+                }
+                Err(e) => {
+                    lease.discard();
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut tx = self.begin_on(lease, Writer::Audit, savepoints).await?;
+        let head = tx.lock_chain().await?;
+        Ok((tx, head))
     }
 
     /// Makes one change in a transaction of its own, in a task of its own: once started

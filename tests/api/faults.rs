@@ -439,7 +439,8 @@ fn the_master_key_from_the_environment_and_plain_http_on_loopback() {
 
 /// Another process holding SQLite's write lock (an operator's command beside the
 /// server): the server's writes (audit commits included) wait for it, in short steps of
-/// their own rather than SQLite's sleeping busy handler, and go through once it lets go.
+/// their own rather than SQLite's sleeping busy handler, and go through once it lets go,
+/// chained after whatever that process appended to the trail meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_none() {
     let t = spawn_app(Db::Sqlite).await;
@@ -475,9 +476,57 @@ async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_non
         "the create never reached the audit writer"
     );
     assert!(!create.is_finished());
+    // The other process appends to the trail too, while it holds the lock: the server's
+    // writer must chain after that event, not after the head it saw before.
+    let (head, prev): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+    let mut row = piivault::store::AuditRow {
+        seq: head + 1,
+        ts: piivault::store::now_ms(),
+        actor_token: "operator".into(),
+        actor_role: "admin".into(),
+        action: "token_issue".into(),
+        purpose: "admin".into(),
+        decision: "allow".into(),
+        reason: "ok".into(),
+        request_id: "cli".into(),
+        prev_hash: prev,
+        ..Default::default()
+    };
+    row.hash = piivault::audit::chain_hash(row.borrowed()).to_vec();
+    sqlx::query(
+        "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, purpose, \
+         decision, reason, request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(row.seq)
+    .bind(row.ts)
+    .bind(&row.actor_token)
+    .bind(&row.actor_role)
+    .bind(&row.action)
+    .bind(&row.purpose)
+    .bind(&row.decision)
+    .bind(&row.reason)
+    .bind(&row.request_id)
+    .bind(&row.prev_hash)
+    .bind(&row.hash)
+    .execute(&mut other)
+    .await
+    .unwrap();
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     let (s, b) = create.await.unwrap();
     assert_eq!(s, StatusCode::CREATED, "{b}");
     let (s, v) = read_field(&t, &dsr, "dsr", &id, "phone").await;
     assert_eq!((s, v), (StatusCode::OK, json!("13900000511")));
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq > ? AND action = 'create'")
+            .bind(row.seq)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+    assert_eq!(created, 1, "the create's event follows the other process's");
+    let report = t.app.verify_audit().await.unwrap();
+    assert!(report.ok, "{report:?}");
 }

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use super::event::{chain_hash, Event};
 use crate::crypto::AuditKey;
-use crate::store::{now_ms, AuditRow, CheckpointRow, Store, StoreError, WriteOp};
+use crate::store::{now_ms, Appended, AuditRow, CheckpointRow, Store, StoreError, WriteOp};
 
 /// Most changes (savepoints) in one batch on PostgreSQL (see `writer`).
 const MAX_CHANGES_PER_BATCH_POSTGRES: usize = 48;
@@ -448,6 +448,7 @@ async fn writer(
         crate::store::Backend::Sqlite => usize::MAX,
     };
     let mut held: Option<Pending> = None;
+    let mut known: Option<Head> = None;
     loop {
         let first = match held.take() {
             Some(p) => p,
@@ -476,7 +477,7 @@ async fn writer(
         metrics::gauge!(crate::metrics::AUDIT_QUEUE).set(rx.len() as f64);
         metrics::histogram!(crate::metrics::AUDIT_BATCH_EVENTS).record(n as f64);
         let started = std::time::Instant::now();
-        let committed = commit_batch(&store, &mut batch).await;
+        let committed = commit_batch(&store, &mut batch, &mut known).await;
         metrics::histogram!(crate::metrics::AUDIT_COMMIT).record(started.elapsed().as_secs_f64());
         match committed {
             Ok(last) => {
@@ -510,6 +511,9 @@ async fn writer(
     }
 }
 
+/// The chain's head: the last event's sequence number and hash.
+type Head = (i64, Vec<u8>);
+
 /// Commits one batch: each job's change, then the events of the jobs whose change was
 /// made, chained after the head, in one transaction. Returns the new head's sequence
 /// number, if events were written.
@@ -518,23 +522,72 @@ async fn writer(
 /// each, and no page copied aside for an undo. If one fails, that attempt is rolled back
 /// whole and the batch is made again with each change in a savepoint of its own, so the
 /// failed change (and its events) is left out and the rest commit.
-async fn commit_batch(store: &Store, batch: &mut [Pending]) -> Result<Option<i64>, StoreError> {
-    if batch.iter().any(|p| p.op.is_some()) {
-        if let Attempt::Committed(head) = attempt(store, batch, false).await? {
-            return Ok(head);
+///
+/// `known` is the head this writer committed last (SQLite only; kept across batches). A
+/// batch of events alone is then chained after it and committed in one round trip,
+/// without reading the head; should another process have appended meanwhile, that
+/// append is refused and the batch goes the usual way (see
+/// `Store::append_audit_after_known_head`). Any error forgets the head.
+async fn commit_batch(
+    store: &Store,
+    batch: &mut [Pending],
+    known: &mut Option<Head>,
+) -> Result<Option<i64>, StoreError> {
+    if let Some(head) = known.take() {
+        if batch.iter().all(|p| p.op.is_none() && !p.probe) {
+            let (rows, after) = chain(batch.iter().flat_map(|p| p.rows.iter().cloned()), head);
+            if !rows.is_empty()
+                && store.append_audit_after_known_head(rows).await? == Appended::Committed
+            {
+                let seq = after.0;
+                *known = Some(after);
+                return Ok(Some(seq));
+            }
         }
     }
-    match attempt(store, batch, true).await? {
-        Attempt::Committed(head) => Ok(head),
-        // With savepoints a failed change is recorded in its job, never returned.
-        Attempt::ChangeFailed => Err(StoreError::Task(
-            "a change failed outside its savepoint".into(),
-        )),
+    let mut committed = None;
+    if batch.iter().any(|p| p.op.is_some()) {
+        if let Attempt::Committed(c) = attempt(store, batch, false).await? {
+            committed = Some(c);
+        }
     }
+    let (head, wrote) = match committed {
+        Some(c) => c,
+        None => match attempt(store, batch, true).await? {
+            Attempt::Committed(c) => c,
+            // With savepoints a failed change is recorded in its job, never returned.
+            Attempt::ChangeFailed => {
+                return Err(StoreError::Task(
+                    "a change failed outside its savepoint".into(),
+                ))
+            }
+        },
+    };
+    let seq = head.0;
+    if store.backend() == crate::store::Backend::Sqlite {
+        *known = Some(head);
+    }
+    Ok(wrote.then_some(seq))
+}
+
+/// Numbers and chains `rows` after `head`; returns them and the new head.
+fn chain(rows: impl Iterator<Item = AuditRow>, head: Head) -> (Vec<AuditRow>, Head) {
+    let (mut seq, mut prev) = head;
+    let mut out = Vec::with_capacity(rows.size_hint().0);
+    for mut row in rows {
+        seq += 1;
+        row.seq = seq;
+        row.prev_hash = prev;
+        row.hash = chain_hash(row.borrowed()).to_vec();
+        prev = row.hash.clone();
+        out.push(row);
+    }
+    (out, (seq, prev))
 }
 
 enum Attempt {
-    Committed(Option<i64>),
+    /// Committed: the head after it, and whether events were written.
+    Committed((Head, bool)),
     /// A change failed and, without savepoints, the attempt was rolled back.
     ChangeFailed,
 }
@@ -546,9 +599,9 @@ async fn attempt(
 ) -> Result<Attempt, StoreError> {
     let changes = batch.iter().any(|p| p.op.is_some());
     let (mut tx, head) = store.begin_audit(savepoints && changes).await?;
-    let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
+    let head = head.unwrap_or((0, vec![0u8; 32]));
     if batch.iter().any(|p| p.probe) {
-        tx.probe_audit_insert(seq).await?;
+        tx.probe_audit_insert(head.0).await?;
     }
     for p in batch.iter_mut() {
         p.failed = None;
@@ -562,21 +615,17 @@ async fn attempt(
             }
         }
     }
-    let mut rows = Vec::new();
     // Past every change: this attempt is the one that writes the events.
-    for p in batch.iter_mut().filter(|p| p.failed.is_none()) {
-        for mut row in std::mem::take(&mut p.rows) {
-            seq += 1;
-            row.seq = seq;
-            row.prev_hash = prev;
-            row.hash = chain_hash(row.borrowed()).to_vec();
-            prev = row.hash.clone();
-            rows.push(row);
-        }
-    }
-    let head = rows.last().map(|r| r.seq);
+    let (rows, head) = chain(
+        batch
+            .iter_mut()
+            .filter(|p| p.failed.is_none())
+            .flat_map(|p| std::mem::take(&mut p.rows)),
+        head,
+    );
+    let wrote = !rows.is_empty();
     tx.append_and_commit(rows).await?;
-    Ok(Attempt::Committed(head))
+    Ok(Attempt::Committed((head, wrote)))
 }
 
 async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {

@@ -407,33 +407,87 @@ impl WriteTx {
 
     fn audit_script(&mut self, rows: Vec<AuditRow>) -> Script {
         let mut script = Script::new(self.conn());
-        let insert = script.insert_verb();
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<AuditRow> = rows.by_ref().take(INSERT_CHUNK).collect();
-            script.sql(&format!(
-                "{insert} INTO audit_events ({COLUMNS}) VALUES {}",
-                tuples(chunk.len(), 14)
-            ));
-            for row in chunk {
-                script
-                    .bind(row.seq)
-                    .bind(row.ts)
-                    .bind(row.actor_token)
-                    .bind(row.actor_role)
-                    .bind(row.action)
-                    .bind(row.subject)
-                    .bind(row.field)
-                    .bind(row.target)
-                    .bind(row.purpose)
-                    .bind(row.decision)
-                    .bind(row.reason)
-                    .bind(row.request_id)
-                    .bind(row.prev_hash)
-                    .bind(row.hash);
+        add_audit_inserts(&mut script, rows);
+        script
+    }
+}
+
+/// Adds the inserts of `rows` to `script`, many rows per statement.
+fn add_audit_inserts(script: &mut Script, rows: Vec<AuditRow>) {
+    let insert = script.insert_verb();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<AuditRow> = rows.by_ref().take(INSERT_CHUNK).collect();
+        script.sql(&format!(
+            "{insert} INTO audit_events ({COLUMNS}) VALUES {}",
+            tuples(chunk.len(), 14)
+        ));
+        for row in chunk {
+            script
+                .bind(row.seq)
+                .bind(row.ts)
+                .bind(row.actor_token)
+                .bind(row.actor_role)
+                .bind(row.action)
+                .bind(row.subject)
+                .bind(row.field)
+                .bind(row.target)
+                .bind(row.purpose)
+                .bind(row.decision)
+                .bind(row.reason)
+                .bind(row.request_id)
+                .bind(row.prev_hash)
+                .bind(row.hash);
+        }
+    }
+}
+
+/// What [`Store::append_audit_after_known_head`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The events are committed.
+    Committed,
+    /// Nothing was written: the head has moved (another process appended), or another
+    /// process holds the write lock. Append the usual way, which reads the head.
+    HeadUnknown,
+}
+
+impl Store {
+    /// SQLite: appends events already chained after the head this process's audit writer
+    /// committed last, in one round trip to SQLite's worker thread (`BEGIN IMMEDIATE`, the
+    /// inserts and `COMMIT` as one statement list), without reading the head first.
+    ///
+    /// Safe because sequence numbers are contiguous and unique: if another process
+    /// appended meanwhile, the event numbered after the known head exists already, the
+    /// first insert fails on it, and the transaction is rolled back whole.
+    pub async fn append_audit_after_known_head(
+        &self,
+        rows: Vec<AuditRow>,
+    ) -> Result<Appended, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(Appended::HeadUnknown);
+        }
+        let mut lease = self.lease_for(Writer::Audit).await?;
+        let mut script = Script::new(lease.conn());
+        script.sql("BEGIN IMMEDIATE");
+        add_audit_inserts(&mut script, rows);
+        script.sql("COMMIT");
+        match script.execute(lease.conn()).await {
+            Ok(()) => Ok(Appended::Committed),
+            Err(e) if super::is_conflict(&e) || super::write::is_busy(&e) => {
+                // A conflict: BEGIN took the lock and the first insert failed. Busy: BEGIN
+                // was refused and no transaction is open, and ROLLBACK only says so.
+                if lease.conn().execute("ROLLBACK").await.is_err() && super::is_conflict(&e) {
+                    lease.discard();
+                }
+                Ok(Appended::HeadUnknown)
+            }
+            Err(e) => {
+                // Whichever statement failed, closing the connection rolls back what is open.
+                lease.discard();
+                Err(e.into())
             }
         }
-        script
     }
 }
 

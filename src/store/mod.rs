@@ -21,7 +21,9 @@ mod subjects;
 mod tokens;
 mod write;
 
-pub use audit::{AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable};
+pub use audit::{
+    Appended, AuditRow, AuditRowRef, CheckpointRow, PackedEvents, ReportParam, Unreadable,
+};
 pub use audit_index::{events_in_window, subject_seqs, token_seqs, IndexStep, TIME_BLOCK};
 pub use consent::ConsentRow;
 pub use exports::BulkExportRow;

@@ -85,7 +85,7 @@ impl WriteOp {
 const SQLITE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// SQLite's "database is locked" (`SQLITE_BUSY` and its extended codes).
-fn is_busy(e: &sqlx::Error) -> bool {
+pub(super) fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => d
             .code()
@@ -96,13 +96,13 @@ fn is_busy(e: &sqlx::Error) -> bool {
 }
 
 /// A connection held for one write transaction.
-enum Lease {
+pub(super) enum Lease {
     Pooled(PoolConnection<Any>),
     Dedicated(OwnedMutexGuard<Option<AnyConnection>>),
 }
 
 impl Lease {
-    fn conn(&mut self) -> &mut AnyConnection {
+    pub(super) fn conn(&mut self) -> &mut AnyConnection {
         match self {
             Lease::Pooled(c) => c,
             // A dedicated lease is only made with a connection in the slot.
@@ -114,7 +114,7 @@ impl Lease {
     }
 
     /// Never hand this connection to anyone again.
-    fn discard(&mut self) {
+    pub(super) fn discard(&mut self) {
         match self {
             Lease::Pooled(c) => c.close_on_drop(),
             Lease::Dedicated(g) => {
@@ -333,7 +333,7 @@ impl Store {
     }
 
     /// The connection `writer` writes on.
-    async fn lease_for(&self, writer: Writer) -> Result<Lease, StoreError> {
+    pub(super) async fn lease_for(&self, writer: Writer) -> Result<Lease, StoreError> {
         Ok(match (self.backend, writer) {
             (Backend::Sqlite, Writer::Index) => self.index_conn.lease().await?,
             (Backend::Sqlite, _) => self.write_conn.lease().await?,
@@ -532,7 +532,18 @@ impl Script {
     /// Runs the statements in order, stopping at the first error (a unique violation
     /// comes back as `Conflict`).
     pub(super) async fn run(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
-        let result = if self.postgres {
+        self.execute(conn).await.map_err(|e| {
+            if super::is_conflict(&e) {
+                StoreError::Conflict
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// As [`Script::run`], with the driver's own error.
+    pub(super) async fn execute(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        if self.postgres {
             let mut result = Ok(());
             for (sql, args) in self.statements {
                 if let Err(e) = sqlx::query_with(&sql, args).execute(&mut *conn).await {
@@ -548,14 +559,7 @@ impl Script {
                 .map(|_| ())
         } else {
             Ok(())
-        };
-        result.map_err(|e| {
-            if super::is_conflict(&e) {
-                StoreError::Conflict
-            } else {
-                e.into()
-            }
-        })
+        }
     }
 }
 

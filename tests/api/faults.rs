@@ -478,9 +478,30 @@ async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_non
     assert!(!create.is_finished());
     // The other process appends to the trail too, while it holds the lock: the server's
     // writer must chain after that event, not after the head it saw before.
+    let foreign = append_as_another_process(&mut other).await;
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let (s, b) = create.await.unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, v) = read_field(&t, &dsr, "dsr", &id, "phone").await;
+    assert_eq!((s, v), (StatusCode::OK, json!("13900000511")));
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq > ? AND action = 'create'")
+            .bind(foreign)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+    assert_eq!(created, 1, "the create's event follows the other process's");
+    let report = t.app.verify_audit().await.unwrap();
+    assert!(report.ok, "{report:?}");
+}
+
+/// Appends one event to the trail, chained after its head, as another process (an
+/// operator's command) would, inside whatever transaction `conn` has open. Returns its
+/// sequence number.
+async fn append_as_another_process(conn: &mut sqlx::SqliteConnection) -> i64 {
     let (head, prev): (i64, Vec<u8>) =
         sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_one(&mut other)
+            .fetch_one(&mut *conn)
             .await
             .unwrap();
     let mut row = piivault::store::AuditRow {
@@ -512,21 +533,57 @@ async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_non
     .bind(&row.request_id)
     .bind(&row.prev_hash)
     .bind(&row.hash)
-    .execute(&mut other)
+    .execute(&mut *conn)
     .await
     .unwrap();
-    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-    let (s, b) = create.await.unwrap();
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, v) = read_field(&t, &dsr, "dsr", &id, "phone").await;
-    assert_eq!((s, v), (StatusCode::OK, json!("13900000511")));
-    let created: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE seq > ? AND action = 'create'")
-            .bind(row.seq)
-            .fetch_one(&mut other)
+    row.seq
+}
+
+/// The server's audit writer chains a batch of events after the head it committed last,
+/// without reading it again. Another process appending between two batches (an
+/// operator's command beside the server) is found, not overwritten or forked: the
+/// server's next events follow that process's, and every read is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_trail_appended_by_another_process_between_batches_stays_one_chain() {
+    let t = spawn_app(Db::Sqlite).await;
+    let dsr = t.dsr().await;
+    let id = t.create(&dsr, json!({"phone": "13900000521"})).await;
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&t.database_url)
+        .await
+        .unwrap();
+    for round in 0..3 {
+        // A read: a batch of events alone, chained after the head the writer knows.
+        let (s, v) = read_field(&t, &dsr, "dsr", &id, "phone").await;
+        assert_eq!(
+            (s, v),
+            (StatusCode::OK, json!("13900000521")),
+            "round {round}"
+        );
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
             .await
             .unwrap();
-    assert_eq!(created, 1, "the create's event follows the other process's");
+        let foreign = append_as_another_process(&mut other).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        let (s, v) = read_field(&t, &dsr, "dsr", &id, "phone").await;
+        assert_eq!(
+            (s, v),
+            (StatusCode::OK, json!("13900000521")),
+            "round {round}"
+        );
+        let reads_after: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_events WHERE seq > ? AND action = 'read' AND subject = ?",
+        )
+        .bind(foreign)
+        .bind(&id)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+        assert_eq!(
+            reads_after, 1,
+            "round {round}: the read follows the other process's event"
+        );
+    }
     let report = t.app.verify_audit().await.unwrap();
     assert!(report.ok, "{report:?}");
 }

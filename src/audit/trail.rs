@@ -545,23 +545,19 @@ async fn commit_batch(
             }
         }
     }
-    let mut committed = None;
-    if batch.iter().any(|p| p.op.is_some()) {
-        if let Attempt::Committed(c) = attempt(store, batch, false).await? {
-            committed = Some(c);
+    let outcome = if batch.iter().any(|p| p.op.is_some()) {
+        match attempt(store, batch, false).await? {
+            Attempt::ChangeFailed => attempt(store, batch, true).await?,
+            committed => committed,
         }
-    }
-    let (head, wrote) = match committed {
-        Some(c) => c,
-        None => match attempt(store, batch, true).await? {
-            Attempt::Committed(c) => c,
-            // With savepoints a failed change is recorded in its job, never returned.
-            Attempt::ChangeFailed => {
-                return Err(StoreError::Task(
-                    "a change failed outside its savepoint".into(),
-                ))
-            }
-        },
+    } else {
+        attempt(store, batch, true).await?
+    };
+    let Attempt::Committed { head, wrote } = outcome else {
+        // With savepoints a failed change is recorded in its job, never returned.
+        return Err(StoreError::Task(
+            "a change failed outside its savepoint".into(),
+        ));
     };
     let seq = head.0;
     if store.backend() == crate::store::Backend::Sqlite {
@@ -587,7 +583,7 @@ fn chain(rows: impl Iterator<Item = AuditRow>, head: Head) -> (Vec<AuditRow>, He
 
 enum Attempt {
     /// Committed: the head after it, and whether events were written.
-    Committed((Head, bool)),
+    Committed { head: Head, wrote: bool },
     /// A change failed and, without savepoints, the attempt was rolled back.
     ChangeFailed,
 }
@@ -625,7 +621,7 @@ async fn attempt(
     );
     let wrote = !rows.is_empty();
     tx.append_and_commit(rows).await?;
-    Ok(Attempt::Committed((head, wrote)))
+    Ok(Attempt::Committed { head, wrote })
 }
 
 async fn signer(audit: Audit, mut head: watch::Receiver<i64>) {

@@ -1,6 +1,6 @@
 use sqlx::{Executor, Row};
 
-use super::write::{tuples, Script};
+use super::write::Script;
 use super::{Backend, Store, StoreError, WriteTx, Writer};
 
 /// One audit event as stored.
@@ -414,14 +414,10 @@ impl WriteTx {
 
 /// Adds the inserts of `rows` to `script`, many rows per statement.
 fn add_audit_inserts(script: &mut Script, rows: Vec<AuditRow>) {
-    let insert = script.insert_verb();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<AuditRow> = rows.by_ref().take(INSERT_CHUNK).collect();
-        script.sql(&format!(
-            "{insert} INTO audit_events ({COLUMNS}) VALUES {}",
-            tuples(chunk.len(), 14)
-        ));
+        script.insert_values(&format!("audit_events ({COLUMNS})"), chunk.len(), 14, "");
         for row in chunk {
             script
                 .bind(row.seq)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sqlx::Row;
 
 use super::changes::SUBJECT;
-use super::write::{op, tuples, Script};
+use super::write::{op, Script};
 use super::{now_ms, IndexEntry, Store, StoreError, SubjectKeyRow, WriteOp};
 
 /// One stored ciphertext of a subject.
@@ -280,12 +280,13 @@ fn write_resealed(
     if done.is_empty() {
         return;
     }
-    let insert = script.insert_verb();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        script.sql(&format!(
-            "{insert} INTO subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at) VALUES {}",
-            tuples(chunk.len(), 6)
-        ));
+        script.insert_values(
+            "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
+            chunk.len(),
+            6,
+            "",
+        );
         for (id, key, items) in chunk {
             script
                 .bind(id.clone())
@@ -297,11 +298,12 @@ fn write_resealed(
         }
     }
     for chunk in fields.chunks(ROWS_PER_STATEMENT) {
-        script.sql(&format!(
-            "{insert} INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
-             ON CONFLICT (subject_id, field) DO UPDATE SET dek_version = excluded.dek_version, sealed = excluded.sealed",
-            tuples(chunk.len(), 5)
-        ));
+        script.insert_values(
+            "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+            chunk.len(),
+            5,
+            " ON CONFLICT (subject_id, field) DO UPDATE SET dek_version = excluded.dek_version, sealed = excluded.sealed",
+        );
         for (id, field, sealed) in chunk {
             script
                 .bind(id.clone())
@@ -312,11 +314,12 @@ fn write_resealed(
         }
     }
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
-        script.sql(&format!(
-            "{insert} INTO records (id, subject_id, collection, dek_version, sealed, created_at) VALUES {} \
-             ON CONFLICT (id) DO UPDATE SET dek_version = excluded.dek_version, sealed = excluded.sealed",
-            tuples(chunk.len(), 6)
-        ));
+        script.insert_values(
+            "records (id, subject_id, collection, dek_version, sealed, created_at)",
+            chunk.len(),
+            6,
+            " ON CONFLICT (id) DO UPDATE SET dek_version = excluded.dek_version, sealed = excluded.sealed",
+        );
         for (id, subject, collection, sealed) in chunk {
             script
                 .bind(id.clone())
@@ -348,10 +351,12 @@ fn write_resealed(
         }
     }
     for chunk in index.chunks(ROWS_PER_STATEMENT) {
-        script.sql(&format!(
-            "{insert} INTO blind_index (field, digest, subject_id, key_version) VALUES {} ON CONFLICT DO NOTHING",
-            tuples(chunk.len(), 4)
-        ));
+        script.insert_values(
+            super::subjects::BLIND_INDEX_COLUMNS,
+            chunk.len(),
+            4,
+            " ON CONFLICT DO NOTHING",
+        );
         for (id, e) in chunk {
             script
                 .bind(e.field.clone())

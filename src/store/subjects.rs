@@ -1,7 +1,10 @@
 use sqlx::Row;
 
-use super::write::{add_arg, op, tuples, Script};
+use super::write::{add_arg, op, Script};
 use super::{now_ms, Store, StoreError, WriteOp};
+
+/// The blind index and the columns an entry is inserted with.
+pub(super) const BLIND_INDEX_COLUMNS: &str = "blind_index (field, digest, subject_id, key_version)";
 
 /// A subject's DEK as stored: wrapped by KEK `kek_version`.
 #[derive(Debug, Clone)]
@@ -49,11 +52,7 @@ fn insert_rows(script: &mut Script, target: &str, rows: Vec<Vec<Arg>>) {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
-        let insert = script.insert_verb();
-        script.sql(&format!(
-            "{insert} INTO {target} VALUES {}",
-            tuples(chunk.len(), per_row)
-        ));
+        script.insert_values(target, chunk.len(), per_row, "");
         for arg in chunk.into_iter().flatten() {
             match arg {
                 Arg::Int(v) => script.bind(v),
@@ -432,13 +431,13 @@ fn add_fields(script: &mut Script, subject: &str, fields: Vec<FieldRow>, now: i6
     if fields.is_empty() {
         return;
     }
-    let insert = script.insert_verb();
-    script.sql(&format!(
-        "{insert} INTO subject_fields (subject_id, field, dek_version, sealed, updated_at) VALUES {} \
-         ON CONFLICT (subject_id, field) DO UPDATE SET \
+    script.insert_values(
+        "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+        fields.len(),
+        5,
+        " ON CONFLICT (subject_id, field) DO UPDATE SET \
          dek_version = excluded.dek_version, sealed = excluded.sealed, updated_at = excluded.updated_at",
-        tuples(fields.len(), 5)
-    ));
+    );
     for f in fields {
         script
             .bind(subject.to_owned())
@@ -453,11 +452,12 @@ fn add_index(script: &mut Script, subject: &str, index: Vec<IndexEntry>) {
     if index.is_empty() {
         return;
     }
-    let insert = script.insert_verb();
-    script.sql(&format!(
-        "{insert} INTO blind_index (field, digest, subject_id, key_version) VALUES {} ON CONFLICT DO NOTHING",
-        tuples(index.len(), 4)
-    ));
+    script.insert_values(
+        BLIND_INDEX_COLUMNS,
+        index.len(),
+        4,
+        " ON CONFLICT DO NOTHING",
+    );
     for e in index {
         script
             .bind(e.field)

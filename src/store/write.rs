@@ -492,6 +492,23 @@ impl Script {
         }
     }
 
+    /// Adds a many-row insert: `INSERT INTO {into} VALUES (?, …), …{then}`, `rows` tuples
+    /// of `per_row` placeholders, with the verb of [`Script::insert_verb`].
+    pub(super) fn insert_values(
+        &mut self,
+        into: &str,
+        rows: usize,
+        per_row: usize,
+        then: &str,
+    ) -> &mut Self {
+        let sql = format!(
+            "{} INTO {into} VALUES {}{then}",
+            self.insert_verb(),
+            tuples(rows, per_row)
+        );
+        self.sql(&sql)
+    }
+
     /// Adds a statement.
     pub(super) fn sql(&mut self, template: &str) -> &mut Self {
         if self.postgres {

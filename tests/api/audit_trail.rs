@@ -661,16 +661,7 @@ both_stores!(tampering_is_detected_and_located, |db| async move {
         e.prev_hash = prev.clone();
         e.hash = piivault::audit::chain_hash(e.borrowed()).to_vec();
         prev = e.hash.clone();
-        sqlx::query(
-            "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, subject, field, target, purpose, decision, reason, request_id, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(e.seq).bind(e.ts).bind(&e.actor_token).bind(&e.actor_role).bind(&e.action)
-        .bind(e.subject.clone()).bind(e.field.clone()).bind(e.target.clone()).bind(&e.purpose)
-        .bind(&e.decision).bind(&e.reason).bind(&e.request_id).bind(e.prev_hash.clone()).bind(e.hash.clone())
-        .execute(&raw)
-        .await
-        .unwrap();
+        insert_event_row(&raw, e).await;
     }
     let r = report(&t).await;
     assert!(!r.ok, "{r:?}");

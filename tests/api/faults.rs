@@ -448,7 +448,8 @@ async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_non
     let id = t.create(&dsr, json!({"phone": "13900000511"})).await;
     let url = t.database_url.clone();
     // Another connection, as another process would have, takes the write lock.
-    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+    sqlx::any::install_default_drivers();
+    let mut other = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();
     sqlx::query("BEGIN IMMEDIATE")
@@ -498,7 +499,7 @@ async fn a_sqlite_write_lock_held_by_another_process_delays_writes_and_fails_non
 /// Appends one event to the trail, chained after its head, as another process (an
 /// operator's command) would, inside whatever transaction `conn` has open. Returns its
 /// sequence number.
-async fn append_as_another_process(conn: &mut sqlx::SqliteConnection) -> i64 {
+async fn append_as_another_process(conn: &mut sqlx::AnyConnection) -> i64 {
     let (head, prev): (i64, Vec<u8>) =
         sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_one(&mut *conn)
@@ -518,24 +519,7 @@ async fn append_as_another_process(conn: &mut sqlx::SqliteConnection) -> i64 {
         ..Default::default()
     };
     row.hash = piivault::audit::chain_hash(row.borrowed()).to_vec();
-    sqlx::query(
-        "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, purpose, \
-         decision, reason, request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(row.seq)
-    .bind(row.ts)
-    .bind(&row.actor_token)
-    .bind(&row.actor_role)
-    .bind(&row.action)
-    .bind(&row.purpose)
-    .bind(&row.decision)
-    .bind(&row.reason)
-    .bind(&row.request_id)
-    .bind(&row.prev_hash)
-    .bind(&row.hash)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    insert_event_row(&mut *conn, &row).await;
     row.seq
 }
 
@@ -548,7 +532,8 @@ async fn a_sqlite_trail_appended_by_another_process_between_batches_stays_one_ch
     let t = spawn_app(Db::Sqlite).await;
     let dsr = t.dsr().await;
     let id = t.create(&dsr, json!({"phone": "13900000521"})).await;
-    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&t.database_url)
+    sqlx::any::install_default_drivers();
+    let mut other = <sqlx::AnyConnection as sqlx::Connection>::connect(&t.database_url)
         .await
         .unwrap();
     for round in 0..3 {

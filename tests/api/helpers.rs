@@ -755,3 +755,32 @@ pub async fn sqlite_backup(live_url: &str, file: &Path) {
         .unwrap();
     pool.close().await;
 }
+
+/// Writes an audit event row as it stands, behind the vault's back: what a forger, or
+/// another process appending to the trail, would do.
+pub async fn insert_event_row<'c, E>(db: E, e: &piivault::store::AuditRow)
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO audit_events (seq, ts, actor_token, actor_role, action, subject, field, target, purpose, decision, reason, request_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(e.seq)
+    .bind(e.ts)
+    .bind(e.actor_token.clone())
+    .bind(e.actor_role.clone())
+    .bind(e.action.clone())
+    .bind(e.subject.clone())
+    .bind(e.field.clone())
+    .bind(e.target.clone())
+    .bind(e.purpose.clone())
+    .bind(e.decision.clone())
+    .bind(e.reason.clone())
+    .bind(e.request_id.clone())
+    .bind(e.prev_hash.clone())
+    .bind(e.hash.clone())
+    .execute(db)
+    .await
+    .expect("event row inserted");
+}

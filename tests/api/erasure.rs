@@ -242,6 +242,40 @@ both_stores!(
                 .await
                 .is_err()
         );
+        // Inside a transaction too: on SQLite the index entry's tie is checked when the
+        // transaction commits (a deferred foreign key, which needs no statement journal),
+        // on PostgreSQL after the statement; either way nothing of it stays.
+        let mut tx = raw.begin().await.unwrap();
+        let inserted = sqlx::query(
+            "INSERT INTO blind_index (field, digest, subject_id, key_version) VALUES ('phone', $2, $1, 1)",
+        )
+        .bind(missing)
+        .bind(vec![5u8; 32])
+        .execute(&mut *tx)
+        .await;
+        let committed = match inserted {
+            Ok(_) => tx.commit().await,
+            Err(e) => Err(e),
+        };
+        assert!(
+            committed.is_err(),
+            "an index entry for a missing subject was committed"
+        );
+        assert!(
+            sqlx::query("UPDATE blind_index SET subject_id = $2 WHERE subject_id = $1")
+                .bind(&live)
+                .bind(missing)
+                .execute(&raw)
+                .await
+                .is_err()
+        );
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM blind_index WHERE subject_id = $1")
+                .bind(missing)
+                .fetch_one(&raw)
+                .await
+                .unwrap();
+        assert_eq!(left, 0);
         // The subject rows themselves: never deleted, never renamed, erased or not.
         for id in [&live, &erased] {
             assert!(sqlx::query("DELETE FROM subjects WHERE id = $1")

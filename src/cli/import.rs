@@ -224,7 +224,7 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCo
     let todo = valid.iter().filter(|n| **n > progress.through_line).count() as u64;
     let importing = bar(valid.len() as u64, "importing");
     importing.set_position(valid.len() as u64 - todo);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<import::Prepared>, LineError>>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<import::Batch, LineError>>(2);
     let producer = {
         let (pipeline, run, file) = (pipeline.clone(), run.clone(), args.file.clone());
         let (from, batch, skip_invalid) = (
@@ -252,19 +252,18 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCo
                         return Ok(());
                     }
                 }
-                if current.len() == batch
-                    && tx
-                        .blocking_send(Ok(std::mem::replace(
-                            &mut current,
-                            Vec::with_capacity(batch),
-                        )))
+                if current.len() == batch {
+                    let full = std::mem::replace(&mut current, Vec::with_capacity(batch));
+                    if tx
+                        .blocking_send(Ok(import::Batch::new(&run, full)))
                         .is_err()
-                {
-                    return Ok(());
+                    {
+                        return Ok(());
+                    }
                 }
             }
             if !current.is_empty() {
-                let _ = tx.blocking_send(Ok(current));
+                let _ = tx.blocking_send(Ok(import::Batch::new(&run, current)));
             }
             Ok(())
         })
@@ -275,8 +274,8 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCo
     while let Some(batch) = rx.recv().await {
         let batch =
             batch.map_err(|e| anyhow::anyhow!("{e}: the file changed while it was imported"))?;
-        let (n, last) = (batch.len() as u64, batch.last().map_or(0, |p| p.line));
-        match import::commit(&pipeline, &run, batch)
+        let (n, last) = (batch.len() as u64, batch.last_line());
+        match import::commit(&pipeline, batch)
             .await
             .map_err(|e| anyhow::anyhow!("storing lines up to {last}: {e}"))?
         {

@@ -19,7 +19,7 @@ use super::{Error, Pipeline};
 use crate::audit::Event;
 use crate::classify::{FieldType, ValidationError};
 use crate::pipl::{ConsentError, Consents, GrantRequest};
-use crate::store::{ConsentRow, ImportSubject};
+use crate::store::{ConsentRow, ImportRows, ImportSubject};
 use crate::vault::{SubjectId, VaultError};
 
 /// The two file formats.
@@ -385,20 +385,91 @@ pub enum Committed {
     AlreadyThere,
 }
 
-/// Stores a batch with one audit event per subject, in one transaction. A batch the
-/// run already stored before an interruption is recognised and left alone.
-pub async fn commit(state: &Pipeline, run: &Run, batch: Vec<Prepared>) -> Result<Committed, Error> {
-    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+/// A batch of prepared lines made ready to store: its rows and its audit events, built
+/// on the importer's worker thread so that the store's writer only binds and inserts.
+pub struct Batch {
+    /// The ids of its first and last subjects: a batch stored by an earlier, interrupted
+    /// attempt of the run is recognised by them.
+    ends: Vec<String>,
+    len: usize,
+    last_line: u64,
+    rows: ImportRows,
+    events: Vec<Event>,
+}
+
+impl Batch {
+    /// One `subject.import` event per subject, and a `consent.grant` event for each
+    /// consent it was imported with (each consent is evidence of its own, as a grant
+    /// over the API is).
+    pub fn new(run: &Run, prepared: Vec<Prepared>) -> Self {
+        let event = |action: &str| {
+            Event::new(
+                &run.actor_token,
+                &run.actor_role,
+                &run.purpose,
+                &run.id,
+                action,
+            )
+        };
+        let mut ends: Vec<String> = prepared
+            .first()
+            .map(|p| p.id.as_str().to_owned())
+            .into_iter()
+            .collect();
+        if prepared.len() > 1 {
+            ends.extend(prepared.last().map(|p| p.id.as_str().to_owned()));
+        }
+        let mut events = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            events.push(
+                event("subject.import")
+                    .subject(p.id.as_str())
+                    .target(&format!("{}:line:{}", run.id, p.line)),
+            );
+            for c in &p.subject.consents {
+                events.push(
+                    event("consent.grant")
+                        .subject(p.id.as_str())
+                        .target(&c.purpose),
+                );
+            }
+        }
+        Self {
+            ends,
+            len: prepared.len(),
+            last_line: prepared.last().map_or(0, |p| p.line),
+            rows: ImportRows::new(prepared.into_iter().map(|p| p.subject).collect()),
+            events,
+        }
+    }
+
+    /// How many subjects it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The line number of its last subject.
+    pub fn last_line(&self) -> u64 {
+        self.last_line
+    }
+}
+
+/// Stores a batch with its audit events, in one transaction. A batch the run already
+/// stored before an interruption is recognised and left alone.
+pub async fn commit(state: &Pipeline, batch: Batch) -> Result<Committed, Error> {
+    if batch.is_empty() {
         return Ok(Committed::Stored);
-    };
-    let ends = [first.id.as_str().to_owned(), last.id.as_str().to_owned()];
+    }
     let found = state
         .store
-        .count_subjects(&ends)
+        .count_subjects(&batch.ends)
         .await
         .map_err(Error::internal)?;
-    let expected = if batch.len() == 1 { 1 } else { 2 };
-    if found == expected {
+    if found == batch.ends.len() as i64 {
         return Ok(Committed::AlreadyThere);
     }
     if found != 0 {
@@ -406,32 +477,6 @@ pub async fn commit(state: &Pipeline, run: &Run, batch: Vec<Prepared>) -> Result
             "part of this import batch exists and part does not: the store was changed outside the import",
         ));
     }
-    let event = |action: &str| {
-        Event::new(
-            &run.actor_token,
-            &run.actor_role,
-            &run.purpose,
-            &run.id,
-            action,
-        )
-    };
-    let mut events = Vec::with_capacity(batch.len());
-    for p in &batch {
-        events.push(
-            event("subject.import")
-                .subject(p.id.as_str())
-                .target(&format!("{}:line:{}", run.id, p.line)),
-        );
-        // Each consent recorded is evidence of its own, as a grant over the API is.
-        for c in &p.subject.consents {
-            events.push(
-                event("consent.grant")
-                    .subject(p.id.as_str())
-                    .target(&c.purpose),
-            );
-        }
-    }
-    let subjects = batch.into_iter().map(|p| p.subject).collect();
-    state.vault.import(subjects, events).await?;
+    state.vault.import(batch.rows, batch.events).await?;
     Ok(Committed::Stored)
 }

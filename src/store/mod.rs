@@ -34,8 +34,8 @@ pub use reencrypt::{Reseal, Resealed, SealedItem, SealedSubject};
 pub use requests::{RequestRow, SubjectStatus};
 pub use retention::ExpiredRow;
 pub use subjects::{
-    FieldRow, ImportSubject, IndexEntry, NewSubject, RecordRow, SubjectKeyRow, SubjectSnapshot,
-    SubjectWrite,
+    FieldRow, ImportRows, ImportSubject, IndexEntry, NewSubject, RecordRow, SubjectKeyRow,
+    SubjectSnapshot, SubjectWrite,
 };
 pub use tokens::TokenRow;
 pub(crate) use write::Writer;

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use sqlx::Row;
 
 use super::write::{add_arg, op, Script};
@@ -37,6 +39,7 @@ pub struct IndexEntry {
 pub const IMPORT_ROWS_PER_INSERT: usize = 500;
 
 /// One bound value of an import row.
+#[derive(Clone)]
 enum Arg {
     Int(i64),
     Text(String),
@@ -45,21 +48,122 @@ enum Arg {
 
 /// `INSERT INTO target VALUES …` for `rows` (all of one width), [`IMPORT_ROWS_PER_INSERT`]
 /// a statement.
-fn insert_rows(script: &mut Script, target: &str, rows: Vec<Vec<Arg>>) {
+fn insert_rows(script: &mut Script, target: &str, rows: &[Vec<Arg>]) {
     let Some(per_row) = rows.first().map(Vec::len) else {
         return;
     };
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(IMPORT_ROWS_PER_INSERT).collect();
+    for chunk in rows.chunks(IMPORT_ROWS_PER_INSERT) {
         script.insert_values(target, chunk.len(), per_row, "");
-        for arg in chunk.into_iter().flatten() {
-            match arg {
+        for arg in chunk.iter().flatten() {
+            match arg.clone() {
                 Arg::Int(v) => script.bind(v),
                 Arg::Text(v) => script.bind(v),
                 Arg::Bytes(v) => script.bind(v),
             };
         }
+    }
+}
+
+/// The rows an import batch inserts, table by table, made ready before the batch
+/// reaches the writer ([`ImportRows::new`] runs on the importer's worker thread): the
+/// writer, which every other change waits for, only binds them.
+pub struct ImportRows {
+    subjects: usize,
+    tables: Vec<(&'static str, Vec<Vec<Arg>>)>,
+}
+
+impl ImportRows {
+    pub fn new(imports: Vec<ImportSubject>) -> Self {
+        let now = now_ms();
+        let count = imports.len();
+        let (mut subjects, mut keys, mut fields) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut records, mut consents, mut index) = (Vec::new(), Vec::new(), Vec::new());
+        for ImportSubject {
+            subject: s,
+            records: rs,
+            consents: cs,
+        } in imports
+        {
+            subjects.push(vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)]);
+            keys.push(vec![
+                Arg::Text(s.id.clone()),
+                Arg::Int(s.key.version),
+                Arg::Int(s.key.kek_version),
+                Arg::Bytes(s.key.wrapped),
+                Arg::Int((s.fields.len() + rs.len()) as i64),
+                Arg::Int(now),
+            ]);
+            for f in s.fields {
+                fields.push(vec![
+                    Arg::Text(s.id.clone()),
+                    Arg::Text(f.field),
+                    Arg::Int(f.dek_version),
+                    Arg::Bytes(f.sealed),
+                    Arg::Int(now),
+                ]);
+            }
+            for r in rs {
+                records.push(vec![
+                    Arg::Text(r.id),
+                    Arg::Text(s.id.clone()),
+                    Arg::Text(r.collection),
+                    Arg::Int(r.dek_version),
+                    Arg::Bytes(r.sealed),
+                    Arg::Int(r.created_at),
+                ]);
+            }
+            for c in cs {
+                consents.push(vec![
+                    Arg::Text(c.subject_id),
+                    Arg::Text(c.purpose),
+                    Arg::Text(c.kind),
+                    Arg::Int(c.purpose_version),
+                    Arg::Text(c.notice_version),
+                    Arg::Text(c.channel),
+                    Arg::Int(i64::from(c.separate)),
+                    Arg::Int(i64::from(c.guardian)),
+                    Arg::Text(c.actor_token),
+                    Arg::Int(c.at),
+                ]);
+            }
+            for e in s.index {
+                index.push(vec![
+                    Arg::Text(e.field),
+                    Arg::Bytes(e.digest),
+                    Arg::Text(s.id.clone()),
+                    Arg::Int(e.key_version),
+                ]);
+            }
+        }
+        Self {
+            subjects: count,
+            tables: vec![
+                ("subjects (id, created_at, updated_at)", subjects),
+                (
+                    "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
+                    keys,
+                ),
+                (
+                    "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+                    fields,
+                ),
+                (
+                    "records (id, subject_id, collection, dek_version, sealed, created_at)",
+                    records,
+                ),
+                (
+                    "consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
+                     channel, separate, guardian, actor_token, at)",
+                    consents,
+                ),
+                ("blind_index (field, digest, subject_id, key_version)", index),
+            ],
+        }
+    }
+
+    /// How many subjects the batch creates.
+    pub fn subjects(&self) -> usize {
+        self.subjects
     }
 }
 
@@ -584,93 +688,14 @@ impl Store {
     /// Many new subjects at once (an import): each table filled by multi-row INSERTs of
     /// at most [`IMPORT_ROWS_PER_INSERT`] rows. A subject that already exists is a
     /// `Conflict`, and the whole op fails.
-    pub fn import_subjects_op(&self, imports: Vec<ImportSubject>) -> WriteOp {
+    pub fn import_subjects_op(&self, rows: ImportRows) -> WriteOp {
+        let rows = Arc::new(rows);
         op(move |conn| {
-            let imports = imports.clone();
+            let rows = rows.clone();
             Box::pin(async move {
-                let now = now_ms();
-                let (mut subjects, mut keys, mut fields) = (Vec::new(), Vec::new(), Vec::new());
-                let (mut records, mut consents, mut index) = (Vec::new(), Vec::new(), Vec::new());
-                for ImportSubject {
-                    subject: s,
-                    records: rs,
-                    consents: cs,
-                } in imports
-                {
-                    subjects.push(vec![Arg::Text(s.id.clone()), Arg::Int(now), Arg::Int(now)]);
-                    keys.push(vec![
-                        Arg::Text(s.id.clone()),
-                        Arg::Int(s.key.version),
-                        Arg::Int(s.key.kek_version),
-                        Arg::Bytes(s.key.wrapped),
-                        Arg::Int((s.fields.len() + rs.len()) as i64),
-                        Arg::Int(now),
-                    ]);
-                    for f in s.fields {
-                        fields.push(vec![
-                            Arg::Text(s.id.clone()),
-                            Arg::Text(f.field),
-                            Arg::Int(f.dek_version),
-                            Arg::Bytes(f.sealed),
-                            Arg::Int(now),
-                        ]);
-                    }
-                    for r in rs {
-                        records.push(vec![
-                            Arg::Text(r.id),
-                            Arg::Text(s.id.clone()),
-                            Arg::Text(r.collection),
-                            Arg::Int(r.dek_version),
-                            Arg::Bytes(r.sealed),
-                            Arg::Int(r.created_at),
-                        ]);
-                    }
-                    for c in cs {
-                        consents.push(vec![
-                            Arg::Text(c.subject_id),
-                            Arg::Text(c.purpose),
-                            Arg::Text(c.kind),
-                            Arg::Int(c.purpose_version),
-                            Arg::Text(c.notice_version),
-                            Arg::Text(c.channel),
-                            Arg::Int(i64::from(c.separate)),
-                            Arg::Int(i64::from(c.guardian)),
-                            Arg::Text(c.actor_token),
-                            Arg::Int(c.at),
-                        ]);
-                    }
-                    for e in s.index {
-                        index.push(vec![
-                            Arg::Text(e.field),
-                            Arg::Bytes(e.digest),
-                            Arg::Text(s.id.clone()),
-                            Arg::Int(e.key_version),
-                        ]);
-                    }
-                }
                 let mut script = Script::new(conn);
-                for (target, rows) in [
-                    ("subjects (id, created_at, updated_at)", subjects),
-                    (
-                        "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
-                        keys,
-                    ),
-                    (
-                        "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
-                        fields,
-                    ),
-                    (
-                        "records (id, subject_id, collection, dek_version, sealed, created_at)",
-                        records,
-                    ),
-                    (
-                        "consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
-                         channel, separate, guardian, actor_token, at)",
-                        consents,
-                    ),
-                    ("blind_index (field, digest, subject_id, key_version)", index),
-                ] {
-                    insert_rows(&mut script, target, rows);
+                for (target, table) in &rows.tables {
+                    insert_rows(&mut script, target, table);
                 }
                 script.run(conn).await
             })

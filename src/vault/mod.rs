@@ -333,10 +333,10 @@ impl Vault {
     /// one transaction: all or none.
     pub async fn import(
         &self,
-        subjects: Vec<crate::store::ImportSubject>,
+        subjects: crate::store::ImportRows,
         events: Vec<Event>,
     ) -> Result<(), VaultError> {
-        if events.len() < subjects.len() {
+        if events.len() < subjects.subjects() {
             return Err(
                 AuditError::Unavailable("a change must carry its audit events".into()).into(),
             );

@@ -42,7 +42,10 @@ pub struct ImportArgs {
     /// import before anything is stored).
     #[arg(long)]
     skip_invalid: bool,
-    /// Subjects per transaction.
+    /// Subjects per transaction. Larger batches import faster into a large vault (each
+    /// batch rewrites the blind-index pages it touches), but hold the store's write lock
+    /// longer: a running server's changes wait for each batch (about 0.5 s at 10,000 on
+    /// SQLite). For a first load, 25,000 or more.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     batch: u32,
 }

@@ -411,14 +411,12 @@ impl Batch {
                 action,
             )
         };
-        let mut ends: Vec<String> = prepared
-            .first()
-            .map(|p| p.id.as_str().to_owned())
+        let mut ends: Vec<String> = [prepared.first(), prepared.last()]
             .into_iter()
+            .flatten()
+            .map(|p| p.id.as_str().to_owned())
             .collect();
-        if prepared.len() > 1 {
-            ends.extend(prepared.last().map(|p| p.id.as_str().to_owned()));
-        }
+        ends.dedup();
         let mut events = Vec::with_capacity(prepared.len());
         for p in &prepared {
             events.push(

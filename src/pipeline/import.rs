@@ -391,7 +391,6 @@ pub struct Batch {
     /// The ids of its first and last subjects: a batch stored by an earlier, interrupted
     /// attempt of the run is recognised by them.
     ends: Vec<String>,
-    len: usize,
     last_line: u64,
     rows: ImportRows,
     events: Vec<Event>,
@@ -434,7 +433,6 @@ impl Batch {
         }
         Self {
             ends,
-            len: prepared.len(),
             last_line: prepared.last().map_or(0, |p| p.line),
             rows: ImportRows::new(prepared.into_iter().map(|p| p.subject).collect()),
             events,
@@ -443,11 +441,11 @@ impl Batch {
 
     /// How many subjects it holds.
     pub fn len(&self) -> usize {
-        self.len
+        self.rows.subjects()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The line number of its last subject.

@@ -281,12 +281,7 @@ fn write_resealed(
         return;
     }
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        script.insert_values(
-            "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
-            chunk.len(),
-            6,
-            "",
-        );
+        script.insert_values(super::subjects::SUBJECT_KEYS_COLUMNS, chunk.len(), 6, "");
         for (id, key, items) in chunk {
             script
                 .bind(id.clone())
@@ -299,7 +294,7 @@ fn write_resealed(
     }
     for chunk in fields.chunks(ROWS_PER_STATEMENT) {
         script.insert_values(
-            "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+            super::subjects::SUBJECT_FIELDS_COLUMNS,
             chunk.len(),
             5,
             " ON CONFLICT (subject_id, field) DO UPDATE SET dek_version = excluded.dek_version, sealed = excluded.sealed",
@@ -315,7 +310,7 @@ fn write_resealed(
     }
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
         script.insert_values(
-            "records (id, subject_id, collection, dek_version, sealed, created_at)",
+            super::subjects::RECORDS_COLUMNS,
             chunk.len(),
             6,
             " ON CONFLICT (id) DO UPDATE SET dek_version = excluded.dek_version, sealed = excluded.sealed",

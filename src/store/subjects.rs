@@ -5,8 +5,15 @@ use sqlx::Row;
 use super::write::{add_arg, op, Script};
 use super::{now_ms, Store, StoreError, WriteOp};
 
-/// The blind index and the columns an entry is inserted with.
+/// The tables a subject's rows are inserted into many at a time (create, import,
+/// re-encryption), each with the columns a row is inserted with.
 pub(super) const BLIND_INDEX_COLUMNS: &str = "blind_index (field, digest, subject_id, key_version)";
+pub(super) const SUBJECT_KEYS_COLUMNS: &str =
+    "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)";
+pub(super) const SUBJECT_FIELDS_COLUMNS: &str =
+    "subject_fields (subject_id, field, dek_version, sealed, updated_at)";
+pub(super) const RECORDS_COLUMNS: &str =
+    "records (id, subject_id, collection, dek_version, sealed, created_at)";
 
 /// A subject's DEK as stored: wrapped by KEK `kek_version`.
 #[derive(Debug, Clone)]
@@ -139,24 +146,15 @@ impl ImportRows {
             subjects: count,
             tables: vec![
                 ("subjects (id, created_at, updated_at)", subjects),
-                (
-                    "subject_keys (subject_id, version, kek_version, wrapped, encryptions, created_at)",
-                    keys,
-                ),
-                (
-                    "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
-                    fields,
-                ),
-                (
-                    "records (id, subject_id, collection, dek_version, sealed, created_at)",
-                    records,
-                ),
+                (SUBJECT_KEYS_COLUMNS, keys),
+                (SUBJECT_FIELDS_COLUMNS, fields),
+                (RECORDS_COLUMNS, records),
                 (
                     "consent_events (subject_id, purpose, kind, purpose_version, notice_version, \
                      channel, separate, guardian, actor_token, at)",
                     consents,
                 ),
-                ("blind_index (field, digest, subject_id, key_version)", index),
+                (BLIND_INDEX_COLUMNS, index),
             ],
         }
     }
@@ -536,7 +534,7 @@ fn add_fields(script: &mut Script, subject: &str, fields: Vec<FieldRow>, now: i6
         return;
     }
     script.insert_values(
-        "subject_fields (subject_id, field, dek_version, sealed, updated_at)",
+        SUBJECT_FIELDS_COLUMNS,
         fields.len(),
         5,
         " ON CONFLICT (subject_id, field) DO UPDATE SET \

@@ -378,12 +378,17 @@ impl Store {
                 }
             }
         }
-        Ok(WriteTx {
+        Ok(self.opened(lease, savepoints))
+    }
+
+    /// The transaction just begun on `lease`.
+    fn opened(&self, lease: Lease, savepoints: bool) -> WriteTx {
+        WriteTx {
             backend: self.backend,
             lease,
             open: true,
             savepoint: savepoints,
-        })
+        }
     }
 
     /// Starts the audit writer's transaction and takes the chain (see
@@ -407,13 +412,7 @@ impl Store {
             match first {
                 Ok(mut rows) => {
                     let head = rows.pop();
-                    let tx = WriteTx {
-                        backend: self.backend,
-                        lease,
-                        open: true,
-                        savepoint: savepoints,
-                    };
-                    return Ok((tx, head));
+                    return Ok((self.opened(lease, savepoints), head));
                 }
                 Err(e) if is_busy(&e) => {
                     // Busy at BEGIN: no transaction is open, and this ROLLBACK only says

@@ -177,25 +177,22 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCo
     }
     if invalid_lines > errors.len() as u64 {
         eprintln!(
-            "… and {} more invalid lines",
-            invalid_lines - errors.len() as u64
+            "… and {} more",
+            counted(invalid_lines - errors.len() as u64, "invalid line")
         );
     }
     if invalid_lines > 0 && !args.skip_invalid {
-        eprintln!(
-            "{invalid_lines} of {} lines are invalid; nothing was imported \
-             (fix them, or pass --skip-invalid to import the {} valid lines)",
-            invalid_lines + valid.len() as u64,
-            valid.len()
-        );
+        eprintln!("{}", refused(invalid_lines, valid.len() as u64));
         return Ok(ExitCode::FAILURE);
     }
 
     let mut progress = match earlier {
         Some(p) => {
             eprintln!(
-                "carrying on with run {}: {} subjects were imported before it was interrupted",
-                p.run, p.imported
+                "carrying on with run {}: {} {} imported before it was interrupted",
+                p.run,
+                counted(p.imported, "subject"),
+                if p.imported == 1 { "was" } else { "were" }
             );
             p
         }
@@ -310,12 +307,12 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCo
     progress.finished = true;
     progress.save(&progress_path)?;
     eprintln!(
-        "imported {} subjects in {seconds:.1} s ({:.0} subjects/s; {:.1} s in all with checking){}{}; run {}{}",
-        stored_now,
+        "imported {} in {seconds:.1} s ({:.0} subjects/s; {:.1} s in all with checking){}{}; run {}{}",
+        counted(stored_now, "subject"),
         stored_now as f64 / seconds.max(1e-9),
         started.elapsed().as_secs_f64(),
         if already > 0 { format!(", {already} found already stored by the interrupted attempt") } else { String::new() },
-        if invalid_lines > 0 { format!(", {invalid_lines} invalid lines skipped") } else { String::new() },
+        if invalid_lines > 0 { format!(", {} skipped", counted(invalid_lines, "invalid line")) } else { String::new() },
         progress.run,
         match &args.map_out {
             Some(p) => format!("; mapping in {}", p.display()),
@@ -323,4 +320,48 @@ pub async fn run(settings: &Settings, args: ImportArgs) -> anyhow::Result<ExitCo
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 line`, `2 lines`: a count and its noun, singular or plural.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Why nothing was imported: `invalid` of the file's lines are, and `valid` are not.
+fn refused(invalid: u64, valid: u64) -> String {
+    let one = invalid == 1;
+    format!(
+        "{invalid} of {} {} invalid; nothing was imported (fix {}, or pass --skip-invalid \
+         to import the {})",
+        counted(invalid + valid, "line"),
+        if one { "is" } else { "are" },
+        if one { "it" } else { "them" },
+        counted(valid, "valid line")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(counted(0, "line"), "0 lines");
+        assert_eq!(counted(1, "valid line"), "1 valid line");
+        assert_eq!(counted(2, "subject"), "2 subjects");
+        assert_eq!(
+            refused(1, 1),
+            "1 of 2 lines is invalid; nothing was imported (fix it, or pass --skip-invalid \
+             to import the 1 valid line)"
+        );
+        assert_eq!(
+            refused(3, 2),
+            "3 of 5 lines are invalid; nothing was imported (fix them, or pass --skip-invalid \
+             to import the 2 valid lines)"
+        );
+    }
 }

@@ -8,6 +8,9 @@
 #   PERF=read1 STORES=sqlite CONNS=64 benches/load/run.sh   # also perf-records the server
 #       during that workload into perf-<store>-<workload>-<conns>.data (or $PERF_OUT);
 #       PERF_GRAPH="--call-graph dwarf" for call graphs through C code without frame pointers
+#   REPEAT=3 STORES=sqlite CONNS=64 WORKLOADS="healthz read1" benches/load/run.sh   # each
+#       workload three times, each time right after a /healthz run of its own (its ratio's
+#       base); a line per repeat, then the repeat of median throughput
 #   FILL=1000000 SUBJECT_CACHE=0 WORKLOADS=read1 benches/load/run.sh   # scale: 1M subjects,
 #       every read from the store (filler rows grow the tables; see fill.py)
 #
@@ -22,6 +25,7 @@ DURATION=${DURATION:-5}
 SUBJECTS=${SUBJECTS:-2000}
 WORKLOADS=${WORKLOADS:-"healthz read1 read6 create lookup correct"}
 FILL=${FILL:-0}
+REPEAT=${REPEAT:-1}
 export PGOPTIONS="--client-min-messages=warning"
 PG_BASE=${PIIVAULT_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
@@ -83,32 +87,23 @@ run_store() {
   printf '%-24s %5s %10s %9s %9s %8s %7s %9s %9s %8s\n' workload conns req/s p50_ms p99_ms errors ratio ev/commit commit_ms cpu_us
   for c in $CONNS; do
     for w in $WORKLOADS; do
-      local threads=2; [ "$c" -lt 2 ] && threads=1
-      local out rps p50 p99 errs
-      local perf_pid="" m0 m1
-      m0=$(audit_sums "$base")
-      local cpu0 cpu1 reqs
-      cpu0=$(cpu_ticks "$pid")
-      if [ "${PERF:-}" = "$w" ]; then
-        # Profile the server while this workload runs (perf, call graphs by frame pointer).
-        perf record -q -F 499 ${PERF_GRAPH:--g} -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
-        perf_pid=$!
-      fi
-      out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency -s "benches/load/$w.lua" "$base")
-      cpu1=$(cpu_ticks "$pid")
-      [ -n "$perf_pid" ] && wait "$perf_pid"
-      m1=$(audit_sums "$base")
-      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-      p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-      p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-      errs=$( (grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$out" || echo "x 0") | awk '{print $NF}')
-      [ "$w" = healthz ] && health=$rps
-      printf '%-24s %5s %10.0f %9s %9s %8s %7s %9s %9s %8s\n' "${LABEL[$w]}" "$c" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$errs" \
-        "$(awk -v a="$rps" -v b="$health" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')" \
-        $(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); n = y[1] - x[1];
-          if (n > 0) printf "%.1f %.2f", (y[2] - x[2]) / n, 1000 * (y[3] - x[3]) / n; else print "- -" }') \
-        "$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.0f", 1e6 * (b - a) / hz / n; else print "-" }')"
+      # Each repeat: /healthz, then the workload right after it (so the ratio compares
+      # two runs a few seconds apart, on a machine whose speed drifts), one line per
+      # repeat. The summary line takes the repeat of median throughput.
+      local runs=() rep
+      for rep in $(seq 1 "$REPEAT"); do
+        if [ "$w" != healthz ]; then
+          measure healthz "$c" "$pid" "$base" "$store"
+          health=$M_RPS
+        fi
+        measure "$w" "$c" "$pid" "$base" "$store"
+        [ "$w" = healthz ] && health=$M_RPS
+        runs+=("$M_RPS|$(row "$w" "$c" "$health")")
+        [ "$REPEAT" -gt 1 ] && printf '  %s\n' "${runs[-1]#*|}"
+      done
+      local median
+      median=$(printf '%s\n' "${runs[@]}" | sort -t'|' -k1,1g | sed -n "$(( (REPEAT + 1) / 2 ))p")
+      printf '%s\n' "${median#*|}"
     done
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -142,5 +137,37 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # wrk prints 1.23ms, 456.00us or 1.20s: in milliseconds.
 ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
+
+# measure WORKLOAD CONNS PID BASE STORE: one wrk run; sets M_RPS M_P50 M_P99 M_ERRS M_AUDIT M_CPU.
+measure() {
+  local w=$1 c=$2 pid=$3 base=$4 store=$5
+  local threads=2; [ "$c" -lt 2 ] && threads=1
+  local out perf_pid="" m0 m1 cpu0 cpu1 reqs
+  m0=$(audit_sums "$base")
+  cpu0=$(cpu_ticks "$pid")
+  if [ "${PERF:-}" = "$w" ]; then
+    perf record -q -F 499 ${PERF_GRAPH:--g} -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+  fi
+  out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency -s "benches/load/$w.lua" "$base")
+  cpu1=$(cpu_ticks "$pid")
+  [ -n "$perf_pid" ] && wait "$perf_pid"
+  m1=$(audit_sums "$base")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  M_RPS=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  M_P50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  M_P99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  M_ERRS=$( (grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$out" || echo "x 0") | awk '{print $NF}')
+  M_AUDIT=$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); n = y[1] - x[1];
+    if (n > 0) printf "%.1f %.2f", (y[2] - x[2]) / n, 1000 * (y[3] - x[3]) / n; else print "- -" }')
+  M_CPU=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.0f", 1e6 * (b - a) / hz / n; else print "-" }')
+}
+
+# row WORKLOAD CONNS HEALTHZ_RPS: the table line for the last measure.
+row() {
+  printf '%-24s %5s %10.0f %9s %9s %8s %7s %9s %9s %8s' "${LABEL[$1]}" "$2" "$M_RPS" "$(ms "$M_P50")" "$(ms "$M_P99")" "$M_ERRS" \
+    "$(awk -v a="$M_RPS" -v b="$3" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')" \
+    $M_AUDIT "$M_CPU"
+}
 
 for s in $STORES; do run_store "$s"; done

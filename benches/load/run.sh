@@ -146,6 +146,7 @@ measure() {
   m0=$(audit_sums "$base")
   cpu0=$(cpu_ticks "$pid")
   if [ "${PERF:-}" = "$w" ]; then
+    # Profile the server while this workload runs (perf, call graphs by frame pointer).
     perf record -q -F 499 ${PERF_GRAPH:--g} -p "$pid" -o "${PERF_OUT:-perf-$store-$w-$c.data}" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
   fi
